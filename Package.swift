@@ -1,0 +1,38 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "agentbox",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "agentbox", targets: ["agentbox"]),
+        .executable(name: "agentbox-init", targets: ["AgentboxInit"]),
+        .library(name: "AgentboxCore", targets: ["AgentboxCore"]),
+        .library(name: "AgentboxSandbox", targets: ["AgentboxSandbox"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // System libraries, found through pkg-config (Debian: libseccomp-dev, libcap-dev, libcurl4-openssl-dev).
+        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
+        .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        // The C boundary: clone trampoline, mount API, Landlock, seccomp load, prctl. Async-signal-safe where it matters.
+        .target(name: "CAgentboxShim"),
+        // Pure Swift, no Foundation, no syscalls beyond reading files: JSON, profiles, policy, wire codec.
+        .target(name: "AgentboxCore"),
+        // Supervisor side: host probe, cgroup drivers, seccomp compiler, spawn and supervision.
+        .target(name: "AgentboxSandbox", dependencies: ["AgentboxCore", "CAgentboxShim", "CSeccomp"]),
+        // PID 1 inside the sandbox: single-threaded, finishes setup after exec, reaps, reports.
+        .executableTarget(name: "AgentboxInit", dependencies: ["AgentboxCore", "CAgentboxShim", "CCap"]),
+        .executableTarget(name: "agentbox", dependencies: [
+            "AgentboxCore", "AgentboxSandbox",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "AgentboxCoreTests", dependencies: ["AgentboxCore", "AgentboxSandbox"],
+                    resources: [.copy("Fixtures")]),
+        .testTarget(name: "AgentboxIntegrationTests", dependencies: ["AgentboxCore"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,91 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Minimal file helpers without Foundation (used by the init too).
+public enum FileIO {
+    /// Reads a whole file; throws with the path and the OS reason.
+    public static func read(_ path: String, limit: Int = 64 << 20) throws(AgentboxError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { throw AgentboxError(stage: "read \(path)", errnoString()) }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw AgentboxError(stage: "read \(path)", errnoString())
+            }
+            if n == 0 { break }
+            out.append(contentsOf: buffer[0..<n])
+            if out.count > limit { throw AgentboxError(stage: "read \(path)", "file is larger than \(limit) bytes") }
+        }
+        return out
+    }
+
+    public static func readString(_ path: String) throws(AgentboxError) -> String {
+        String(decoding: try read(path), as: UTF8.self)
+    }
+
+    /// Reads a small file (procfs, sysfs, cgroupfs) or returns nil.
+    public static func readSmall(_ path: String) -> String? {
+        guard let bytes = try? read(path, limit: 1 << 20) else { return nil }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Writes a string to an existing file (procfs, cgroupfs) in one write.
+    public static func write(_ path: String, _ text: String) throws(AgentboxError) {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        if fd < 0 { throw AgentboxError(stage: "write \(path)", errnoString()) }
+        defer { close(fd) }
+        let bytes = Array(text.utf8)
+        while true {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n == bytes.count { return }
+            if n < 0 && errno == EINTR { continue }
+            throw AgentboxError(stage: "write \(path)", n < 0 ? errnoString() : "short write")
+        }
+    }
+
+    public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+    public static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    public static func errnoString(_ code: Int32 = errno) -> String {
+        "\(String(cString: strerror(code))) (\(errnoName(code)))"
+    }
+
+    /// The symbolic name of common errno values, for messages like `mount /proc: EPERM`.
+    public static func errnoName(_ code: Int32) -> String {
+        switch code {
+        case EPERM: return "EPERM"
+        case ENOENT: return "ENOENT"
+        case EACCES: return "EACCES"
+        case EEXIST: return "EEXIST"
+        case EINVAL: return "EINVAL"
+        case ENOSYS: return "ENOSYS"
+        case ENOSPC: return "ENOSPC"
+        case EBUSY: return "EBUSY"
+        case ENOTDIR: return "ENOTDIR"
+        case EROFS: return "EROFS"
+        case ENOMEM: return "ENOMEM"
+        case EAGAIN: return "EAGAIN"
+        case ENOEXEC: return "ENOEXEC"
+        case EOPNOTSUPP: return "EOPNOTSUPP"
+        case ELOOP: return "ELOOP"
+        case ENAMETOOLONG: return "ENAMETOOLONG"
+        case EIO: return "EIO"
+        case EBADF: return "EBADF"
+        case ESRCH: return "ESRCH"
+        default: return "errno \(code)"
+        }
+    }
+}

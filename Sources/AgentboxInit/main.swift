@@ -1,0 +1,296 @@
+// agentbox-init: PID 1 of a sandbox. Started by the supervisor's clone trampoline in fresh namespaces
+// with the control channel on fd 3 and idmapped mount fds on 4, 5, ... It is single-threaded: it builds
+// the filesystem, confines itself (caps, no_new_privs, Landlock, seccomp last), starts the command,
+// reaps every process, and reports the command's end over the channel. See docs/architecture.md.
+import AgentboxCore
+import CAgentboxShim
+import Glibc
+
+let channel: Int32 = 3
+
+func send(_ message: InitMessage) {
+    let bytes = message.encode()
+    _ = bytes.withUnsafeBytes { Glibc.send(channel, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+}
+
+/// A setup step that failed: reported to the supervisor (which prints it), then exit 125.
+struct SetupFailure: Error {
+    let stage: String
+    let code: Int32
+    let detail: String
+}
+
+func check(_ result: Int32, _ stage: @autoclosure () -> String) throws(SetupFailure) {
+    if result < 0 { throw SetupFailure(stage: stage(), code: errno, detail: "") }
+}
+
+func mkdirs(_ path: String, mode: mode_t = 0o755) throws(SetupFailure) {
+    var current = ""
+    for part in path.split(separator: "/") {
+        current += "/" + part
+        if mkdir(current, mode) < 0 && errno != EEXIST { throw SetupFailure(stage: "mkdir \(current)", code: errno, detail: "") }
+    }
+}
+
+func touch(_ path: String) throws(SetupFailure) {
+    let parent = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+    if !parent.isEmpty { try mkdirs(parent) }
+    let fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
+    if fd < 0 && errno != EEXIST && errno != EISDIR { throw SetupFailure(stage: "create \(path)", code: errno, detail: "") }
+    if fd >= 0 { close(fd) }
+}
+
+func isDirectory(_ path: String) -> Bool {
+    var st = stat()
+    return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+}
+
+func setReadOnly(_ path: String, recursive: Bool) throws(SetupFailure) {
+    let flags: UInt32 = recursive ? AB_AT_RECURSIVE : 0
+    if ab_mount_setattr(AT_FDCWD, path, flags, AB_MOUNT_ATTR_RDONLY | AB_MOUNT_ATTR_NOSUID | AB_MOUNT_ATTR_NODEV, 0, 0, -1) == 0 {
+        return
+    }
+    // Kernels before 5.12: remount the bind, keeping the flags the kernel locks in a user namespace.
+    var st = statvfs()
+    let locked = statvfs(path, &st) == 0 ? UInt(st.f_flag) & UInt(MS_NOEXEC | MS_NOSUID | MS_NODEV) : 0
+    try check(mount("", path, nil, UInt(MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV) | locked, nil),
+              "make \(path) read-only")
+}
+
+/// Builds the new root. Like bubblewrap: a staging tmpfs on /tmp becomes the root first, with the host's
+/// root at /oldroot (so any host path, /tmp's included, can be a bind source) and the final root at
+/// /newroot; after the binds the host is detached and /newroot becomes /.
+func buildFilesystem(_ spec: SetupSpec) throws(SetupFailure) {
+    try check(mount("", "/", nil, UInt(MS_REC | MS_PRIVATE), nil), "make mounts private")
+    try check(mount("agentbox-staging", "/tmp", "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=0755,size=64k"), "mount the staging tmpfs")
+    try mkdirs("/tmp/oldroot")
+    try mkdirs("/tmp/newroot")
+    try check(mount("agentbox-root", "/tmp/newroot", "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=0755,size=8m"), "mount the new root (tmpfs)")
+    try check(chdir("/tmp"), "chdir to the staging root")
+    try check(ab_pivot_root(".", "oldroot"), "pivot_root to the staging root")
+    try check(chdir("/"), "chdir /")
+    let host = "/oldroot"
+    let root = "/newroot"
+
+    // /proc: a fresh instance for this PID namespace.
+    try mkdirs(root + "/proc")
+    try check(mount("proc", root + "/proc", "proc", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC), nil), "mount /proc")
+
+    // /dev: a small tmpfs with the host's harmless device nodes bound in, its own devpts and shm.
+    try mkdirs(root + "/dev")
+    try check(mount("agentbox-dev", root + "/dev", "tmpfs", UInt(MS_NOSUID | MS_NOEXEC), "mode=0755,size=64k"), "mount /dev")
+    for node in ["null", "zero", "full", "random", "urandom", "tty"] {
+        try touch(root + "/dev/" + node)
+        try check(mount(host + "/dev/" + node, root + "/dev/" + node, nil, UInt(MS_BIND), nil), "bind /dev/\(node)")
+    }
+    try mkdirs(root + "/dev/pts")
+    try check(mount("devpts", root + "/dev/pts", "devpts", UInt(MS_NOSUID | MS_NOEXEC), "newinstance,ptmxmode=0666,mode=0620"),
+              "mount /dev/pts")
+    try check(symlink("pts/ptmx", root + "/dev/ptmx"), "create /dev/ptmx")
+    try mkdirs(root + "/dev/shm")
+    try check(mount("agentbox-shm", root + "/dev/shm", "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=1777,size=\(spec.tmpSize)"),
+              "mount /dev/shm")
+    for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                           ("stderr", "/proc/self/fd/2")] {
+        try check(symlink(target, root + "/dev/" + name), "create /dev/\(name)")
+    }
+
+    // /tmp: private and size-capped.
+    try mkdirs(root + "/tmp")
+    try check(mount("agentbox-tmp", root + "/tmp", "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=1777,size=\(spec.tmpSize)"),
+              "mount /tmp")
+
+    // The profile's binds, parents first.
+    let empty = "/empty"  // in the staging tmpfs: never visible inside
+    try touch(empty)
+    for (i, m) in spec.mounts.enumerated() {
+        let target = root + m.target
+        switch m.kind {
+        case .symlink:
+            let parent = String(target[..<(target.lastIndex(of: "/") ?? target.startIndex)])
+            try mkdirs(parent)
+            try check(symlink(m.source, target), "symlink \(m.target) -> \(m.source)")
+        case .bindRO, .bindRW:
+            if isDirectory(host + m.source) { try mkdirs(target) } else { try touch(target) }
+            let fdIndex = i < spec.mountFds.count ? spec.mountFds[i] : -1
+            if fdIndex >= 0 {
+                try check(ab_move_mount(channel + 1 + fdIndex, "", AT_FDCWD, target, AB_MOVE_MOUNT_F_EMPTY_PATH),
+                          "attach the idmapped mount of \(m.target)")
+            } else {
+                try check(mount(host + m.source, target, nil, UInt(MS_BIND | MS_REC), nil), "bind \(m.target)")
+            }
+            if m.kind == .bindRO { try setReadOnly(target, recursive: true) }
+        case .hideDir:
+            try mkdirs(target)
+            try check(mount("agentbox-hidden", target, "tmpfs", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY), "mode=0555,size=4k"),
+                      "hide \(m.target)")
+        case .hideFile:
+            try touch(target)
+            try check(mount(empty, target, nil, UInt(MS_BIND), nil), "hide \(m.target)")
+            try setReadOnly(target, recursive: false)
+        }
+    }
+    _ = ab_close_from(channel + 1)
+
+    // Detach the host, then make the new root the root; the staging tmpfs goes with the old one.
+    try check(umount2(host, Int32(MNT_DETACH)), "detach the host's root")
+    try check(chdir(root), "chdir to the new root")
+    try check(ab_pivot_root(".", "."), "pivot_root")
+    try check(umount2(".", Int32(MNT_DETACH)), "detach the old root")
+    try check(chdir("/"), "chdir /")
+    // Everything outside the workspace, /tmp and /dev/shm is read-only, the root itself included.
+    try setReadOnly("/dev", recursive: false)
+    try setReadOnly("/", recursive: false)
+    try check(chdir(spec.workdir), "chdir \(spec.workdir)")
+}
+
+/// Landlock: read and execute everywhere, writes only where the policy says. Returns the ABI in force
+/// (0 when off or unavailable and not required).
+func applyLandlock(_ spec: SetupSpec) throws(SetupFailure) -> Int32 {
+    if spec.landlockMode == 0 { return 0 }
+    let abi = ab_landlock_abi()
+    if abi < 1 {
+        if spec.landlockMode == 2 { throw SetupFailure(stage: "landlock", code: errno, detail: "the profile requires Landlock") }
+        return 0
+    }
+    let all = ab_landlock_fs_rights(abi)
+    let read = ab_landlock_fs_read_rights()
+    let ruleset = ab_landlock_create_ruleset(all, abi >= 6 ? AB_LANDLOCK_SCOPE_ALL : 0)
+    try check(ruleset, "landlock: create ruleset")
+    defer { close(ruleset) }
+    func allow(_ path: String, _ rights: UInt64) throws(SetupFailure) {
+        let fd = open(path, AB_O_PATH | O_CLOEXEC)
+        if fd < 0 { return }  // nothing there: nothing to allow
+        defer { close(fd) }
+        try check(ab_landlock_add_path(ruleset, fd, rights & all), "landlock: rule for \(path)")
+    }
+    try allow("/", read)
+    // Devices: read/write the nodes (null, tty, pts), no creation.
+    try allow("/dev", read | UInt64(1 << 1) | AB_LANDLOCK_ACCESS_FS_IOCTL_DEV | UInt64(1 << 14))
+    try allow("/proc", read | UInt64(1 << 1))
+    for path in spec.writablePaths { try allow(path, all) }
+    try check(ab_landlock_restrict_self(ruleset), "landlock: restrict")
+    return abi
+}
+
+func confine(_ spec: SetupSpec) throws(SetupFailure) -> Int32 {
+    for (resource, value) in spec.rlimits {
+        try check(ab_set_rlimit(resource, value, value), "setrlimit \(resource)")
+    }
+    if spec.dropGroups { try check(setgroups(0, nil), "setgroups") }
+    try check(ab_setresgid(spec.gid), "setresgid")
+    try check(ab_setresuid(spec.uid), "setresuid")
+    try check(ab_drop_all_caps(), "drop capabilities")
+    try check(ab_set_no_new_privs(), "no_new_privs")
+    let abi = try applyLandlock(spec)
+    if !spec.seccompProgram.isEmpty {
+        let rc = spec.seccompProgram.withUnsafeBytes { ab_seccomp_load($0.baseAddress!, $0.count) }
+        try check(rc, "load the seccomp filter")
+    }
+    // Not dumpable: the command (same uid) cannot ptrace PID 1 or read its memory.
+    _ = ab_set_dumpable(0)
+    return abi
+}
+
+/// Starts the command; returns its pid, or reports why it could not be executed.
+func startCommand(_ spec: SetupSpec, mask: sigset_t) -> pid_t? {
+    var pipefd: [Int32] = [-1, -1]
+    guard ab_pipe2_cloexec(&pipefd) == 0 else {
+        send(.failed(stage: "pipe", errno: errno, detail: ""))
+        return nil
+    }
+    var cArgs: [UnsafeMutablePointer<CChar>?] = spec.argv.map { strdup($0) } + [nil]
+    let pid = fork()
+    if pid == 0 {
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        sigprocmask(SIG_SETMASK, &empty, nil)
+        close(pipefd[0])
+        close(channel)
+        _ = setsid()  // a fresh session: no controlling terminal to inject keystrokes into
+        execvp(cArgs[0]!, &cArgs)
+        var err = errno
+        _ = write(pipefd[1], &err, 4)
+        _exit(127)
+    }
+    close(pipefd[1])
+    if pid < 0 {
+        send(.failed(stage: "fork the command", errno: errno, detail: ""))
+        return nil
+    }
+    var err: Int32 = 0
+    var n: Int
+    repeat { n = read(pipefd[0], &err, 4) } while n < 0 && errno == EINTR
+    close(pipefd[0])
+    if n == 4 {
+        var status: Int32 = 0
+        _ = waitpid(pid, &status, 0)
+        send(.execFailed(errno: err, path: spec.argv[0]))
+        return nil
+    }
+    send(.started(pid: pid))
+    return pid
+}
+
+func main() -> Int32 {
+    var buffer = [UInt8](repeating: 0, count: 4 << 20)
+    let n = buffer.withUnsafeMutableBytes { recv(channel, $0.baseAddress, $0.count, 0) }
+    guard n > 0 else { return 125 }  // the supervisor went away before sending the spec
+    let spec: SetupSpec
+    do { spec = try SetupSpec.decode(Array(buffer[0..<n])) } catch {
+        send(.failed(stage: "read the setup", errno: 0, detail: error.description))
+        return 125
+    }
+    buffer = []
+    // SIGCHLD and the like are read from a signalfd; nothing else reaches PID 1 but SIGKILL.
+    var mask = sigset_t()
+    sigemptyset(&mask)
+    sigaddset(&mask, SIGCHLD)
+    sigprocmask(SIG_BLOCK, &mask, nil)
+    let sigfd = ab_signalfd(&mask)
+    let landlockABI: Int32
+    do {
+        try check(sigfd, "signalfd")
+        try check(ab_unshare(AB_CLONE_NEWCGROUP), "enter a cgroup namespace")
+        try buildFilesystem(spec)
+        try check(sethostname(spec.hostname, spec.hostname.utf8.count), "sethostname")
+        try check(ab_loopback_up(), "bring loopback up")
+        landlockABI = try confine(spec)
+    } catch {
+        send(.failed(stage: error.stage, errno: error.code, detail: error.detail))
+        return 125
+    }
+    send(.ready(landlockABI: landlockABI))
+    guard let child = startCommand(spec, mask: mask) else { return 125 }
+
+    // Reap everything; forward signals the supervisor asks for to the command's process group.
+    var fds = [pollfd(fd: channel, events: Int16(POLLIN), revents: 0), pollfd(fd: sigfd, events: Int16(POLLIN), revents: 0)]
+    var message = [UInt8](repeating: 0, count: 256)
+    while true {
+        let rc = poll(&fds, 2, -1)
+        if rc < 0 { if errno == EINTR { continue }; return 125 }
+        if fds[1].revents != 0 {
+            while ab_signalfd_read(sigfd) > 0 {}
+            while true {
+                var status: Int32 = 0
+                let pid = waitpid(-1, &status, WNOHANG)
+                if pid <= 0 { break }
+                if pid == child {
+                    send(.exited(status: status))
+                    // Leaving kills every other process of this PID namespace.
+                    return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+                }
+            }
+        }
+        if fds[0].revents & Int16(POLLHUP | POLLERR) != 0 { return 125 }  // the supervisor is gone
+        if fds[0].revents & Int16(POLLIN) != 0 {
+            let m = message.withUnsafeMutableBytes { recv(channel, $0.baseAddress, $0.count, 0) }
+            if m <= 0 { return 125 }
+            if var r = try? WireReader(Array(message[0..<m])), r.tag == .signal, let sig = try? r.i32() {
+                if kill(-child, sig) < 0 { kill(child, sig) }
+            }
+        }
+    }
+}
+
+exit(main())

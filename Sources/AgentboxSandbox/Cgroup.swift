@@ -1,0 +1,276 @@
+import AgentboxCore
+import CAgentboxShim
+import Glibc
+
+/// How the host mounts cgroups, detected like crun does (statfs magic of /sys/fs/cgroup).
+public enum CgroupMode: String, Sendable {
+    /// cgroup v2 only (most current distributions).
+    case unified
+    /// v1 controllers plus a cgroup2 mount at /sys/fs/cgroup/unified (this project's development hosts).
+    case hybrid
+    /// v1 only.
+    case legacy
+    case unavailable
+
+    public static func detect(root: String = "/sys/fs/cgroup") -> CgroupMode {
+        let type = ab_statfs_type(root)
+        if type == AB_CGROUP2_SUPER_MAGIC { return .unified }
+        if type == AB_TMPFS_MAGIC {
+            return ab_statfs_type(root + "/unified") == AB_CGROUP2_SUPER_MAGIC ? .hybrid : .legacy
+        }
+        return .unavailable
+    }
+}
+
+/// What a sandbox's cgroup reports after the run.
+public struct CgroupReport: Sendable {
+    public var oomKills = 0
+    public var pidsLimitHits = 0
+    public var peakMemory: UInt64? = nil
+    public var cpuSeconds: Double? = nil
+}
+
+/// One sandbox's cgroup (one directory per controller on v1). Created before the spawn; the child is
+/// attached before it execs the init, so every process of the sandbox is accounted and limited.
+public protocol CgroupHandle: AnyObject {
+    /// An O_DIRECTORY fd for clone3's CLONE_INTO_CGROUP (v2), or -1.
+    var cloneFd: Int32 { get }
+    var description: String { get }
+    func attach(pid: pid_t) throws(AgentboxError)
+    func report() -> CgroupReport
+    /// Kills what is left and removes the directories.
+    func destroy()
+}
+
+public enum Cgroups {
+    /// Creates the cgroup for sandbox `id` with `limits`, or returns nil with the reason when this
+    /// host/user cannot (no cgroupfs, no write access, no delegation).
+    public static func create(id: String, limits: Limits, mode: CgroupMode = .detect(),
+                              root: String = "/sys/fs/cgroup") -> Result<CgroupHandle, AgentboxError> {
+        do throws(AgentboxError) {
+            switch mode {
+            case .unified: return .success(try CgroupV2.create(id: id, limits: limits, mount: root))
+            case .hybrid, .legacy: return .success(try CgroupV1.create(id: id, limits: limits, root: root))
+            case .unavailable:
+                throw AgentboxError(stage: "cgroup", "no cgroup filesystem is mounted at \(root)")
+            }
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    static func mkdirOwned(_ path: String) throws(AgentboxError) {
+        if mkdir(path, 0o755) < 0 && errno != EEXIST {
+            let err = errno
+            throw AgentboxError(stage: "cgroup", "cannot create \(path): \(FileIO.errnoString(err))",
+                                hint: err == EACCES || err == EPERM || err == EROFS
+                                    ? "this user has no delegated cgroup; run as root, or give agentbox a delegated cgroup v2 (AGENTBOX_CGROUP, e.g. from `systemd-run --user --scope -p Delegate=yes`)"
+                                    : "")
+        }
+    }
+
+    /// Removes a cgroup directory, retrying while the kernel finishes tearing it down.
+    static func remove(_ path: String) {
+        for attempt in 0..<200 {
+            if rmdir(path) == 0 || errno == ENOENT { return }
+            if errno != EBUSY { return }
+            usleep(attempt < 20 ? 500 : 5000)
+        }
+    }
+
+    /// Reads `key value` lines (memory.events, pids.events, cpu.stat) into a dictionary.
+    static func keyed(_ text: String?) -> [String: UInt64] {
+        var out: [String: UInt64] = [:]
+        for line in (text ?? "").split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            if parts.count == 2, let v = UInt64(parts[1]) { out[String(parts[0])] = v }
+        }
+        return out
+    }
+}
+
+/// cgroup v2: one directory under `<mount>/agentbox/` (or under AGENTBOX_CGROUP, a delegated cgroup).
+final class CgroupV2: CgroupHandle {
+    let path: String
+    let cloneFd: Int32
+    var description: String { "cgroup v2 \(path)" }
+
+    init(path: String, fd: Int32) {
+        self.path = path
+        self.cloneFd = fd
+    }
+
+    static func create(id: String, limits: Limits, mount: String) throws(AgentboxError) -> CgroupV2 {
+        let parent: String
+        if let delegated = getenv("AGENTBOX_CGROUP").map({ String(cString: $0) }), !delegated.isEmpty {
+            parent = delegated.hasPrefix("/sys/") ? delegated : mount + delegated
+        } else {
+            guard geteuid() == 0 else {
+                throw AgentboxError(stage: "cgroup", "cgroup v2 needs root or a delegated cgroup",
+                                    hint: "set AGENTBOX_CGROUP to a delegated cgroup (e.g. one made by `systemd-run --user --scope -p Delegate=yes`)")
+            }
+            parent = mount + "/agentbox"
+            try Cgroups.mkdirOwned(parent)
+            enableControllers(mount)
+        }
+        enableControllers(parent)
+        let dir = parent + "/" + id
+        try Cgroups.mkdirOwned(dir)
+        let handle = CgroupV2(path: dir, fd: open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC))
+        do throws(AgentboxError) {
+            if let memory = limits.memory {
+                try FileIO.write(dir + "/memory.max", "\(memory)")
+                try? FileIO.write(dir + "/memory.swap.max", "0")
+            }
+            if let pids = limits.pids { try FileIO.write(dir + "/pids.max", "\(pids)") }
+            if let cpus = limits.cpus { try FileIO.write(dir + "/cpu.max", "\(max(1000, Int(cpus * 100_000))) 100000") }
+        } catch {
+            handle.destroy()
+            throw AgentboxError(stage: "cgroup", error.description,
+                                hint: "the controller may not be enabled for \(parent) (see cgroup.subtree_control)")
+        }
+        return handle
+    }
+
+    static func enableControllers(_ dir: String) {
+        let available = FileIO.readSmall(dir + "/cgroup.controllers") ?? ""
+        let wanted = ["memory", "pids", "cpu"].filter { available.split(separator: " ").map(String.init).contains($0) }
+            .map { "+" + $0 }
+        if !wanted.isEmpty { try? FileIO.write(dir + "/cgroup.subtree_control", wanted.joined(separator: " ")) }
+    }
+
+    func attach(pid: pid_t) throws(AgentboxError) {
+        if cloneFd >= 0 { return }  // placed by CLONE_INTO_CGROUP
+        try FileIO.write(path + "/cgroup.procs", "\(pid)")
+    }
+
+    func report() -> CgroupReport {
+        var r = CgroupReport()
+        r.oomKills = Int(Cgroups.keyed(FileIO.readSmall(path + "/memory.events"))["oom_kill"] ?? 0)
+        r.pidsLimitHits = Int(Cgroups.keyed(FileIO.readSmall(path + "/pids.events"))["max"] ?? 0)
+        r.peakMemory = FileIO.readSmall(path + "/memory.peak").flatMap { UInt64($0.trimmingCharacters()) }
+        r.cpuSeconds = Cgroups.keyed(FileIO.readSmall(path + "/cpu.stat"))["usage_usec"].map { Double($0) / 1e6 }
+        return r
+    }
+
+    func destroy() {
+        try? FileIO.write(path + "/cgroup.kill", "1")
+        if cloneFd >= 0 { close(cloneFd) }
+        Cgroups.remove(path)
+    }
+}
+
+/// cgroup v1 (legacy and hybrid hosts): a directory per controller, created under the supervisor's own
+/// cgroup in each hierarchy so the host's limits on agentbox still apply to its sandboxes.
+final class CgroupV1: CgroupHandle {
+    /// controller name -> directory
+    var dirs: [(String, String)] = []
+    var cloneFd: Int32 { -1 }
+    var description: String { "cgroup v1 " + dirs.map { $0.1 }.joined(separator: ", ") }
+
+    static func create(id: String, limits: Limits, root: String) throws(AgentboxError) -> CgroupV1 {
+        let handle = CgroupV1()
+        let own = ownCgroups()
+        // Only the controllers a limit needs, plus cpuacct/memory for the usage report.
+        var wanted: [String] = []
+        if limits.memory != nil { wanted.append("memory") }
+        if limits.pids != nil { wanted.append("pids") }
+        if limits.cpus != nil { wanted.append("cpu") }
+        do throws(AgentboxError) {
+            for controller in wanted {
+                guard let mountDir = controllerMount(controller, root: root) else {
+                    throw AgentboxError(stage: "cgroup", "the \(controller) controller is not mounted under \(root)")
+                }
+                let base = mountDir + (own[controller] ?? "")
+                let parent = (base.hasSuffix("/") ? String(base.dropLast()) : base) + "/agentbox"
+                try Cgroups.mkdirOwned(parent)
+                let dir = parent + "/" + id
+                try Cgroups.mkdirOwned(dir)
+                handle.dirs.append((controller, dir))
+                switch controller {
+                case "memory":
+                    try FileIO.write(dir + "/memory.limit_in_bytes", "\(limits.memory!)")
+                    if FileIO.exists(dir + "/memory.memsw.limit_in_bytes") {
+                        try? FileIO.write(dir + "/memory.memsw.limit_in_bytes", "\(limits.memory!)")
+                    }
+                case "pids":
+                    try FileIO.write(dir + "/pids.max", "\(limits.pids!)")
+                case "cpu":
+                    try FileIO.write(dir + "/cpu.cfs_period_us", "100000")
+                    try FileIO.write(dir + "/cpu.cfs_quota_us", "\(max(1000, Int(limits.cpus! * 100_000)))")
+                default: break
+                }
+            }
+        } catch {
+            handle.destroy()
+            throw error
+        }
+        return handle
+    }
+
+    /// The mount point of a v1 controller (from /proc/self/mountinfo; "cpu" may be co-mounted as "cpu,cpuacct").
+    static func controllerMount(_ controller: String, root: String) -> String? {
+        for line in (FileIO.readSmall("/proc/self/mountinfo") ?? "").split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard let dash = fields.firstIndex(of: "-"), dash + 3 < fields.count, fields[dash + 1] == "cgroup" else { continue }
+            let options = fields[dash + 3].split(separator: ",")
+            if options.contains(Substring(controller)), fields[4].hasPrefix(root) { return String(fields[4]) }
+        }
+        return nil
+    }
+
+    /// The supervisor's own cgroup path per v1 controller, from /proc/self/cgroup.
+    static func ownCgroups() -> [String: String] {
+        var out: [String: String] = [:]
+        for line in (FileIO.readSmall("/proc/self/cgroup") ?? "").split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+            guard parts.count == 3 else { continue }
+            for c in parts[1].split(separator: ",") { out[String(c)] = String(parts[2]) }
+        }
+        return out
+    }
+
+    func attach(pid: pid_t) throws(AgentboxError) {
+        for (_, dir) in dirs { try FileIO.write(dir + "/cgroup.procs", "\(pid)") }
+    }
+
+    func report() -> CgroupReport {
+        var r = CgroupReport()
+        for (controller, dir) in dirs {
+            switch controller {
+            case "memory":
+                r.oomKills = Int(Cgroups.keyed(FileIO.readSmall(dir + "/memory.oom_control"))["oom_kill"] ?? 0)
+                r.peakMemory = FileIO.readSmall(dir + "/memory.max_usage_in_bytes").flatMap { UInt64($0.trimmingCharacters()) }
+            case "pids":
+                r.pidsLimitHits = Int(Cgroups.keyed(FileIO.readSmall(dir + "/pids.events"))["max"] ?? 0)
+            case "cpu":
+                if let acct = CgroupV1.controllerMount("cpuacct", root: "/sys/fs/cgroup"), acct == dir.prefix(acct.count).description,
+                   let ns = FileIO.readSmall(dir + "/cpuacct.usage").flatMap({ UInt64($0.trimmingCharacters()) }) {
+                    r.cpuSeconds = Double(ns) / 1e9
+                }
+            default: break
+            }
+        }
+        return r
+    }
+
+    func destroy() {
+        for (_, dir) in dirs.reversed() {
+            // Normally empty already: the PID namespace died with its init.
+            for pid in (FileIO.readSmall(dir + "/cgroup.procs") ?? "").split(separator: "\n").compactMap({ Int32($0) }) {
+                kill(pid, SIGKILL)
+            }
+            Cgroups.remove(dir)
+        }
+        dirs = []
+    }
+}
+
+extension String {
+    func trimmingCharacters() -> String {
+        var s = Substring(self)
+        while let l = s.last, l.isWhitespace { s = s.dropLast() }
+        while let f = s.first, f.isWhitespace { s = s.dropFirst() }
+        return String(s)
+    }
+}

@@ -1,0 +1,394 @@
+import AgentboxCore
+import CAgentboxShim
+import Glibc
+
+/// How a sandboxed command ended, from the supervisor's point of view.
+public enum Termination: Equatable, Sendable {
+    case exited(Int32)
+    case signaled(Int32)
+    /// Killed because --timeout expired.
+    case timedOut
+    /// The command could not be executed (127 not found, 126 not executable).
+    case notExecuted(code: Int32, reason: String)
+}
+
+public struct SandboxResult: Sendable {
+    public var termination: Termination
+    public var report: CgroupReport
+    /// True when the memory cgroup OOM-killed a process and the command died of SIGKILL.
+    public var oomKilled: Bool
+    public var landlockABI: Int32
+    public var elapsed: Double
+
+    /// The exit code of `agentbox exec` (docs/cli.md).
+    public var exitCode: Int32 {
+        switch termination {
+        case let .exited(code): return code
+        case let .signaled(sig): return 128 + sig
+        case .timedOut: return 124
+        case let .notExecuted(code, _): return code
+        }
+    }
+}
+
+/// Something the user must hear about while a sandbox runs: a weaker mode, a limit event.
+public struct SandboxWarning: Sendable {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+}
+
+/// One sandbox: resolve identity and limits, build it, run one command, tear it down.
+/// The supervisor side never runs Swift between clone() and execve(): see ab_spawn.
+public final class Sandbox {
+    /// The unprivileged host uid/gid that uid 0 of a sandbox maps to when agentbox runs as root.
+    public static let rootMappedID: UInt32 = 2_147_400_000
+
+    /// Seconds between a forwarded SIGTERM/SIGINT and SIGKILL of the whole sandbox.
+    public static let gracePeriod = 10.0
+
+    public let id: String
+    public let policy: SandboxPolicy
+    public let argv: [String]
+    var warn: (SandboxWarning) -> Void
+
+    public init(id: String = RunID.make(), policy: SandboxPolicy, argv: [String], warn: @escaping (SandboxWarning) -> Void) {
+        self.id = id
+        self.policy = policy
+        self.argv = argv
+        self.warn = warn
+    }
+
+    /// Finds agentbox-init: $AGENTBOX_INIT, next to this executable, or in ../libexec/agentbox/.
+    public static func locateInit() throws(AgentboxError) -> String {
+        if let env = getenv("AGENTBOX_INIT") { return String(cString: env) }
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        guard n > 0 else { throw AgentboxError(stage: "locate agentbox-init", "cannot read /proc/self/exe") }
+        let exe = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let dir = String(exe[..<exe.lastIndex(of: "/")!])
+        for candidate in [dir + "/agentbox-init", dir + "/../libexec/agentbox/agentbox-init"] where access(candidate, X_OK) == 0 {
+            return candidate
+        }
+        throw AgentboxError(stage: "locate agentbox-init", "agentbox-init is not next to \(exe) nor in ../libexec/agentbox/",
+                            hint: "reinstall with `make install`, or set AGENTBOX_INIT to its path")
+    }
+
+    /// The identity plan: who the sandbox user is inside and outside.
+    struct Identity {
+        var uid: UInt32
+        var gid: UInt32
+        var uidMap: String
+        var gidMap: String
+        var denySetgroups: Bool
+        var keepCaps: Bool
+        var hostUID: UInt32
+        var hostGID: UInt32
+    }
+
+    func identity() -> Identity {
+        if geteuid() == 0 {
+            let h = Sandbox.rootMappedID
+            return Identity(uid: 0, gid: 0, uidMap: "0 \(h) 1\n", gidMap: "0 \(h) 1\n", denySetgroups: false,
+                            keepCaps: false, hostUID: h, hostGID: h)
+        }
+        let u = getuid(), g = getgid()
+        return Identity(uid: u, gid: g, uidMap: "\(u) \(u) 1\n", gidMap: "\(g) \(g) 1\n", denySetgroups: true,
+                        keepCaps: true, hostUID: u, hostGID: g)
+    }
+
+    /// For root: each writable bind becomes a detached mount idmapped so that the sandbox's host uid
+    /// reads and writes as the directory's owner (files created there belong to that owner).
+    func idmappedMounts(_ id: Identity) throws(AgentboxError) -> [Int32] {
+        guard geteuid() == 0 else { return [] }
+        var fds: [Int32] = []
+        var helpers: [String: Int32] = [:]
+        defer { for fd in helpers.values { close(fd) } }
+        for m in policy.mounts where m.kind == .bindRW {
+            var st = stat()
+            guard stat(m.source, &st) == 0 else {
+                throw AgentboxError(stage: "idmap \(m.source)", FileIO.errnoString())
+            }
+            let key = "\(st.st_uid):\(st.st_gid)"
+            var userns = helpers[key] ?? -1
+            if userns < 0 {
+                userns = ab_make_userns_fd("\(st.st_uid) \(id.hostUID) 1", "\(st.st_gid) \(id.hostGID) 1")
+                guard userns >= 0 else {
+                    throw AgentboxError(stage: "idmap \(m.source)", "creating the mapping namespace failed: \(FileIO.errnoString())")
+                }
+                helpers[key] = userns
+            }
+            let tree = ab_open_tree(AT_FDCWD, m.source, AB_OPEN_TREE_CLONE | AB_OPEN_TREE_CLOEXEC | AB_AT_RECURSIVE)
+            guard tree >= 0 else {
+                throw AgentboxError(stage: "idmap \(m.source)", "open_tree: \(FileIO.errnoString())",
+                                    hint: "idmapped mounts need Linux 5.12+; `agentbox doctor` checks this host")
+            }
+            if ab_mount_setattr(tree, "", AB_AT_EMPTY_PATH | AB_AT_RECURSIVE, AB_MOUNT_ATTR_IDMAP, 0, 0, userns) < 0 {
+                let err = errno
+                close(tree)
+                for fd in fds { close(fd) }
+                throw AgentboxError(stage: "idmap \(m.source)", "mount_setattr(MOUNT_ATTR_IDMAP): \(FileIO.errnoString(err))",
+                                    hint: "the filesystem of \(m.source) may not support idmapped mounts; run agentbox as the directory's owner instead of root")
+            }
+            fds.append(tree)
+        }
+        return fds
+    }
+
+    /// What the cgroup cannot enforce here, replaced by rlimits where possible.
+    func fallbackLimits(_ reason: AgentboxError) throws(AgentboxError) -> [(Int32, UInt64)] {
+        let l = policy.limits
+        var missing: [String] = []
+        if l.memory != nil { missing.append("--memory") }
+        if l.pids != nil { missing.append("--pids") }
+        if l.cpus != nil { missing.append("--cpus") }
+        if missing.isEmpty { return [] }
+        if policy.strictLimits {
+            throw AgentboxError(stage: "limits", "\(missing.joined(separator: ", ")) cannot be enforced: \(reason.message)",
+                                hint: reason.hint.isEmpty ? "run as root or drop --strict-limits to accept rlimit fallbacks" : reason.hint)
+        }
+        var rlimits: [(Int32, UInt64)] = []
+        var notes: [String] = []
+        if let pids = l.pids {
+            rlimits.append((6 /* RLIMIT_NPROC */, UInt64(pids)))
+            notes.append("pids via RLIMIT_NPROC")
+        }
+        if let memory = l.memory {
+            rlimits.append((9 /* RLIMIT_AS */, memory))
+            notes.append("memory via RLIMIT_AS (per process, virtual memory)")
+        }
+        if l.cpus != nil { notes.append("cpus NOT enforced") }
+        warn(SandboxWarning("limits degraded (no cgroup: \(reason.message)): \(notes.joined(separator: "; ")); use --strict-limits to fail instead"))
+        return rlimits
+    }
+
+    /// Builds the sandbox, runs the command, and returns how it ended. Errors are agentbox's own (125).
+    public func run() throws(AgentboxError) -> SandboxResult {
+        let started = Sandbox.now()
+        let initPath = try Sandbox.locateInit()
+        let ident = identity()
+
+        var spec = SetupSpec()
+        spec.hostname = policy.hostname
+        spec.uid = ident.uid
+        spec.gid = ident.gid
+        spec.dropGroups = !ident.denySetgroups
+        spec.mounts = policy.mounts
+        spec.tmpSize = policy.limits.tmpSize
+        spec.workdir = policy.workdir
+        spec.argv = argv
+        spec.landlockMode = policy.profile.landlock == .off ? 0 : (policy.profile.landlock == .required ? 2 : 1)
+        spec.writablePaths = ["/tmp", "/dev/shm"] + policy.mounts.filter(\.writable).map(\.target)
+        if let path = policy.profile.seccomp {
+            spec.seccompProgram = try SeccompCache.program(for: path)
+        }
+
+        // Limits: a cgroup when this host and user allow one, otherwise rlimits (named on stderr).
+        var cgroup: CgroupHandle? = nil
+        let needsCgroup = policy.limits.memory != nil || policy.limits.pids != nil || policy.limits.cpus != nil
+        if needsCgroup {
+            switch Cgroups.create(id: "ab-" + id, limits: policy.limits) {
+            case let .success(handle): cgroup = handle
+            case let .failure(reason): spec.rlimits = try fallbackLimits(reason)
+            }
+        }
+        defer { cgroup?.destroy() }
+
+        let mountFds = try idmappedMounts(ident)
+        var fdIndex: Int32 = 0
+        spec.mountFds = policy.mounts.map { m in
+            guard m.kind == .bindRW, geteuid() == 0 else { return -1 }
+            defer { fdIndex += 1 }
+            return fdIndex
+        }
+
+        var sp: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &sp) == 0 else {
+            throw AgentboxError(stage: "control channel", "socketpair: \(FileIO.errnoString())")
+        }
+        var sync: [Int32] = [-1, -1]
+        guard ab_pipe2_cloexec(&sync) == 0 else { throw AgentboxError(stage: "spawn", "pipe: \(FileIO.errnoString())") }
+        let channel = sp[0]
+        defer { close(channel) }
+
+        // Block the signals we handle through a signalfd (the child's mask is reset by init).
+        var sigs = sigset_t()
+        sigemptyset(&sigs)
+        for s in [SIGINT, SIGTERM, SIGHUP, SIGQUIT] { sigaddset(&sigs, s) }
+        var oldMask = sigset_t()
+        pthread_sigmask(SIG_BLOCK, &sigs, &oldMask)
+        let sigfd = ab_signalfd(&sigs)
+        defer {
+            close(sigfd)
+            pthread_sigmask(SIG_SETMASK, &oldMask, nil)
+        }
+
+        // Spawn: C only from here until the child's execve.
+        let cArgv: [UnsafeMutablePointer<CChar>?] = [strdup("agentbox-init"), nil]
+        let cEnv: [UnsafeMutablePointer<CChar>?] = policy.env.map { strdup("\($0.0)=\($0.1)") } + [nil]
+        defer { for p in cArgv + cEnv { free(p) } }
+        let handover: [Int32] = [sp[1]] + mountFds
+        var pidfd: Int32 = -1
+        let flags = AB_CLONE_NEWUSER | AB_CLONE_NEWPID | AB_CLONE_NEWNS | AB_CLONE_NEWNET | AB_CLONE_NEWUTS | AB_CLONE_NEWIPC
+        let pid: pid_t = initPath.withCString { path in
+            cArgv.withUnsafeBufferPointer { argvBuf in
+                cEnv.withUnsafeBufferPointer { envBuf in
+                    handover.withUnsafeBufferPointer { fdsBuf in
+                        var args = ab_spawn_args(clone_flags: Int32(flags), path: path, argv: argvBuf.baseAddress!,
+                                                 envp: envBuf.baseAddress!, fds: fdsBuf.baseAddress, nfds: Int32(fdsBuf.count),
+                                                 sync_fd: sync[0], keep_caps: ident.keepCaps ? 1 : 0,
+                                                 cgroup_fd: cgroup?.cloneFd ?? -1, uid: ident.uid, gid: ident.gid,
+                                                 drop_groups: ident.denySetgroups ? 0 : 1)
+                        return ab_spawn(&args, &pidfd)
+                    }
+                }
+            }
+        }
+        let spawnErrno = errno
+        close(sp[1])
+        close(sync[0])
+        for fd in mountFds { close(fd) }
+        guard pid > 0 else {
+            close(sync[1])
+            throw AgentboxError(stage: "clone", "creating the namespaces failed: \(FileIO.errnoString(spawnErrno))",
+                                hint: spawnErrno == EPERM || spawnErrno == ENOSPC || spawnErrno == EACCES
+                                    ? "user namespaces may be disabled or restricted here (AppArmor, a container); run `agentbox doctor`" : "")
+        }
+        var reaped = false
+        var initStatus: Int32 = 0
+        func reap() {
+            if reaped { return }
+            while waitpid(pid, &initStatus, 0) < 0 && errno == EINTR {}
+            reaped = true
+        }
+        func abort(_ error: AgentboxError) -> AgentboxError {
+            kill(pid, SIGKILL)
+            close(sync[1])
+            reap()
+            if pidfd >= 0 { close(pidfd) }
+            return error
+        }
+
+        // Parent side of the handshake: maps, cgroup, then "go".
+        do throws(AgentboxError) {
+            try FileIO.write("/proc/\(pid)/uid_map", ident.uidMap)
+            if ident.denySetgroups { try FileIO.write("/proc/\(pid)/setgroups", "deny") }
+            try FileIO.write("/proc/\(pid)/gid_map", ident.gidMap)
+            try cgroup?.attach(pid: pid)
+        } catch {
+            throw abort(AgentboxError(stage: "spawn", error.description))
+        }
+        var go: UInt8 = 1
+        _ = write(sync[1], &go, 1)
+        close(sync[1])
+        let specBytes = spec.encode()
+        let sent = specBytes.withUnsafeBytes { send(channel, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        if sent != specBytes.count {
+            throw abort(AgentboxError(stage: "control channel", "sending the setup to agentbox-init failed: \(FileIO.errnoString())"))
+        }
+
+        // Supervise: messages from init, the init's exit, our signals, the deadline.
+        var setupFailure: AgentboxError? = nil
+        var commandStatus: Int32? = nil
+        var notExecuted: Termination? = nil
+        var landlockABI: Int32 = 0
+        var timedOut = false
+        var killedBySignal: Int32? = nil
+        let deadline = policy.limits.timeout.map { started + $0 }
+        var graceDeadline: Double? = nil
+        var buffer = [UInt8](repeating: 0, count: 4096)
+
+        func handle(_ bytes: [UInt8]) {
+            guard let message = try? InitMessage.decode(bytes) else { return }
+            switch message {
+            case let .ready(abi):
+                landlockABI = abi
+                if abi == 0 && policy.profile.landlock == .bestEffort {
+                    warn(SandboxWarning("Landlock is unavailable on this kernel: running without it (the profile allows best-effort)"))
+                }
+            case let .failed(stage, err, detail):
+                var msg = err != 0 ? FileIO.errnoString(err) : ""
+                if !detail.isEmpty { msg += (msg.isEmpty ? "" : ": ") + detail }
+                setupFailure = AgentboxError(stage: "sandbox setup: \(stage)", msg, hint: "run `agentbox doctor` to see what this host supports")
+            case .started: break
+            case let .execFailed(err, path):
+                notExecuted = err == ENOENT
+                    ? .notExecuted(code: 127, reason: "\(path): command not found in the sandbox")
+                    : .notExecuted(code: 126, reason: "\(path): cannot execute: \(FileIO.errnoString(err))")
+            case let .exited(status): commandStatus = status
+            }
+        }
+        func drain() {
+            while true {
+                let n = buffer.withUnsafeMutableBytes { recv(channel, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                if n <= 0 { return }
+                handle(Array(buffer[0..<n]))
+            }
+        }
+
+        var fds = [pollfd(fd: channel, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: sigfd, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)]
+        loop: while true {
+            var timeoutMs: Int32 = -1
+            let nextDeadline = [deadline, graceDeadline].compactMap { $0 }.min()
+            if let d = nextDeadline { timeoutMs = Int32(max(0, min(Double(Int32.max), (d - Sandbox.now()) * 1000)).rounded(.up)) }
+            let rc = poll(&fds, pidfd >= 0 ? 3 : 2, timeoutMs)
+            if rc < 0 && errno != EINTR { break }
+            let now = Sandbox.now()
+            if let d = deadline, now >= d, !timedOut {
+                timedOut = true
+                kill(pid, SIGKILL)  // PID 1 dies, and with it every process of the namespace
+            }
+            if let g = graceDeadline, now >= g { kill(pid, SIGKILL); graceDeadline = nil }
+            if fds[1].revents & Int16(POLLIN) != 0 {
+                while case let sig = ab_signalfd_read(sigfd), sig > 0 {
+                    if killedBySignal == nil {
+                        killedBySignal = sig
+                        var w = WireWriter(.signal)
+                        w.i32(sig)
+                        _ = w.bytes.withUnsafeBytes { send(channel, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                        graceDeadline = now + Sandbox.gracePeriod
+                    } else {
+                        kill(pid, SIGKILL)  // a second signal: stop waiting
+                    }
+                }
+            }
+            if fds[0].revents & Int16(POLLIN) != 0 { drain() }
+            let initGone = (pidfd >= 0 && fds[2].revents != 0) || (fds[0].revents & Int16(POLLHUP) != 0)
+            if initGone { break loop }
+        }
+        drain()
+        reap()
+        if pidfd >= 0 { close(pidfd) }
+
+        let report = cgroup?.report() ?? CgroupReport()
+        if report.pidsLimitHits > 0, let pids = policy.limits.pids {
+            warn(SandboxWarning("the pids limit (\(pids)) was hit \(report.pidsLimitHits) time(s): fork/clone failed inside the sandbox"))
+        }
+        if let failure = setupFailure { throw failure }
+        let termination: Termination
+        if timedOut {
+            termination = .timedOut
+        } else if let n = notExecuted {
+            termination = n
+        } else if let status = commandStatus {
+            termination = (status & 0x7f) == 0 ? .exited((status >> 8) & 0xff) : .signaled(status & 0x7f)
+        } else if let sig = killedBySignal {
+            termination = .signaled(sig)
+        } else if (initStatus & 0x7f) == 0 && ((initStatus >> 8) & 0xff) == 125 {
+            throw AgentboxError(stage: "sandbox setup", "agentbox-init exited before reporting (see the message above)",
+                                hint: "run `agentbox doctor` to see what this host supports")
+        } else {
+            termination = .signaled(initStatus & 0x7f == 0 ? SIGKILL : initStatus & 0x7f)
+        }
+        let oom = report.oomKills > 0 && termination == .signaled(SIGKILL)
+        return SandboxResult(termination: termination, report: report, oomKilled: oom, landlockABI: landlockABI,
+                             elapsed: Sandbox.now() - started)
+    }
+
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}

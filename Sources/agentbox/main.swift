@@ -1,0 +1,308 @@
+import AgentboxCore
+import AgentboxSandbox
+import ArgumentParser
+import Glibc
+
+let agentboxVersion = "0.1.0"
+
+/// stderr output for people: `agentbox: ...`, warnings in colour on a terminal (not with NO_COLOR).
+enum Console {
+    static let color = isatty(2) == 1 && getenv("NO_COLOR") == nil
+
+    static func write(_ text: String) {
+        var s = text
+        if !s.hasSuffix("\n") { s += "\n" }
+        let bytes = Array(s.utf8)
+        _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+    }
+    static func error(_ e: AgentboxError) {
+        let label = color ? "\u{1B}[1;31merror\u{1B}[0m" : "error"
+        write("agentbox: \(label): \(e.stage): \(e.message)" + (e.hint.isEmpty ? "" : "\n  hint: \(e.hint)"))
+    }
+    static func warning(_ message: String) {
+        let label = color ? "\u{1B}[1;33mwarning\u{1B}[0m" : "warning"
+        write("agentbox: \(label): \(message)")
+    }
+    static func note(_ message: String) { write("agentbox: \(message)") }
+    static func out(_ text: String) { print(text) }
+}
+
+struct SandboxFlags: ParsableArguments {
+    @Option(help: ArgumentHelp("Profile name or path to a profile file.", valueName: "NAME|PATH"))
+    var profile: String = "workspace-write"
+
+    @Option(help: ArgumentHelp("The workspace, bound read-write at the same path and used as the starting directory (default: the current directory).", valueName: "DIR"))
+    var workspace: String?
+
+    @Option(name: .customLong("ro"), help: ArgumentHelp("Also bind PATH read-only (repeatable).", valueName: "PATH"))
+    var ro: [String] = []
+
+    @Option(name: .customLong("rw"), help: ArgumentHelp("Also bind PATH read-write (repeatable).", valueName: "PATH"))
+    var rw: [String] = []
+
+    @Option(help: ArgumentHelp("Hide PATH behind an empty read-only directory or file (repeatable).", valueName: "PATH"))
+    var hide: [String] = []
+
+    @Option(help: ArgumentHelp("none or loopback: a private network namespace whose own loopback is up; no route to the host or the internet.", valueName: "MODE"))
+    var network: String?
+
+    @Option(help: ArgumentHelp("Memory limit for the whole sandbox, e.g. 512M, 2G (OOM kill -> exit 137).", valueName: "SIZE"))
+    var memory: String?
+
+    @Option(help: ArgumentHelp("Maximum number of processes and threads in the sandbox.", valueName: "N"))
+    var pids: Int?
+
+    @Option(help: ArgumentHelp("CPU limit in CPUs, fractional allowed (e.g. 0.5).", valueName: "N"))
+    var cpus: Double?
+
+    @Option(help: ArgumentHelp("Wall-clock limit, e.g. 90s, 30m, 2h; the whole sandbox is killed (exit 124).", valueName: "DURATION"))
+    var timeout: String?
+
+    @Option(name: .customLong("tmp-size"), help: ArgumentHelp("Size cap of the private /tmp and /dev/shm.", valueName: "SIZE"))
+    var tmpSize: String?
+
+    @Option(help: ArgumentHelp("Set an environment variable in the sandbox (repeatable). The host environment is not inherited.", valueName: "KEY=VALUE"))
+    var env: [String] = []
+
+    @Flag(name: .customLong("strict-limits"), help: "Fail instead of falling back to rlimits when a limit cannot be enforced by a cgroup.")
+    var strictLimits = false
+
+    func options() throws(AgentboxError) -> SandboxOptions {
+        var o = SandboxOptions()
+        o.profile = profile
+        o.workspace = workspace
+        o.ro = ro
+        o.rw = rw
+        o.hide = hide
+        if let n = network {
+            guard let mode = Profile.Network(rawValue: n) else {
+                throw .usage("--network \(n): unknown mode", hint: "use none or loopback (both: a private namespace with its own loopback)")
+            }
+            o.network = mode
+        }
+        if let m = memory {
+            guard let bytes = Units.parseSize(m), bytes >= 1 << 20 else {
+                throw .usage("--memory \(m): not a size of at least 1M", hint: "e.g. --memory 512M or --memory 2G")
+            }
+            o.memory = bytes
+        }
+        if let p = pids {
+            guard p > 0 else { throw .usage("--pids \(p): must be at least 1") }
+            o.pids = p
+        }
+        if let c = cpus {
+            guard c > 0, c.isFinite else { throw .usage("--cpus \(c): must be a positive number of CPUs") }
+            o.cpus = c
+        }
+        if let t = timeout {
+            guard let seconds = Units.parseDuration(t) else {
+                throw .usage("--timeout \(t): not a duration", hint: "e.g. --timeout 90s, 30m, 2h or 1h30m")
+            }
+            o.timeout = seconds
+        }
+        if let t = tmpSize {
+            guard let bytes = Units.parseSize(t), bytes >= 64 << 10 else {
+                throw .usage("--tmp-size \(t): not a size of at least 64K", hint: "e.g. --tmp-size 256M")
+            }
+            o.tmpSize = bytes
+        }
+        for assignment in env {
+            guard let kv = EnvVar.split(assignment) else {
+                throw .usage("--env \(assignment): expected KEY=VALUE with a valid variable name")
+            }
+            o.env.append(kv)
+        }
+        o.strictLimits = strictLimits
+        return o
+    }
+
+    func resolve() throws(AgentboxError) -> SandboxPolicy {
+        let o = try options()
+        let profile = try ProfileStore.load(o.profile)
+        return try PolicyResolver.resolve(profile: profile, options: o, cwd: currentDirectory(), host: RealHostPaths())
+    }
+}
+
+func currentDirectory() -> String {
+    guard let p = getcwd(nil, 0) else { return "/" }
+    defer { free(p) }
+    return String(cString: p)
+}
+
+/// Runs a command body and turns AgentboxError into the documented message and exit code.
+func guarded(_ body: () throws(AgentboxError) -> Int32) -> Never {
+    do {
+        exit(try body())
+    } catch {
+        Console.error(error)
+        exit(error.exitCode)
+    }
+}
+
+struct Agentbox: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agentbox",
+        abstract: "Run AI agents and commands in Linux sandboxes.",
+        discussion: """
+            Exit codes: the command's own status; 124 timeout; 125 agentbox failed (the message names the \
+            stage); 126 not executable; 127 not found; 128+N killed by signal N (137 also for an OOM kill). \
+            See docs/cli.md.
+            """,
+        version: "agentbox \(agentboxVersion)",
+        subcommands: [Exec.self, ProfileCommand.self, Doctor.self, Version.self])
+}
+
+struct Exec: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run one command in a fresh sandbox.",
+        discussion: """
+            The command runs in new user, pid, mount, network, uts, ipc and cgroup namespaces with a new root: \
+            read-only system directories, the workspace read-write, a private /tmp, a minimal /dev, no capabilities, \
+            no_new_privs, Landlock and a seccomp filter. Standard input and output are passed through; the exit \
+            status is the command's. Example: agentbox exec --memory 1G --timeout 10m -- make test
+            """)
+
+    @OptionGroup(title: "Sandbox options") var sandbox: SandboxFlags
+
+    @Argument(parsing: .postTerminator, help: ArgumentHelp("The command and its arguments, after --.", valueName: "CMD"))
+    var command: [String] = []
+
+    func run() throws {
+        guarded { () throws(AgentboxError) -> Int32 in
+            guard !command.isEmpty else {
+                throw .usage("no command given", hint: "usage: agentbox exec [OPTIONS] -- CMD [ARG...]")
+            }
+            let policy = try sandbox.resolve()
+            let box = Sandbox(policy: policy, argv: command) { Console.warning($0.message) }
+            let result = try box.run()
+            switch result.termination {
+            case .timedOut:
+                Console.note("timeout after \(Units.formatDuration(policy.limits.timeout ?? 0)): the sandbox was killed")
+            case let .notExecuted(_, reason):
+                Console.note(reason)
+            case .signaled(SIGKILL) where result.oomKilled:
+                Console.note("the command was killed by the OOM killer: memory limit \(Units.formatSize(policy.limits.memory ?? 0)) reached")
+            default: break
+            }
+            return result.exitCode
+        }
+    }
+}
+
+struct ProfileCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "profile", abstract: "List, show and check sandbox profiles.",
+        subcommands: [List.self, Show.self, Check.self])
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the profiles agentbox can find, and where.")
+        @Flag(help: "JSON output.") var json = false
+        func run() throws {
+            guarded { () throws(AgentboxError) -> Int32 in
+                let found = ProfileStore.list()
+                if json {
+                    Console.out(JSON.array(found.map { item in
+                        let description = (try? ProfileStore.load(item.path).description) ?? ""
+                        return .object([("name", .string(item.name)), ("path", .string(item.path)), ("description", .string(description))])
+                    }).serialized)
+                    return 0
+                }
+                if found.isEmpty {
+                    Console.note("no profiles found (searched: \(ProfileStore.searchPath().joined(separator: ", ")))")
+                    return 1
+                }
+                let width = found.map(\.name.count).max() ?? 0
+                for item in found {
+                    let description: String
+                    do throws(AgentboxError) { description = try ProfileStore.load(item.path).description } catch {
+                        description = "INVALID: \(error.message)"
+                    }
+                    Console.out(item.name.padding(width) + "  " + description + "\n" + String(repeating: " ", count: width + 2) + item.path)
+                }
+                return 0
+            }
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show the policy a profile resolves to here (with the sandbox options applied), as JSON.")
+        @OptionGroup(title: "Sandbox options") var sandbox: SandboxFlags
+        @Argument(help: ArgumentHelp("Profile name or path (overrides --profile).", valueName: "NAME|PATH")) var name: String?
+        func run() throws {
+            guarded { () throws(AgentboxError) -> Int32 in
+                var flags = sandbox
+                if let name { flags.profile = name }
+                Console.out(try flags.resolve().json.pretty)
+                return 0
+            }
+        }
+    }
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Validate a profile file and its seccomp policy; exit 0 when valid, 1 with the problem when not.")
+        @Argument(help: ArgumentHelp("Profile name or path.", valueName: "FILE")) var file: String
+        func run() throws {
+            do {
+                let profile = try ProfileStore.check(file)
+                Console.out("ok: \(profile.path)" + (profile.seccomp.map { " (seccomp: \($0))" } ?? ""))
+                Glibc.exit(0)
+            } catch {
+                Console.error(error)
+                Glibc.exit(1)
+            }
+        }
+    }
+}
+
+struct Doctor: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show what this host supports and which guarantees `exec` gives here.")
+    @Flag(help: "JSON output.") var json = false
+    func run() throws {
+        let report = HostReport.probe()
+        if json {
+            Console.out(report.json.pretty)
+            Glibc.exit(0)
+        }
+        let ok = Console.color ? "\u{1B}[32mok\u{1B}[0m  " : "ok  "
+        let weak = Console.color ? "\u{1B}[33mWEAK\u{1B}[0m" : "WEAK"
+        Console.out("agentbox \(agentboxVersion) on Linux \(report.kernel), uid \(report.uid)")
+        Console.out("cgroups: \(report.cgroupMode.rawValue)\(report.cgroupWritable ? " (this user can create cgroups)" : " (this user cannot create cgroups: \(report.cgroupDetail))")")
+        if report.apparmorRestrictsUserns {
+            Console.out("AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1)")
+        }
+        Console.out("init: \(report.initPath ?? "NOT FOUND (reinstall with make install)")")
+        Console.out("")
+        for (name, good, detail) in report.guarantees {
+            Console.out("\(good ? ok : weak) \(name.padding(16)) \(detail)")
+        }
+        Glibc.exit(report.userNamespaces && report.initPath != nil ? 0 : 1)
+    }
+}
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the version.")
+    func run() throws { Console.out("agentbox \(agentboxVersion)") }
+}
+
+extension String {
+    func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
+}
+
+// Usage errors exit 125 (docs/cli.md), not ArgumentParser's 64; help and --version exit 0.
+do {
+    var command = try Agentbox.parseAsRoot()
+    try command.run()
+    exit(0)
+} catch {
+    let code = Agentbox.exitCode(for: error)
+    let message = Agentbox.fullMessage(for: error)
+    if code == .success {
+        if !message.isEmpty { print(message) }
+        exit(0)
+    }
+    if !message.isEmpty { Console.write(message.hasPrefix("Error:") ? "agentbox: error: usage: " + message.dropFirst(7) : message) }
+    exit(125)
+}
