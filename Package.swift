@@ -30,8 +30,7 @@ let package = Package(
             "AgentboxCore", "AgentboxSandbox",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "AgentboxCoreTests", dependencies: ["AgentboxCore", "AgentboxSandbox"],
-                    resources: [.copy("Fixtures")]),
+        .testTarget(name: "AgentboxCoreTests", dependencies: ["AgentboxCore", "AgentboxSandbox"]),
         .testTarget(name: "AgentboxIntegrationTests", dependencies: ["AgentboxCore"]),
     ],
     swiftLanguageModes: [.v6]

@@ -4,6 +4,8 @@ public enum JSON: Equatable, Sendable {
     case null
     case bool(Bool)
     case number(Double)
+    /// A non-negative integer literal too large for a Double to hold exactly (> 2^53), kept exact.
+    case uint(UInt64)
     case string(String)
     case array([JSON])
     case object([(String, JSON)])
@@ -13,6 +15,8 @@ public enum JSON: Equatable, Sendable {
         case (.null, .null): return true
         case let (.bool(a), .bool(b)): return a == b
         case let (.number(a), .number(b)): return a == b
+        case let (.uint(a), .uint(b)): return a == b
+        case let (.uint(a), .number(b)), let (.number(b), .uint(a)): return Double(a) == b
         case let (.string(a), .string(b)): return a == b
         case let (.array(a), .array(b)): return a == b
         case let (.object(a), .object(b)):
@@ -28,7 +32,22 @@ public enum JSON: Equatable, Sendable {
 
     public var stringValue: String? { if case let .string(s) = self { return s }; return nil }
     public var boolValue: Bool? { if case let .bool(b) = self { return b }; return nil }
-    public var numberValue: Double? { if case let .number(n) = self { return n }; return nil }
+    public var numberValue: Double? {
+        switch self {
+        case let .number(n): return n
+        case let .uint(u): return Double(u)
+        default: return nil
+        }
+    }
+
+    /// The value as an exact unsigned 64-bit integer, or nil.
+    public var uint64Value: UInt64? {
+        switch self {
+        case let .uint(u): return u
+        case let .number(n): return n >= 0 && n.rounded() == n && n < 18_446_744_073_709_551_616.0 ? UInt64(n) : nil
+        default: return nil
+        }
+    }
     public var arrayValue: [JSON]? { if case let .array(a) = self { return a }; return nil }
     public var objectValue: [(String, JSON)]? { if case let .object(o) = self { return o }; return nil }
 
@@ -43,7 +62,7 @@ public enum JSON: Equatable, Sendable {
         switch self {
         case .null: return "null"
         case .bool: return "a boolean"
-        case .number: return "a number"
+        case .number, .uint: return "a number"
         case .string: return "a string"
         case .array: return "an array"
         case .object: return "an object"
@@ -256,7 +275,8 @@ struct JSONParser {
             guard digits(&pos, bytes) > 0 else { throw error("invalid number: digits expected in exponent") }
         }
         let text = String(decoding: bytes[start..<pos], as: UTF8.self)
-        guard let value = Double(text) else { throw error("invalid number") }
+        if let exact = UInt64(text), exact > 1 << 53 { return .uint(exact) }
+        guard let value = Double(text), value.isFinite else { throw error("invalid number") }
         return .number(value)
     }
 }
@@ -281,6 +301,7 @@ extension JSON {
         case .null: out += "null"
         case let .bool(b): out += b ? "true" : "false"
         case let .number(n): out += JSON.format(number: n)
+        case let .uint(u): out += String(u)
         case let .string(s): JSON.quote(s, into: &out)
         case let .array(items):
             if items.isEmpty { out += "[]"; return }

@@ -110,7 +110,7 @@ public enum PolicyResolver {
     /// Applies the command-line options to the profile and resolves every path.
     /// `cwd` is the caller's working directory (absolute).
     public static func resolve(profile: Profile, options: SandboxOptions, cwd: String, host: some HostPaths) throws(AgentboxError) -> SandboxPolicy {
-        func absolute(_ p: String) -> String { p.hasPrefix("/") ? p : (cwd == "/" ? "" : cwd) + "/" + p }
+        func absolute(_ p: String) -> String { normalize(p.hasPrefix("/") ? p : (cwd == "/" ? "" : cwd) + "/" + p) }
         func canonical(_ p: String, _ what: String) throws(AgentboxError) -> String {
             guard let c = host.canonical(absolute(p)) else {
                 throw AgentboxError(stage: "policy", "\(what) \(p): no such file or directory",
@@ -183,6 +183,17 @@ public enum PolicyResolver {
     }
 
     static func depth(_ path: String) -> Int { path.split(separator: "/").count }
+
+    /// Removes `.` and `..` components lexically (symlinks are resolved later by the host).
+    static func normalize(_ path: String) -> String {
+        var parts: [Substring] = []
+        for part in path.split(separator: "/") {
+            if part == "." { continue }
+            if part == ".." { _ = parts.popLast(); continue }
+            parts.append(part)
+        }
+        return "/" + parts.joined(separator: "/")
+    }
 
     static func sanitizedHostname(_ name: String) -> String? {
         let h = String(name.map { $0.isLetter || $0.isNumber || $0 == "-" ? $0 : "-" }.prefix(63))

@@ -233,9 +233,14 @@ func startCommand(_ spec: SetupSpec, mask: sigset_t) -> pid_t? {
 }
 
 func main() -> Int32 {
-    var buffer = [UInt8](repeating: 0, count: 4 << 20)
+    // SOCK_SEQPACKET: peek with MSG_TRUNC for the packet's size, then read it whole.
+    var probe: UInt8 = 0
+    var size: Int
+    repeat { size = recv(channel, &probe, 1, Int32(MSG_PEEK | MSG_TRUNC)) } while size < 0 && errno == EINTR
+    guard size > 0, size <= 16 << 20 else { return 125 }  // the supervisor went away before sending the spec
+    var buffer = [UInt8](repeating: 0, count: size)
     let n = buffer.withUnsafeMutableBytes { recv(channel, $0.baseAddress, $0.count, 0) }
-    guard n > 0 else { return 125 }  // the supervisor went away before sending the spec
+    guard n == size else { return 125 }
     let spec: SetupSpec
     do { spec = try SetupSpec.decode(Array(buffer[0..<n])) } catch {
         send(.failed(stage: "read the setup", errno: 0, detail: error.description))

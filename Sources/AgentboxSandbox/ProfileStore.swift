@@ -13,6 +13,7 @@ public enum ProfileStore {
         if let config = configHome() { dirs.append(config + "/agentbox/profiles") }
         if let exeDir = executableDirectory() {
             dirs.append(exeDir + "/../share/agentbox/sandbox-profiles")
+            dirs.append(exeDir + "/sandbox-profiles")
             // A build tree: .build/<triple>/<config>/agentbox -> the repository's sandbox-profiles/.
             var dir = exeDir
             for _ in 0..<4 {

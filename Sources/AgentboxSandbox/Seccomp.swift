@@ -109,17 +109,19 @@ public struct SeccompPolicy: Sendable {
                                 guard let index = a["index"]?.intValue, (0...5).contains(index) else {
                                     throw fail("\(akey).index", "must be an argument index 0-5")
                                 }
-                                guard let value = a["value"]?.numberValue, value >= 0 else {
-                                    throw fail("\(akey).value", "must be a non-negative number")
+                                guard let value = a["value"]?.uint64Value else {
+                                    throw fail("\(akey).value", "must be an integer from 0 to 2^64-1")
                                 }
-                                let two = a["valueTwo"]?.numberValue ?? 0
+                                guard let two = a["valueTwo"].map({ $0.uint64Value }) ?? 0 else {
+                                    throw fail("\(akey).valueTwo", "must be an integer from 0 to 2^64-1")
+                                }
                                 guard let op = a["op"]?.stringValue, ops[op] != nil else {
                                     throw fail("\(akey).op", "must be one of \(ops.keys.sorted().joined(separator: ", "))")
                                 }
                                 for (ak, _) in a.objectValue ?? [] where !["index", "value", "valueTwo", "op"].contains(ak) {
                                     throw fail("\(akey).\(ak)", "unknown key (known: index, value, valueTwo, op)")
                                 }
-                                rule.args.append(Arg(index: UInt32(index), value: UInt64(value), valueTwo: UInt64(two), op: op))
+                                rule.args.append(Arg(index: UInt32(index), value: value, valueTwo: two, op: op))
                             }
                         default: throw fail("\(base).\(k)", "unknown key (known: names, action, errnoRet, args, includes, excludes, comment)")
                         }

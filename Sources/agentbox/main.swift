@@ -180,9 +180,10 @@ struct Exec: ParsableCommand {
                 Console.note("timeout after \(Units.formatDuration(policy.limits.timeout ?? 0)): the sandbox was killed")
             case let .notExecuted(_, reason):
                 Console.note(reason)
-            case .signaled(SIGKILL) where result.oomKilled:
-                Console.note("the command was killed by the OOM killer: memory limit \(Units.formatSize(policy.limits.memory ?? 0)) reached")
             default: break
+            }
+            if result.report.oomKills > 0 {
+                Console.note("memory limit \(Units.formatSize(policy.limits.memory ?? 0)) reached: the OOM killer killed \(result.report.oomKills) process(es) in the sandbox")
             }
             return result.exitCode
         }

@@ -1,0 +1,70 @@
+# agentbox: the two commands of the README quickstart are `make demo` and `make test`.
+# Both install what is missing (Debian/Ubuntu packages, with sudo when not root), build, and run.
+
+SWIFT_BIN ?= $(shell command -v swift 2>/dev/null || ls /opt/swift/usr/bin/swift 2>/dev/null)
+SWIFT     := $(SWIFT_BIN)
+PREFIX    ?= /usr/local
+SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Static Swift stdlib for fast start (a Foundation-free init, ~1 ms). The -l flags work around
+# SwiftPM not adding FoundationEssentials' own static dependencies when linking statically.
+STATIC    := --static-swift-stdlib -Xlinker -l_FoundationCShims -Xlinker -l_FoundationCollections -Xlinker -lswiftSynchronization
+BUILD_DEPS := libseccomp-dev libcap-dev libcurl4-openssl-dev pkg-config
+TEST_DEPS  := util-linux passwd procps bash coreutils
+BENCH_DEPS := hyperfine bubblewrap runc
+DEBUG_BIN   = .build/debug
+RELEASE_BIN = .build/release
+
+.PHONY: all build release deps bench-deps test demo install uninstall bench clean check-swift
+
+all: build
+
+check-swift:
+	@if [ -z "$(SWIFT)" ]; then \
+	  echo "error: no Swift toolchain found (looked for 'swift' on PATH and /opt/swift/usr/bin/swift)."; \
+	  echo "  install Swift 6 from https://www.swift.org/install/linux/ and put it on PATH, then re-run."; \
+	  exit 1; fi
+
+# Install the Debian/Ubuntu packages that are missing (nothing when all are present).
+deps:
+	@missing=""; for p in $(BUILD_DEPS) $(TEST_DEPS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  $(SUDO) apt-get install -y $$missing >/dev/null || { $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y $$missing; }; fi
+
+bench-deps:
+	@missing=""; for p in $(BENCH_DEPS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  $(SUDO) apt-get install -y $$missing >/dev/null || { $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y $$missing; }; fi
+
+# Debug build with the shared Swift runtime (the test frameworks are not available statically).
+build: check-swift deps
+	$(SWIFT) build
+
+release: check-swift deps
+	$(SWIFT) build -c release $(STATIC)
+
+test: build
+	$(SWIFT) test
+
+demo: release
+	@bash examples/demo.sh $(RELEASE_BIN)/agentbox
+
+install: release
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/libexec/agentbox $(DESTDIR)$(PREFIX)/share/agentbox
+	install -m 0755 $(RELEASE_BIN)/agentbox $(DESTDIR)$(PREFIX)/bin/agentbox
+	install -m 0755 $(RELEASE_BIN)/agentbox-init $(DESTDIR)$(PREFIX)/libexec/agentbox/agentbox-init
+	rm -rf $(DESTDIR)$(PREFIX)/share/agentbox/sandbox-profiles
+	cp -r sandbox-profiles $(DESTDIR)$(PREFIX)/share/agentbox/sandbox-profiles
+	chmod -R a+rX $(DESTDIR)$(PREFIX)/share/agentbox
+	@echo "installed $(DESTDIR)$(PREFIX)/bin/agentbox; try: agentbox doctor"
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/agentbox
+	rm -rf $(DESTDIR)$(PREFIX)/libexec/agentbox $(DESTDIR)$(PREFIX)/share/agentbox
+
+bench: release bench-deps
+	@bash bench/sandbox.sh $(RELEASE_BIN)/agentbox
+
+clean:
+	rm -rf .build

@@ -1,0 +1,86 @@
+import AgentboxCore
+import Testing
+
+@Suite struct JSONTests {
+    @Test func roundTripsValues() throws {
+        let text = #"{"a":1,"b":[true,false,null],"c":"x\"y\\z\n\u00e9","d":-1.5,"e":{}}"#
+        let value = try JSON.parse(text)
+        #expect(value["a"]?.intValue == 1)
+        #expect(value["c"]?.stringValue == "x\"y\\z\né")
+        #expect(value["d"]?.numberValue == -1.5)
+        #expect(try JSON.parse(value.serialized) == value)
+        #expect(try JSON.parse(value.pretty) == value)
+    }
+
+    @Test func largeIntegersStayExact() throws {
+        #expect(try JSON.parse("18446744073709551615").uint64Value == UInt64.max)
+        #expect(try JSON.parse("18446744073709551616").uint64Value == nil, "beyond 2^64-1 is not a u64")
+        #expect(try JSON.parse("[18446744073709551615]").serialized == "[18446744073709551615]")
+        #expect(try JSON.parse("-1").uint64Value == nil)
+    }
+
+    @Test func surrogatePairsDecode() throws {
+        #expect(try JSON.parse(#""\ud83d\ude00""#).stringValue == "😀")
+    }
+
+    @Test(arguments: [
+        ("{\"a\":1,}", "expected a string key"),
+        ("[1,2", "unexpected end of input"),
+        ("{\"a\" 1}", "expected ':'"),
+        ("\"abc", "unterminated string"),
+        ("{\"a\":1}{", "unexpected content"),
+        ("{\"a\":1,\"a\":2}", "duplicate key"),
+        ("tru", "invalid literal"),
+        ("01x", "unexpected content"),
+    ])
+    func rejectsMalformedInputWithPosition(text: String, fragment: String) {
+        do {
+            _ = try JSON.parse(text)
+            Issue.record("parsed malformed JSON: \(text)")
+        } catch {
+            #expect(error.message.contains(fragment), "\(error)")
+            #expect(error.line >= 1 && error.column >= 1)
+        }
+    }
+
+    @Test func reportsLineAndColumn() {
+        do {
+            _ = try JSON.parse("{\n  \"a\": [1,\n  }\n")
+            Issue.record("parsed malformed JSON")
+        } catch {
+            #expect(error.line == 3)
+        }
+    }
+
+    @Test func deepNestingIsAnErrorNotACrash() {
+        let text = String(repeating: "[", count: 100_000)
+        #expect(throws: JSONParseError.self) { try JSON.parse(text) }
+    }
+}
+
+@Suite struct UnitsTests {
+    @Test func sizes() {
+        #expect(Units.parseSize("512M") == 512 << 20)
+        #expect(Units.parseSize("2G") == 2 << 30)
+        #expect(Units.parseSize("1.5g") == 3 << 29)
+        #expect(Units.parseSize("100") == 100)
+        #expect(Units.parseSize("64KiB") == 64 << 10)
+        #expect(Units.parseSize("-1M") == nil)
+        #expect(Units.parseSize("lots") == nil)
+        #expect(Units.parseSize("") == nil)
+        #expect(Units.formatSize(512 << 20) == "512M")
+    }
+
+    @Test func durations() {
+        #expect(Units.parseDuration("90s") == 90)
+        #expect(Units.parseDuration("30m") == 1800)
+        #expect(Units.parseDuration("2h") == 7200)
+        #expect(Units.parseDuration("1h30m") == 5400)
+        #expect(Units.parseDuration("250ms") == 0.25)
+        #expect(Units.parseDuration("10") == 10)
+        #expect(Units.parseDuration("0s") == nil)
+        #expect(Units.parseDuration("5 parsecs") == nil)
+        #expect(Units.parseDuration("1x") == nil)
+        #expect(Units.formatDuration(5400) == "1h30m")
+    }
+}

@@ -1,0 +1,196 @@
+import AgentboxCore
+import Testing
+
+@Suite struct ProfileParsingTests {
+    let full = """
+        {
+          "description": "test",
+          "filesystem": {"workspace": "ro", "system": ["/usr", "/etc"], "ro": ["/opt"], "rw": ["/var/tmp"], "hide": ["/etc/ssh"]},
+          "network": "loopback",
+          "limits": {"memory": "1G", "pids": 100, "cpus": 1.5, "timeout": "10m", "tmp_size": "64M"},
+          "env": {"FOO": "bar"},
+          "seccomp": "seccomp/default.json",
+          "landlock": "required",
+          "hostname": "box-1"
+        }
+        """
+
+    @Test func parsesEveryKey() throws {
+        let p = try Profile.parse(full, name: "t", file: "/p/t.json")
+        #expect(p.workspace == .ro)
+        #expect(p.system == ["/usr", "/etc"])
+        #expect(p.hide == ["/etc/ssh"])
+        #expect(p.network == .loopback)
+        #expect(p.limits.memory == 1 << 30)
+        #expect(p.limits.pids == 100)
+        #expect(p.limits.cpus == 1.5)
+        #expect(p.limits.timeout == 600)
+        #expect(p.limits.tmpSize == 64 << 20)
+        #expect(p.env.first! == ("FOO", "bar"))
+        #expect(p.seccomp == "/p/seccomp/default.json")
+        #expect(p.landlock == .required)
+        #expect(p.hostname == "box-1")
+    }
+
+    @Test func extendsOverridesOnlyWhatItNames() throws {
+        let base = try Profile.parse(full, name: "base", file: "/p/base.json")
+        let child = try Profile.parse(#"{"extends": "base", "filesystem": {"workspace": "rw"}, "limits": {"pids": null}}"#,
+                                      name: "child", file: "/p/child.json", base: base)
+        #expect(child.workspace == .rw)
+        #expect(child.system == ["/usr", "/etc"])
+        #expect(child.limits.pids == nil)
+        #expect(child.limits.memory == 1 << 30)
+        #expect(child.name == "child")
+    }
+
+    @Test(arguments: [
+        (#"{"netwrok": "none"}"#, "netwrok", "unknown key"),
+        (#"{"network": "host"}"#, "network", "not a network mode"),
+        (#"{"limits": {"memory": "lots"}}"#, "limits.memory", "must be a size"),
+        (#"{"limits": {"pids": -3}}"#, "limits.pids", "positive integer"),
+        (#"{"limits": {"pids": 1.5}}"#, "limits.pids", "positive integer"),
+        (#"{"limits": {"cpus": 0}}"#, "limits.cpus", "positive number"),
+        (#"{"limits": {"timeout": "soon"}}"#, "limits.timeout", "duration"),
+        (#"{"limits": {"swap": "1G"}}"#, "limits.swap", "unknown key"),
+        (#"{"filesystem": {"ro": ["relative/path"]}}"#, "filesystem.ro[0]", "not an absolute path"),
+        (#"{"filesystem": {"rw": "/tmp"}}"#, "filesystem.rw", "array"),
+        (#"{"filesystem": {"workspace": "rwx"}}"#, "filesystem.workspace", "must be"),
+        (#"{"filesystem": {"ro": ["/a/../etc"]}}"#, "filesystem.ro[0]", ".."),
+        (#"{"env": {"1BAD": "x"}}"#, "env.1BAD", "not a valid variable name"),
+        (#"{"landlock": "maybe"}"#, "landlock", "not a Landlock mode"),
+        (#"{"hostname": "a b"}"#, "hostname", "letters"),
+        (#"[1, 2]"#, "", "top level must be a JSON object"),
+        (#"{"description": "x",}"#, "", "not valid JSON"),
+    ])
+    func rejectsBadProfilesNamingFileAndKey(text: String, key: String, problem: String) {
+        do {
+            _ = try Profile.parse(text, name: "bad", file: "/etc/agentbox/bad.json")
+            Issue.record("accepted a bad profile: \(text)")
+        } catch {
+            #expect(error.file == "/etc/agentbox/bad.json")
+            #expect(error.key == key)
+            #expect(error.problem.contains(problem), "\(error.problem)")
+            #expect(error.description.hasPrefix("/etc/agentbox/bad.json"))
+        }
+    }
+}
+
+/// A fake host filesystem for the resolver.
+struct FakeHost: HostPaths {
+    var dirs: Set<String> = ["/usr", "/etc", "/work/proj", "/work/proj/sub", "/data", "/opt", "/tmp", "/proc", "/work"]
+    var files: Set<String> = ["/work/proj/.env"]
+    var links: [String: String] = ["/bin": "usr/bin", "/lib": "usr/lib"]
+    func canonical(_ path: String) -> String? {
+        if let l = links[path] { return "/" + l }
+        return dirs.contains(path) || files.contains(path) ? path : nil
+    }
+    func symlinkText(_ path: String) -> String? { links[path] }
+    func isDirectory(_ path: String) -> Bool { dirs.contains(path) }
+}
+
+@Suite struct PolicyResolutionTests {
+    func profile() -> Profile {
+        var p = Profile(name: "t")
+        p.system = ["/usr", "/bin", "/lib", "/etc", "/lib32"]
+        p.limits.pids = 10
+        return p
+    }
+
+    @Test func resolvesMountsParentsFirstWithOverrides() throws {
+        var o = SandboxOptions()
+        o.workspace = "/work/proj"
+        o.ro = ["/data"]
+        o.hide = ["../.env"]
+        o.pids = 99
+        o.memory = 1 << 20
+        let policy = try PolicyResolver.resolve(profile: profile(), options: o, cwd: "/work/proj/sub", host: FakeHost())
+        #expect(policy.workspace == "/work/proj")
+        #expect(policy.workdir == "/work/proj/sub")
+        #expect(policy.limits.pids == 99)
+        #expect(policy.limits.memory == 1 << 20)
+        let targets = policy.mounts.map(\.target)
+        #expect(!targets.contains("/lib32"), "missing system paths are skipped")
+        #expect(policy.mounts.first { $0.target == "/bin" }?.kind == .symlink)
+        #expect(policy.mounts.first { $0.target == "/work/proj" }?.kind == .bindRW)
+        #expect(policy.mounts.first { $0.target == "/work/proj/.env" }?.kind == .hideFile)
+        let ws = targets.firstIndex(of: "/work/proj"), env = targets.firstIndex(of: "/work/proj/.env")
+        #expect(ws != nil && env != nil && ws! < env!, "a path inside the workspace is mounted after the workspace")
+        #expect(policy.env.contains { $0.0 == "PATH" })
+    }
+
+    @Test func readOnlyWorkspaceAndCwdOutsideWorkspace() throws {
+        var p = profile()
+        p.workspace = .ro
+        var o = SandboxOptions()
+        o.workspace = "/work/proj"
+        let policy = try PolicyResolver.resolve(profile: p, options: o, cwd: "/data", host: FakeHost())
+        #expect(policy.workdir == "/work/proj")
+        #expect(policy.mounts.first { $0.target == "/work/proj" }?.kind == .bindRO)
+        #expect(!policy.mounts.contains { $0.writable })
+    }
+
+    @Test(arguments: ["/", "/proc"])
+    func refusesWorkspacesThatExposeTheHost(workspace: String) {
+        var o = SandboxOptions()
+        o.workspace = workspace
+        #expect(throws: AgentboxError.self) {
+            try PolicyResolver.resolve(profile: profile(), options: o, cwd: "/", host: FakeHost())
+        }
+    }
+
+    @Test func missingPathsAreClearErrors() {
+        var o = SandboxOptions()
+        o.workspace = "/work/proj"
+        o.rw = ["/nope"]
+        do {
+            _ = try PolicyResolver.resolve(profile: profile(), options: o, cwd: "/", host: FakeHost())
+            Issue.record("accepted a missing --rw path")
+        } catch {
+            #expect(error.message.contains("/nope"))
+            #expect(error.exitCode == 125)
+        }
+    }
+
+    @Test func commandLineEnvOverridesProfileEnv() throws {
+        var p = profile()
+        p.env = [("A", "profile"), ("B", "b")]
+        var o = SandboxOptions()
+        o.workspace = "/work/proj"
+        o.env = [("A", "cli")]
+        let policy = try PolicyResolver.resolve(profile: p, options: o, cwd: "/", host: FakeHost())
+        #expect(policy.env.filter { $0.0 == "A" }.map(\.1) == ["cli"])
+        #expect(policy.env.contains { $0 == ("B", "b") })
+    }
+}
+
+@Suite struct WireTests {
+    @Test func setupSpecRoundTrips() throws {
+        var s = SetupSpec()
+        s.hostname = "h"
+        s.uid = 1000
+        s.gid = 1001
+        s.mounts = [MountEntry(.bindRW, source: "/a", target: "/a"), MountEntry(.symlink, source: "usr/bin", target: "/bin")]
+        s.mountFds = [0, -1]
+        s.argv = ["sh", "-c", "echo ü"]
+        s.seccompProgram = [1, 2, 3, 4, 5, 6, 7, 8]
+        s.writablePaths = ["/tmp"]
+        s.rlimits = [(6, 100)]
+        let decoded = try SetupSpec.decode(s.encode())
+        #expect(decoded == s)
+        #expect(decoded.argv == s.argv)
+    }
+
+    @Test func truncatedOrForeignMessagesAreErrors() {
+        let bytes = SetupSpec().encode()
+        #expect(throws: WireError.self) { try SetupSpec.decode(Array(bytes.prefix(bytes.count - 3))) }
+        #expect(throws: WireError.self) { try SetupSpec.decode([99, 1, 2]) }
+        #expect(throws: WireError.self) { try InitMessage.decode([]) }
+    }
+
+    @Test func initMessagesRoundTrip() throws {
+        for m: InitMessage in [.ready(landlockABI: 7), .failed(stage: "mount /proc", errno: 1, detail: "x"),
+                               .started(pid: 2), .execFailed(errno: 2, path: "nope"), .exited(status: 256)] {
+            #expect(try InitMessage.decode(m.encode()) == m)
+        }
+    }
+}
