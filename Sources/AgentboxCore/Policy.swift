@@ -73,11 +73,15 @@ public struct MountEntry: Equatable, Sendable {
     public var kind: Kind
     public var source: String
     public var target: String
+    /// Whether the bind source is a directory (decided by the supervisor, which can see host paths the
+    /// sandbox user cannot traverse).
+    public var directory: Bool
 
-    public init(_ kind: Kind, source: String, target: String) {
+    public init(_ kind: Kind, source: String, target: String, directory: Bool = true) {
         self.kind = kind
         self.source = source
         self.target = target
+        self.directory = directory
     }
 
     public var writable: Bool { kind == .bindRW }
@@ -131,6 +135,8 @@ public enum PolicyResolver {
 
         var mounts: [MountEntry] = []
         func add(_ entry: MountEntry) {
+            var entry = entry
+            if entry.kind == .bindRO || entry.kind == .bindRW { entry.directory = host.isDirectory(entry.source) }
             mounts.removeAll { $0.target == entry.target }
             mounts.append(entry)
         }

@@ -114,6 +114,7 @@ public struct SetupSpec: Equatable, Sendable {
             w.u8(m.kind.rawValue)
             w.string(m.source)
             w.string(m.target)
+            w.u8(m.directory ? 1 : 0)
             w.i32(i < mountFds.count ? mountFds[i] : -1)
         }
         w.u64(tmpSize)
@@ -145,7 +146,7 @@ public struct SetupSpec: Equatable, Sendable {
             guard let kind = MountEntry.Kind(rawValue: try r.u8()) else { throw WireError(description: "unknown mount kind") }
             let source = try r.string()
             let target = try r.string()
-            s.mounts.append(MountEntry(kind, source: source, target: target))
+            s.mounts.append(MountEntry(kind, source: source, target: target, directory: try r.u8() != 0))
             s.mountFds.append(try r.i32())
         }
         s.tmpSize = try r.u64()

@@ -40,11 +40,6 @@ func touch(_ path: String) throws(SetupFailure) {
     if fd >= 0 { close(fd) }
 }
 
-func isDirectory(_ path: String) -> Bool {
-    var st = stat()
-    return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
-}
-
 func setReadOnly(_ path: String, recursive: Bool) throws(SetupFailure) {
     let flags: UInt32 = recursive ? AB_AT_RECURSIVE : 0
     if ab_mount_setattr(AT_FDCWD, path, flags, AB_MOUNT_ATTR_RDONLY | AB_MOUNT_ATTR_NOSUID | AB_MOUNT_ATTR_NODEV, 0, 0, -1) == 0 {
@@ -111,7 +106,7 @@ func buildFilesystem(_ spec: SetupSpec) throws(SetupFailure) {
             try mkdirs(parent)
             try check(symlink(m.source, target), "symlink \(m.target) -> \(m.source)")
         case .bindRO, .bindRW:
-            if isDirectory(host + m.source) { try mkdirs(target) } else { try touch(target) }
+            if m.directory { try mkdirs(target) } else { try touch(target) }
             let fdIndex = i < spec.mountFds.count ? spec.mountFds[i] : -1
             if fdIndex >= 0 {
                 try check(ab_move_mount(channel + 1 + fdIndex, "", AT_FDCWD, target, AB_MOVE_MOUNT_F_EMPTY_PATH),

@@ -142,6 +142,17 @@ import Testing
         #expect((dirAttrs[.ownerAccountID] as? NSNumber)?.uint32Value == user.uid)
     }
 
+    @Test(.enabled(if: TestEnv.isRoot)) func workspaceUnderAPrivateParentWorks() throws {
+        let parent = TestEnv.workspace()
+        chmod(parent, 0o700)
+        let ws = parent + "/project"
+        try FileManager.default.createDirectory(atPath: ws, withIntermediateDirectories: false)
+        let r = run([TestEnv.agentbox, "exec", "--workspace", ws, "--", "/bin/sh", "-c", "pwd; echo ok > f"], cwd: parent)
+        #expect(r.code == 0, "\(r)")
+        #expect(r.out == ws + "\n")
+        #expect(FileManager.default.fileExists(atPath: ws + "/f"))
+    }
+
     @Test(.enabled(if: TestEnv.isRoot)) func rootInvokedSandboxIsNotHostRoot() {
         let r = sh("cat /proc/self/uid_map; cat /etc/shadow >/dev/null 2>&1 && echo shadow-readable")
         let fields = r.out.split(separator: "\n").first?.split(separator: " ").map(String.init) ?? []

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# `make bench` (sandbox part): `agentbox exec -- /usr/bin/true` against bubblewrap (srt-style flags)
+# and runc, in the same run, in alternating rounds; medians and ratios; then 50 concurrent execs.
+# Usage: bench/sandbox.sh path/to/agentbox [rounds]
+set -euo pipefail
+AGENTBOX=$(readlink -f "${1:-.build/release/agentbox}")
+ROUNDS=${2:-10}
+RUNS=${RUNS:-10}
+work=$(mktemp -d /tmp/agentbox-bench-XXXXXX)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+mkdir ws
+
+BWRAP=(bwrap --unshare-all --die-with-parent --new-session --ro-bind /usr /usr --symlink usr/bin /bin
+       --symlink usr/lib /lib --symlink usr/lib64 /lib64 --symlink usr/sbin /sbin --ro-bind /etc /etc
+       --proc /proc --dev /dev --tmpfs /tmp --bind "$work/ws" "$work/ws" --chdir "$work/ws" -- /usr/bin/true)
+
+# runc: a bundle whose rootfs binds the host's /usr read-only (no image to unpack).
+have_runc=0
+if command -v runc >/dev/null && [ "$(id -u)" = 0 ]; then
+  mkdir -p bundle/rootfs/{usr,proc,dev,tmp,etc} && (cd bundle/rootfs && ln -s usr/bin bin && ln -s usr/lib lib && ln -s usr/lib64 lib64)
+  (cd bundle && runc spec)
+  python3 - <<'PY'
+import json
+c = json.load(open("bundle/config.json"))
+c["process"]["terminal"] = False
+c["process"]["args"] = ["/usr/bin/true"]
+c["root"] = {"path": "rootfs", "readonly": True}
+c["mounts"].append({"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]})
+json.dump(c, open("bundle/config.json", "w"))
+PY
+  if runc run -b bundle bench-probe >/dev/null 2>&1; then have_runc=1; else echo "runc cannot run here; skipped"; fi
+fi
+
+cmds=("$AGENTBOX exec --workspace $work/ws -- /usr/bin/true" "${BWRAP[*]}")
+names=("agentbox exec" "bwrap")
+if [ $have_runc = 1 ]; then cmds+=("runc run -b $work/bundle bench-$$"); names+=("runc run"); fi
+
+echo "agentbox: $AGENTBOX"
+echo "kernel $(uname -r), $(nproc) CPUs; $ROUNDS alternating rounds x $RUNS runs each"
+"$AGENTBOX" exec --workspace "$work/ws" -- /usr/bin/true  # warm the seccomp cache
+for r in $(seq "$ROUNDS"); do
+  for i in "${!cmds[@]}"; do
+    hyperfine -N -w 2 -r "$RUNS" --export-json "r$r-$i.json" "${cmds[$i]}" >/dev/null 2>&1
+  done
+done
+python3 - "$ROUNDS" "${#cmds[@]}" "${names[@]}" <<'PY'
+import json, statistics, sys
+rounds, n = int(sys.argv[1]), int(sys.argv[2]); names = sys.argv[3:]
+med = []
+for i in range(n):
+    times = []
+    for r in range(1, rounds + 1):
+        times += json.load(open(f"r{r}-{i}.json"))["results"][0]["times"]
+    m = statistics.median(times) * 1000
+    med.append(m)
+    q = statistics.quantiles(times, n=10)
+    print(f"{names[i]:15s} median {m:6.2f} ms   p10 {q[0]*1000:6.2f}   p90 {q[-1]*1000:6.2f}   ({len(times)} runs)")
+for i in range(1, n):
+    print(f"agentbox / {names[i]}: {med[0]/med[i]:.2f}x")
+PY
+
+echo
+echo "50 concurrent execs (wall time for all 50, median of 5):"
+conc() { hyperfine -N -w 1 -r 5 --export-json "$2" "bash -c 'for i in \$(seq 50); do $1 & done; wait'" >/dev/null 2>&1
+         python3 -c "import json,statistics,sys; t=json.load(open('$2'))['results'][0]['times']; print(f'  {sys.argv[1]:15s} {statistics.median(t)*1000:7.1f} ms')" "$3"; }
+conc "$AGENTBOX exec --workspace $work/ws -- /usr/bin/true" c1.json "agentbox exec"
+conc "${BWRAP[*]}" c2.json "bwrap"

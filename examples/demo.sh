@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# `make demo`: run agentbox's main job on this machine, offline, in a real sandbox.
+# Until the agent loop lands (issue "agent run"), the demo runs a project's tests with `agentbox exec`
+# and shows what the sandbox prevents.
+set -uo pipefail
+arg=${1:-agentbox}
+if [ -e "$arg" ]; then AGENTBOX=$(readlink -f "$arg"); else AGENTBOX=$(command -v "$arg"); fi
+failed=0
+expect() { [ "$1" = "$2" ] || { echo "demo: expected exit $2, got $1" >&2; failed=1; }; }
+here=$(cd "$(dirname "$0")" && pwd)
+ws=$(mktemp -d /tmp/agentbox-demo-XXXXXX)
+trap 'rm -rf "$ws"' EXIT
+cp -r "$here/hello-project/." "$ws/"
+[ "$(id -u)" = 0 ] && chown -R nobody: "$ws" 2>/dev/null
+cd "$ws"
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+
+step agentbox doctor
+"$AGENTBOX" doctor
+
+step agentbox exec --memory 256M --pids 64 --timeout 30s -- sh ./test.sh
+"$AGENTBOX" exec --memory 256M --pids 64 --timeout 30s -- sh ./test.sh
+rc=$?; echo "exit: $rc"; expect $rc 0
+
+step "agentbox exec -- sh -c 'echo pwned > /etc/motd'   # the system is read-only"
+"$AGENTBOX" exec -- sh -c 'echo pwned > /etc/motd'
+rc=$?; echo "exit: $rc"; expect $rc 2
+
+step "agentbox exec -- sh -c 'ls /home /root'   # host private directories do not exist"
+"$AGENTBOX" exec -- sh -c 'ls /home /root'
+echo "exit: $?"
+
+step "agentbox exec -- bash -c 'echo > /dev/tcp/1.1.1.1/443'   # no network"
+"$AGENTBOX" exec -- bash -c 'echo > /dev/tcp/1.1.1.1/443'
+echo "exit: $?"
+
+step "agentbox exec --timeout 2s -- sh -c 'sleep 60 & sleep 60'   # the whole tree dies at the timeout"
+"$AGENTBOX" exec --timeout 2s -- sh -c 'sleep 60 & sleep 60'
+rc=$?; echo "exit: $rc (124 = timeout)"; expect $rc 124
+
+step "agentbox exec --memory 64M -- tail /dev/zero   # OOM kill, named"
+if [ "$(id -u)" = 0 ]; then
+  "$AGENTBOX" exec --memory 64M -- tail /dev/zero
+  rc=$?; echo "exit: $rc (137 = killed; the message above says why)"; expect $rc 137
+else
+  echo "(skipped: needs root or a delegated cgroup for a real memory limit; see agentbox doctor)"
+fi
+
+step "ls -l   # files the sandbox wrote belong to the workspace's owner"
+"$AGENTBOX" exec -- sh -c 'echo result > output.txt'
+ls -l "$ws"
+[ $failed = 0 ] && printf '\n\033[1mdemo: ok\033[0m\n' || { echo "demo: FAILED" >&2; exit 1; }
