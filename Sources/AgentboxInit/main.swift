@@ -4,6 +4,7 @@
 // reaps every process, and reports the command's end over the channel. See docs/architecture.md.
 import AgentboxCore
 import CAgentboxShim
+import CCap
 import Glibc
 
 let channel: Int32 = 3
@@ -176,6 +177,13 @@ func confine(_ spec: SetupSpec) throws(SetupFailure) -> Int32 {
     try check(ab_setresgid(spec.gid), "setresgid")
     try check(ab_setresuid(spec.uid), "setresuid")
     try check(ab_drop_all_caps(), "drop capabilities")
+    // Verify with libcap that nothing is left: a drop that silently failed must stop the sandbox.
+    if let current = cap_get_proc(), let none = cap_init() {
+        let differs = cap_compare(current, none)
+        cap_free(UnsafeMutableRawPointer(current))
+        cap_free(UnsafeMutableRawPointer(none))
+        if differs != 0 { throw SetupFailure(stage: "drop capabilities", code: 0, detail: "capabilities remain after the drop") }
+    }
     try check(ab_set_no_new_privs(), "no_new_privs")
     let abi = try applyLandlock(spec)
     if !spec.seccompProgram.isEmpty {
@@ -187,40 +195,15 @@ func confine(_ spec: SetupSpec) throws(SetupFailure) -> Int32 {
     return abi
 }
 
-/// Starts the command; returns its pid, or reports why it could not be executed.
-func startCommand(_ spec: SetupSpec, mask: sigset_t) -> pid_t? {
-    var pipefd: [Int32] = [-1, -1]
-    guard ab_pipe2_cloexec(&pipefd) == 0 else {
-        send(.failed(stage: "pipe", errno: errno, detail: ""))
-        return nil
-    }
+/// Starts the command in a new session (no controlling terminal to inject keystrokes into); returns
+/// its pid, or reports why it could not be executed.
+func startCommand(_ spec: SetupSpec) -> pid_t? {
     var cArgs: [UnsafeMutablePointer<CChar>?] = spec.argv.map { strdup($0) } + [nil]
-    let pid = fork()
-    if pid == 0 {
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        sigprocmask(SIG_SETMASK, &empty, nil)
-        close(pipefd[0])
-        close(channel)
-        _ = setsid()  // a fresh session: no controlling terminal to inject keystrokes into
-        execvp(cArgs[0]!, &cArgs)
-        var err = errno
-        _ = write(pipefd[1], &err, 4)
-        _exit(127)
-    }
-    close(pipefd[1])
-    if pid < 0 {
-        send(.failed(stage: "fork the command", errno: errno, detail: ""))
-        return nil
-    }
-    var err: Int32 = 0
-    var n: Int
-    repeat { n = read(pipefd[0], &err, 4) } while n < 0 && errno == EINTR
-    close(pipefd[0])
-    if n == 4 {
-        var status: Int32 = 0
-        _ = waitpid(pid, &status, 0)
-        send(.execFailed(errno: err, path: spec.argv[0]))
+    defer { for p in cArgs { free(p) } }
+    var pid: pid_t = 0
+    let rc = ab_spawn_command(cArgs[0]!, &cArgs, &pid)
+    if rc != 0 {
+        send(.execFailed(errno: rc, path: spec.argv[0]))
         return nil
     }
     send(.started(pid: pid))
@@ -228,6 +211,8 @@ func startCommand(_ spec: SetupSpec, mask: sigset_t) -> pid_t? {
 }
 
 func main() -> Int32 {
+    // The channel must never reach the command: it could forge reports to the supervisor.
+    _ = fcntl(channel, F_SETFD, FD_CLOEXEC)
     // SOCK_SEQPACKET: peek with MSG_TRUNC for the packet's size, then read it whole.
     var probe: UInt8 = 0
     var size: Int
@@ -261,7 +246,7 @@ func main() -> Int32 {
         return 125
     }
     send(.ready(landlockABI: landlockABI))
-    guard let child = startCommand(spec, mask: mask) else { return 125 }
+    guard let child = startCommand(spec) else { return 127 }
 
     // Reap everything; forward signals the supervisor asks for to the command's process group.
     var fds = [pollfd(fd: channel, events: Int16(POLLIN), revents: 0), pollfd(fd: sigfd, events: Int16(POLLIN), revents: 0)]

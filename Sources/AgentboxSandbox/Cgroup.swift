@@ -59,6 +59,25 @@ public enum Cgroups {
         }
     }
 
+    /// The directory name of a sandbox's cgroup: `ab-<supervisor pid>-<id>`, so that leftovers of a
+    /// supervisor that was killed (SIGKILL leaves no time to clean up) can be recognised and removed.
+    public static func name(for id: String) -> String { "ab-\(getpid())-\(id)" }
+
+    /// Removes cgroups under `parent` whose supervisor is gone. rmdir only succeeds on empty cgroups,
+    /// so a live sandbox is never touched.
+    static func removeStale(in parent: String) {
+        guard let d = opendir(parent) else { return }
+        var stale: [String] = []
+        while let entry = readdir(d) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let parts = name.split(separator: "-")
+            guard parts.count >= 3, parts[0] == "ab", let pid = Int32(parts[1]), pid != getpid() else { continue }
+            if kill(pid, 0) < 0 && errno == ESRCH { stale.append(parent + "/" + name) }
+        }
+        closedir(d)
+        for dir in stale { _ = rmdir(dir) }
+    }
+
     static func mkdirOwned(_ path: String) throws(AgentboxError) {
         if mkdir(path, 0o755) < 0 && errno != EEXIST {
             let err = errno
@@ -114,6 +133,7 @@ final class CgroupV2: CgroupHandle {
             enableControllers(mount)
         }
         enableControllers(parent)
+        Cgroups.removeStale(in: parent)
         let dir = parent + "/" + id
         try Cgroups.mkdirOwned(dir)
         let handle = CgroupV2(path: dir, fd: open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC))
@@ -184,6 +204,7 @@ final class CgroupV1: CgroupHandle {
                 let base = mountDir + (own[controller] ?? "")
                 let parent = (base.hasSuffix("/") ? String(base.dropLast()) : base) + "/agentbox"
                 try Cgroups.mkdirOwned(parent)
+                Cgroups.removeStale(in: parent)
                 let dir = parent + "/" + id
                 try Cgroups.mkdirOwned(dir)
                 handle.dirs.append((controller, dir))

@@ -62,7 +62,7 @@ public struct HostReport: Sendable {
         let abi = ab_landlock_abi()
         r.landlockABI = abi > 0 ? abi : 0
         r.cgroupMode = CgroupMode.detect()
-        switch Cgroups.create(id: "doctor-\(getpid())", limits: { var l = Limits(); l.pids = 64; return l }()) {
+        switch Cgroups.create(id: Cgroups.name(for: "doctor"), limits: { var l = Limits(); l.pids = 64; return l }()) {
         case let .success(handle):
             r.cgroupWritable = true
             r.cgroupDetail = handle.description

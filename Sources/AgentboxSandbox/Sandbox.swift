@@ -164,6 +164,16 @@ public final class Sandbox {
     /// Builds the sandbox, runs the command, and returns how it ended. Errors are agentbox's own (125).
     public func run() throws(AgentboxError) -> SandboxResult {
         let started = Sandbox.now()
+        // AGENTBOX_TIMING=1 prints where the time goes (for `make bench` and profiling).
+        let timing = getenv("AGENTBOX_TIMING") != nil
+        var last = started
+        func mark(_ phase: String) {
+            guard timing else { return }
+            let now = Sandbox.now()
+            warn(SandboxWarning("timing: \(phase) \(Int(((now - last) * 1_000_000).rounded())) us"))
+            last = now
+        }
+        defer { mark("teardown") }
         let initPath = try Sandbox.locateInit()
         let ident = identity()
 
@@ -182,15 +192,17 @@ public final class Sandbox {
             spec.seccompProgram = try SeccompCache.program(for: path)
         }
 
+        mark("seccomp program")
         // Limits: a cgroup when this host and user allow one, otherwise rlimits (named on stderr).
         var cgroup: CgroupHandle? = nil
         let needsCgroup = policy.limits.memory != nil || policy.limits.pids != nil || policy.limits.cpus != nil
         if needsCgroup {
-            switch Cgroups.create(id: "ab-" + id, limits: policy.limits) {
+            switch Cgroups.create(id: Cgroups.name(for: id), limits: policy.limits) {
             case let .success(handle): cgroup = handle
             case let .failure(reason): spec.rlimits = try fallbackLimits(reason)
             }
         }
+        mark("cgroup create")
         defer { cgroup?.destroy() }
 
         let mountFds = try idmappedMounts(ident)
@@ -201,6 +213,8 @@ public final class Sandbox {
             return fdIndex
         }
 
+        mark("idmapped mounts")
+        let specBytes = spec.encode()
         var sp: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &sp) == 0 else {
             throw AgentboxError(stage: "control channel", "socketpair: \(FileIO.errnoString())")
@@ -244,6 +258,7 @@ public final class Sandbox {
             }
         }
         let spawnErrno = errno
+        mark("clone")
         close(sp[1])
         close(sync[0])
         for fd in mountFds { close(fd) }
@@ -277,10 +292,10 @@ public final class Sandbox {
         } catch {
             throw abort(AgentboxError(stage: "spawn", error.description))
         }
+        mark("maps and cgroup join")
         var go: UInt8 = 1
         _ = write(sync[1], &go, 1)
         close(sync[1])
-        let specBytes = spec.encode()
         let sent = specBytes.withUnsafeBytes { send(channel, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         if sent != specBytes.count {
             throw abort(AgentboxError(stage: "control channel", "sending the setup to agentbox-init failed: \(FileIO.errnoString())"))
@@ -301,6 +316,7 @@ public final class Sandbox {
             guard let message = try? InitMessage.decode(bytes) else { return }
             switch message {
             case let .ready(abi):
+                mark("init setup")
                 landlockABI = abi
                 if abi == 0 && policy.profile.landlock == .bestEffort {
                     warn(SandboxWarning("Landlock is unavailable on this kernel: running without it (the profile allows best-effort)"))
@@ -309,12 +325,14 @@ public final class Sandbox {
                 var msg = err != 0 ? FileIO.errnoString(err) : ""
                 if !detail.isEmpty { msg += (msg.isEmpty ? "" : ": ") + detail }
                 setupFailure = AgentboxError(stage: "sandbox setup: \(stage)", msg, hint: "run `agentbox doctor` to see what this host supports")
-            case .started: break
+            case .started: mark("command exec")
             case let .execFailed(err, path):
                 notExecuted = err == ENOENT
                     ? .notExecuted(code: 127, reason: "\(path): command not found in the sandbox")
                     : .notExecuted(code: 126, reason: "\(path): cannot execute: \(FileIO.errnoString(err))")
-            case let .exited(status): commandStatus = status
+            case let .exited(status):
+                mark("command run")
+                commandStatus = status
             }
         }
         func drain() {
@@ -359,6 +377,7 @@ public final class Sandbox {
         }
         drain()
         reap()
+        mark("init exit")
         if pidfd >= 0 { close(pidfd) }
 
         let report = cgroup?.report() ?? CgroupReport()

@@ -11,6 +11,7 @@
 #include <linux/seccomp.h>
 #include <net/if.h>
 #include <sched.h>
+#include <spawn.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -407,3 +408,18 @@ int ab_unshare(int flags) { return unshare(flags); }
 int ab_setresuid(uid_t uid) { return setresuid(uid, uid, uid); }
 int ab_setresgid(gid_t gid) { return setresgid(gid, gid, gid); }
 const int AB_O_PATH = O_PATH;
+
+extern char **environ;
+
+int ab_spawn_command(const char *file, char *const *argv, pid_t *pid) {
+    posix_spawnattr_t attr;
+    int rc = posix_spawnattr_init(&attr);
+    if (rc != 0) return rc;
+    sigset_t empty;
+    sigemptyset(&empty);
+    posix_spawnattr_setsigmask(&attr, &empty);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK);
+    rc = posix_spawnp(pid, file, NULL, &attr, argv, environ);
+    posix_spawnattr_destroy(&attr);
+    return rc;
+}

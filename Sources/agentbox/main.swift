@@ -123,6 +123,14 @@ struct SandboxFlags: ParsableArguments {
     }
 }
 
+enum Timing {
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}
+
 func currentDirectory() -> String {
     guard let p = getcwd(nil, 0) else { return "/" }
     defer { free(p) }
@@ -172,7 +180,9 @@ struct Exec: ParsableCommand {
             guard !command.isEmpty else {
                 throw .usage("no command given", hint: "usage: agentbox exec [OPTIONS] -- CMD [ARG...]")
             }
+            let t0 = Timing.now()
             let policy = try sandbox.resolve()
+            if getenv("AGENTBOX_TIMING") != nil { Console.note("timing: policy \(Int((Timing.now() - t0) * 1e6)) us") }
             let box = Sandbox(policy: policy, argv: command) { Console.warning($0.message) }
             let result = try box.run()
             switch result.termination {
@@ -294,7 +304,15 @@ extension String {
 
 // Usage errors exit 125 (docs/cli.md), not ArgumentParser's 64; help and --version exit 0.
 do {
-    var command = try Agentbox.parseAsRoot()
+    // `exec` is on the hot path: parse it directly instead of through the whole command tree.
+    // (On a parse error the whole tree parses again, for messages that name `agentbox exec`.)
+    let args = CommandLine.arguments
+    var command: ParsableCommand
+    if args.count > 1 && args[1] == "exec", let fast = try? Exec.parse(Array(args.dropFirst(2))) {
+        command = fast
+    } else {
+        command = try Agentbox.parseAsRoot()
+    }
     try command.run()
     exit(0)
 } catch {

@@ -124,6 +124,13 @@ import Testing
         #expect(FileManager.default.fileExists(atPath: extraRW + "/h"))
     }
 
+    @Test func landlockRequiredProfileRuns() throws {
+        let ws = TestEnv.workspace()
+        try #"{"extends": "workspace-write", "landlock": "required"}"#.write(toFile: ws + "/ll.json", atomically: true, encoding: .utf8)
+        let r = sh("echo ok > f && cat f", ["--profile", ws + "/ll.json"], in: ws)
+        #expect(r.code == 0 && r.out == "ok\n", "\(r)")
+    }
+
     @Test func readOnlyProfileKeepsTheWorkspaceReadOnly() {
         let ws = TestEnv.workspace()
         let r = sh("echo x > f || echo denied", ["--profile", "read-only"], in: ws)
@@ -296,6 +303,21 @@ import Testing
         kill(p.processIdentifier, SIGKILL)
         p.waitUntilExit()
         #expect(eventually(3) { !hostHasProcess(withMarker: marker) }, "the sandbox outlived a SIGKILLed supervisor")
+    }
+
+    @Test(.enabled(if: TestEnv.isRoot)) func cgroupsOfAKilledSupervisorAreCleanedUpLater() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: TestEnv.agentbox)
+        p.arguments = ["exec", "--pids", "100", "--", "/bin/sleep", "300"]
+        p.currentDirectoryURL = URL(fileURLWithPath: TestEnv.workspace())
+        try p.run()
+        let pattern = "ab-\(p.processIdentifier)-*"
+        let find = "find /sys/fs/cgroup -maxdepth 8 -type d -name '\(pattern)' 2>/dev/null"
+        #expect(eventually { !shell(find).out.isEmpty }, "the sandbox's cgroup was not created")
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        #expect(!shell(find).out.isEmpty, "a SIGKILLed supervisor cannot clean up; the next run must")
+        #expect(eventually(3) { exec(["--pids", "100"], ["/bin/true"]).code == 0 && shell(find).out.isEmpty })
     }
 
     @Test func fiftyConcurrentExecsDoNotInterfere() async {

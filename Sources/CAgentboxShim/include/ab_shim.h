@@ -131,6 +131,9 @@ int ab_signalfd_read(int fd);
 int ab_memfd(const char *_Nonnull name);
 int ab_getrandom(void *_Nonnull buf, size_t len);
 int ab_unshare(int flags);
+/// Starts `file` (searched in PATH) in a new session with an empty signal mask (posix_spawnp with
+/// POSIX_SPAWN_SETSID: vfork-fast, and exec errors are returned, not lost). Returns 0 or an errno.
+int ab_spawn_command(const char *_Nonnull file, char *_Nullable const *_Nonnull argv, pid_t *_Nonnull pid);
 int ab_setresuid(uid_t uid);
 int ab_setresgid(gid_t gid);
 extern const int AB_O_PATH;
