@@ -66,3 +66,16 @@ conc() { hyperfine -N -w 1 -r 5 --export-json "$2" "bash -c 'for i in \$(seq 50)
          python3 -c "import json,statistics,sys; t=json.load(open('$2'))['results'][0]['times']; print(f'  {sys.argv[1]:15s} {statistics.median(t)*1000:7.1f} ms')" "$3"; }
 conc "$AGENTBOX exec --workspace $work/ws -- /usr/bin/true" c1.json "agentbox exec"
 conc "${BWRAP[*]}" c2.json "bwrap"
+
+echo
+echo "where the time goes (AGENTBOX_TIMING=1, mean of 20 runs, microseconds):"
+for i in $(seq 20); do AGENTBOX_TIMING=1 "$AGENTBOX" exec --workspace "$work/ws" -- /usr/bin/true 2>&1; done |
+  python3 -c '
+import sys, collections
+acc = collections.defaultdict(list)
+for line in sys.stdin:
+    if "timing: " not in line: continue
+    phase, us = line.split("timing: ", 1)[1].rsplit(" ", 2)[0], line.split()[-2]
+    acc[phase].append(int(us))
+for phase, v in acc.items(): print(f"  {phase:22s} {sum(v)/len(v):7.0f}")
+'
