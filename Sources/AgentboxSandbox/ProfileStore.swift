@@ -16,7 +16,7 @@ public enum ProfileStore {
             dirs.append(exeDir + "/sandbox-profiles")
             // A build tree: .build/<triple>/<config>/agentbox -> the repository's sandbox-profiles/.
             var dir = exeDir
-            for _ in 0..<4 {
+            for _ in 0..<(exeDir.contains("/.build/") ? 4 : 0) {
                 dir = String(dir[..<(dir.lastIndex(of: "/") ?? dir.startIndex)])
                 if dir.isEmpty { break }
                 dirs.append(dir + "/sandbox-profiles")

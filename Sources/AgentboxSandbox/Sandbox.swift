@@ -67,7 +67,7 @@ public final class Sandbox {
         let exe = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
         let dir = String(exe[..<exe.lastIndex(of: "/")!])
         for candidate in [dir + "/agentbox-init", dir + "/../libexec/agentbox/agentbox-init"] where access(candidate, X_OK) == 0 {
-            return candidate
+            return RealHostPaths().canonical(candidate) ?? candidate
         }
         throw AgentboxError(stage: "locate agentbox-init", "agentbox-init is not next to \(exe) nor in ../libexec/agentbox/",
                             hint: "reinstall with `make install`, or set AGENTBOX_INIT to its path")
