@@ -24,13 +24,17 @@ let package = Package(
         .target(name: "AgentboxCore"),
         // Supervisor side: host probe, cgroup drivers, seccomp compiler, spawn and supervision.
         .target(name: "AgentboxSandbox", dependencies: ["AgentboxCore", "CAgentboxShim", "CSeccomp"]),
+        // The run journal: records, writer (one per run, durable by class), reader/verify, run store.
+        .target(name: "AgentboxJournal", dependencies: ["AgentboxCore"]),
+        // A journaled run: sandbox + journal wired together.
+        .target(name: "AgentboxSupervisor", dependencies: ["AgentboxCore", "AgentboxSandbox", "AgentboxJournal"]),
         // PID 1 inside the sandbox: single-threaded, finishes setup after exec, reaps, reports.
         .executableTarget(name: "AgentboxInit", dependencies: ["AgentboxCore", "CAgentboxShim", "CCap"]),
         .executableTarget(name: "agentbox", dependencies: [
-            "AgentboxCore", "AgentboxSandbox",
+            "AgentboxCore", "AgentboxSandbox", "AgentboxJournal", "AgentboxSupervisor",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "AgentboxCoreTests", dependencies: ["AgentboxCore", "AgentboxSandbox"]),
+        .testTarget(name: "AgentboxCoreTests", dependencies: ["AgentboxCore", "AgentboxSandbox", "AgentboxJournal"]),
         .testTarget(name: "AgentboxIntegrationTests", dependencies: ["AgentboxCore"]),
     ],
     swiftLanguageModes: [.v6]

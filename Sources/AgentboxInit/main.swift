@@ -126,7 +126,9 @@ func buildFilesystem(_ spec: SetupSpec) throws(SetupFailure) {
             try setReadOnly(target, recursive: false)
         }
     }
-    _ = ab_close_from(channel + 1)
+    // The idmapped mount fds (4, 5, ...) are attached now; nothing else is open above the channel but
+    // the signalfd, which must stay.
+    for fd in spec.mountFds where fd >= 0 { close(channel + 1 + fd) }
 
     // Detach the host, then make the new root the root; the staging tmpfs goes with the old one.
     try check(umount2(host, Int32(MNT_DETACH)), "detach the host's root")
@@ -254,6 +256,10 @@ func main() -> Int32 {
     while true {
         let rc = poll(&fds, 2, -1)
         if rc < 0 { if errno == EINTR { continue }; return 125 }
+        if fds[1].revents & Int16(POLLNVAL | POLLERR) != 0 {
+            send(.failed(stage: "signalfd", errno: EBADF, detail: "the init lost its signal fd"))
+            return 125
+        }
         if fds[1].revents != 0 {
             while ab_signalfd_read(sigfd) > 0 {}
             while true {

@@ -51,6 +51,15 @@ public final class Sandbox {
     public let argv: [String]
     var warn: (SandboxWarning) -> Void
 
+    public enum OutputStream: String, Sendable { case stdout, stderr }
+    /// When set, the command's stdout/stderr are pipes: every chunk is passed through to agentbox's own
+    /// stdout/stderr and given to this closure (the journal). An error stops the sandbox and is rethrown.
+    public var output: ((OutputStream, [UInt8]) throws(AgentboxError) -> Void)? = nil
+    /// Called at least every 200 ms while the sandbox runs (group commit of batched records).
+    public var tick: (() throws(AgentboxError) -> Void)? = nil
+    /// Called when the sandbox is built and confined: the Landlock ABI in force (0: none) and the cgroup.
+    public var onReady: ((Int32, String?) -> Void)? = nil
+
     public init(id: String = RunID.make(), policy: SandboxPolicy, argv: [String], warn: @escaping (SandboxWarning) -> Void) {
         self.id = id
         self.policy = policy
@@ -215,6 +224,13 @@ public final class Sandbox {
 
         mark("idmapped mounts")
         let specBytes = spec.encode()
+        var outPipe: [Int32] = [-1, -1], errPipe: [Int32] = [-1, -1]
+        if output != nil {
+            guard ab_pipe2_cloexec(&outPipe) == 0, ab_pipe2_cloexec(&errPipe) == 0 else {
+                throw AgentboxError(stage: "spawn", "pipe: \(FileIO.errnoString())")
+            }
+        }
+        defer { for fd in [outPipe[0], errPipe[0]] where fd >= 0 { close(fd) } }
         var sp: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &sp) == 0 else {
             throw AgentboxError(stage: "control channel", "socketpair: \(FileIO.errnoString())")
@@ -229,7 +245,9 @@ public final class Sandbox {
         sigemptyset(&sigs)
         for s in [SIGINT, SIGTERM, SIGHUP, SIGQUIT] { sigaddset(&sigs, s) }
         var oldMask = sigset_t()
-        pthread_sigmask(SIG_BLOCK, &sigs, &oldMask)
+        var blocked = sigs
+        sigaddset(&blocked, SIGPIPE)  // a closed stdout must not kill the supervisor (init resets the mask)
+        pthread_sigmask(SIG_BLOCK, &blocked, &oldMask)
         let sigfd = ab_signalfd(&sigs)
         defer {
             close(sigfd)
@@ -251,7 +269,8 @@ public final class Sandbox {
                                                  envp: envBuf.baseAddress!, fds: fdsBuf.baseAddress, nfds: Int32(fdsBuf.count),
                                                  sync_fd: sync[0], keep_caps: ident.keepCaps ? 1 : 0,
                                                  cgroup_fd: cgroup?.cloneFd ?? -1, uid: ident.uid, gid: ident.gid,
-                                                 drop_groups: ident.denySetgroups ? 0 : 1)
+                                                 drop_groups: ident.denySetgroups ? 0 : 1, stdout_fd: outPipe[1],
+                                                 stderr_fd: errPipe[1])
                         return ab_spawn(&args, &pidfd)
                     }
                 }
@@ -260,6 +279,7 @@ public final class Sandbox {
         let spawnErrno = errno
         mark("clone")
         close(sp[1])
+        for fd in [outPipe[1], errPipe[1]] where fd >= 0 { close(fd) }
         close(sync[0])
         for fd in mountFds { close(fd) }
         guard pid > 0 else {
@@ -270,9 +290,11 @@ public final class Sandbox {
         }
         var reaped = false
         var initStatus: Int32 = 0
+        var usage = rusage()
         func reap() {
             if reaped { return }
-            while waitpid(pid, &initStatus, 0) < 0 && errno == EINTR {}
+            // wait4's rusage covers the init and every descendant it reaped (the whole command tree).
+            while wait4(pid, &initStatus, 0, &usage) < 0 && errno == EINTR {}
             reaped = true
         }
         func abort(_ error: AgentboxError) -> AgentboxError {
@@ -318,6 +340,7 @@ public final class Sandbox {
             case let .ready(abi):
                 mark("init setup")
                 landlockABI = abi
+                onReady?(abi, cgroup?.description)
                 if abi == 0 && policy.profile.landlock == .bestEffort {
                     warn(SandboxWarning("Landlock is unavailable on this kernel: running without it (the profile allows best-effort)"))
                 }
@@ -343,14 +366,44 @@ public final class Sandbox {
             }
         }
 
+        var captureFailure: AgentboxError? = nil
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        /// Reads what is available on a capture pipe; false at EOF.
+        func pump(_ fd: Int32, _ stream: OutputStream) -> Bool {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 { return errno == EINTR || errno == EAGAIN }
+            if n == 0 { return false }
+            let bytes = Array(chunk[0..<n])
+            Sandbox.writeAll(stream == .stdout ? 1 : 2, bytes)
+            if captureFailure == nil {
+                do throws(AgentboxError) { try output?(stream, bytes) } catch {
+                    captureFailure = error
+                    kill(pid, SIGKILL)
+                }
+            }
+            return true
+        }
+
         var fds = [pollfd(fd: channel, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: sigfd, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)]
+                   pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: outPipe[0], events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: errPipe[0], events: Int16(POLLIN), revents: 0)]
         loop: while true {
             var timeoutMs: Int32 = -1
             let nextDeadline = [deadline, graceDeadline].compactMap { $0 }.min()
             if let d = nextDeadline { timeoutMs = Int32(max(0, min(Double(Int32.max), (d - Sandbox.now()) * 1000)).rounded(.up)) }
-            let rc = poll(&fds, pidfd >= 0 ? 3 : 2, timeoutMs)
+            if tick != nil { timeoutMs = timeoutMs < 0 ? 200 : min(timeoutMs, 200) }
+            let rc = poll(&fds, 5, timeoutMs)
+            for (i, stream) in [(3, OutputStream.stdout), (4, OutputStream.stderr)] where fds[i].fd >= 0 && fds[i].revents != 0 {
+                if !pump(fds[i].fd, stream) { fds[i].fd = -1 }
+            }
+            if captureFailure == nil, let tick {
+                do throws(AgentboxError) { try tick() } catch {
+                    captureFailure = error
+                    kill(pid, SIGKILL)
+                }
+            }
             if rc < 0 && errno != EINTR { break }
             let now = Sandbox.now()
             if let d = deadline, now >= d, !timedOut {
@@ -377,10 +430,20 @@ public final class Sandbox {
         }
         drain()
         reap()
+        // Every writer of the capture pipes is dead now: read them to EOF.
+        for (i, stream) in [(3, OutputStream.stdout), (4, OutputStream.stderr)] where fds[i].fd >= 0 {
+            while pump(fds[i].fd, stream) {}
+        }
         mark("init exit")
+        if let failure = captureFailure { throw failure }
         if pidfd >= 0 { close(pidfd) }
 
-        let report = cgroup?.report() ?? CgroupReport()
+        var report = cgroup?.report() ?? CgroupReport()
+        if report.cpuSeconds == nil {
+            report.cpuSeconds = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec)
+                + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+        }
+        if report.peakMemory == nil { report.peakMemory = UInt64(max(0, usage.ru_maxrss)) * 1024 }  // largest process
         if report.pidsLimitHits > 0, let pids = policy.limits.pids {
             warn(SandboxWarning("the pids limit (\(pids)) was hit \(report.pidsLimitHits) time(s): fork/clone failed inside the sandbox"))
         }
@@ -403,6 +466,17 @@ public final class Sandbox {
         let oom = report.oomKills > 0 && termination == .signaled(SIGKILL)
         return SandboxResult(termination: termination, report: report, oomKilled: oom, landlockABI: landlockABI,
                              elapsed: Sandbox.now() - started)
+    }
+
+    /// Writes all of `bytes` to `fd`, giving up silently when the reader is gone (EPIPE).
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
+        var off = 0
+        while off < bytes.count {
+            let n = bytes[off...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }
+            off += n
+        }
     }
 
     static func now() -> Double {

@@ -182,6 +182,8 @@ static void child_main(const struct ab_spawn_args *a) {
     if (a->drop_groups && setgroups(0, NULL) < 0) child_fail("setgroups");
     if (setresgid(a->gid, a->gid, a->gid) < 0) child_fail("setresgid");
     if (setresuid(a->uid, a->uid, a->uid) < 0) child_fail("setresuid");
+    if (a->stdout_fd >= 0 && dup2(a->stdout_fd, 1) < 0) child_fail("dup2 stdout");
+    if (a->stderr_fd >= 0 && dup2(a->stderr_fd, 2) < 0) child_fail("dup2 stderr");
     // Move the fds we hand over out of the way of their targets, then into place at 3, 4, ...
     int high = 3 + a->nfds + 64;
     int moved[64];

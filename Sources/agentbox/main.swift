@@ -1,5 +1,7 @@
 import AgentboxCore
+import AgentboxJournal
 import AgentboxSandbox
+import AgentboxSupervisor
 import ArgumentParser
 import Glibc
 
@@ -157,7 +159,8 @@ struct Agentbox: ParsableCommand {
             See docs/cli.md.
             """,
         version: "agentbox \(agentboxVersion)",
-        subcommands: [Exec.self, ProfileCommand.self, Doctor.self, Version.self])
+        subcommands: [Exec.self, PS.self, Logs.self, Inspect.self, Confessions.self, JournalCommand.self,
+                      ProfileCommand.self, Doctor.self, Version.self])
 }
 
 struct Exec: ParsableCommand {
@@ -172,6 +175,9 @@ struct Exec: ParsableCommand {
 
     @OptionGroup(title: "Sandbox options") var sandbox: SandboxFlags
 
+    @Option(help: ArgumentHelp("Make a journaled run with this name (see `agentbox ps`, `logs`, `inspect`); without it the run is ephemeral.", valueName: "NAME"))
+    var name: String?
+
     @Argument(parsing: .postTerminator, help: ArgumentHelp("The command and its arguments, after --.", valueName: "CMD"))
     var command: [String] = []
 
@@ -183,8 +189,15 @@ struct Exec: ParsableCommand {
             let t0 = Timing.now()
             let policy = try sandbox.resolve()
             if getenv("AGENTBOX_TIMING") != nil { Console.note("timing: policy \(Int((Timing.now() - t0) * 1e6)) us") }
-            let box = Sandbox(policy: policy, argv: command) { Console.warning($0.message) }
-            let result = try box.run()
+            let result: SandboxResult
+            if let name {
+                guard !name.isEmpty, name.utf8.count <= 128, !name.contains("/") else {
+                    throw .usage("--name \(name): use 1-128 characters without '/'")
+                }
+                result = try JournaledRun(name: name, policy: policy, argv: command) { Console.warning($0) }.run()
+            } else {
+                result = try Sandbox(policy: policy, argv: command) { Console.warning($0.message) }.run()
+            }
             switch result.termination {
             case .timedOut:
                 Console.note("timeout after \(Units.formatDuration(policy.limits.timeout ?? 0)): the sandbox was killed")

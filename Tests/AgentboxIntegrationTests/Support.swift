@@ -83,6 +83,8 @@ struct RunResult: CustomStringConvertible {
     var code: Int32
     var out: String
     var err: String
+    /// stdout exactly as written (`out` replaces invalid UTF-8).
+    var outBytes: [UInt8] = []
     var description: String { "exit \(code)\n--- stdout\n\(out)--- stderr\n\(err)" }
 }
 
@@ -124,7 +126,8 @@ func run(_ argv: [String], cwd: String = "/", user: TestUser? = nil, env: [Strin
     group.wait()
     p.waitUntilExit()
     let code = p.terminationReason == .uncaughtSignal ? 128 + p.terminationStatus : p.terminationStatus
-    return RunResult(code: code, out: String(decoding: outData, as: UTF8.self), err: String(decoding: errData, as: UTF8.self))
+    return RunResult(code: code, out: String(decoding: outData, as: UTF8.self), err: String(decoding: errData, as: UTF8.self),
+                     outBytes: [UInt8](outData))
 }
 
 /// `agentbox exec [options] -- command...` in `workspace`.

@@ -45,6 +45,9 @@ struct ab_spawn_args {
     uid_t uid;
     gid_t gid;
     int drop_groups;
+    /// When >= 0, placed on fd 1 / fd 2 of the child (journaled runs capture output); -1 inherits.
+    int stdout_fd;
+    int stderr_fd;
 };
 
 /// Clones a child into new namespaces (clone3, falling back to clone). Returns the child's pid and

@@ -1,0 +1,98 @@
+import AgentboxCore
+import Glibc
+
+/// The result of reading a journal: the good records, a torn last line (a crash mid-write, recoverable),
+/// and the first damage anywhere else (never skipped silently).
+public struct JournalScan: Sendable {
+    public var records: [JournalRecord] = []
+    /// Byte offset just after the last good record: where the next record goes.
+    public var validEnd = 0
+    /// Bytes after the last newline: a record cut short by a crash.
+    public var tornBytes = 0
+    public var damage: Damage? = nil
+    public var fileSize = 0
+
+    public struct Damage: Sendable, CustomStringConvertible {
+        /// The seq the damaged line should have had.
+        public var seq: UInt64
+        public var offset: Int
+        public var reason: String
+        public var description: String { "seq \(seq) at byte offset \(offset): \(reason)" }
+    }
+
+    public var intact: Bool { damage == nil && tornBytes == 0 }
+    public var recoverable: Bool { damage == nil }
+    public var lastSeq: UInt64 { records.last?.seq ?? 0 }
+}
+
+public enum JournalReader {
+    /// Reads and verifies a whole journal (seq continuity from 1, every checksum).
+    public static func scan(path: String) throws(AgentboxError) -> JournalScan {
+        try scan(bytes: FileIO.read(path, limit: 1 << 40))
+    }
+
+    public static func scan(bytes: [UInt8], startOffset: Int = 0, expectedSeq: UInt64 = 1) -> JournalScan {
+        var scan = JournalScan()
+        scan.fileSize = startOffset + bytes.count
+        scan.validEnd = startOffset
+        var expected = expectedSeq
+        var lineStart = 0
+        bytes.withUnsafeBufferPointer { buf in
+            var i = 0
+            while i < buf.count {
+                guard let nl = buf[i...].firstIndex(of: UInt8(ascii: "\n")) else { break }
+                let line = bytes[lineStart..<nl]
+                switch JournalRecord.parse(line: line) {
+                case var .success(record):
+                    if record.seq != expected {
+                        scan.damage = .init(seq: expected, offset: startOffset + lineStart,
+                                            reason: "sequence gap: found seq \(record.seq)")
+                        return
+                    }
+                    record.offset = startOffset + lineStart
+                    scan.records.append(record)
+                    expected += 1
+                    scan.validEnd = startOffset + nl + 1
+                case let .failure(reason):
+                    scan.damage = .init(seq: expected, offset: startOffset + lineStart, reason: reason.description)
+                    return
+                }
+                i = nl + 1
+                lineStart = i
+            }
+            if lineStart < buf.count { scan.tornBytes = buf.count - lineStart }
+        }
+        return scan
+    }
+}
+
+/// Follows a journal as it grows (`logs -f`): polls every `interval` seconds and returns new records.
+public final class JournalFollower {
+    let path: String
+    var offset = 0
+    var nextSeq: UInt64 = 1
+
+    public init(path: String) { self.path = path }
+
+    /// New complete records since the last call. A torn tail is left for the next call (the writer
+    /// may still be writing it); damage is an error.
+    public func poll() throws(AgentboxError) -> [JournalRecord] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw AgentboxError(stage: "journal", "cannot open \(path): \(FileIO.errnoString())") }
+        defer { close(fd) }
+        var st = stat()
+        fstat(fd, &st)
+        let size = Int(st.st_size)
+        guard size > offset else { return [] }
+        var bytes = [UInt8](repeating: 0, count: size - offset)
+        let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(offset)) }
+        guard n > 0 else { return [] }
+        let scan = JournalReader.scan(bytes: Array(bytes[0..<n]), startOffset: offset, expectedSeq: nextSeq)
+        if let damage = scan.damage {
+            throw AgentboxError(stage: "journal", "\(path) is damaged at \(damage)", hint: "run `agentbox journal verify \(path)`")
+        }
+        offset = scan.validEnd
+        nextSeq = scan.lastSeq == 0 ? nextSeq : scan.lastSeq + 1
+        return scan.records
+    }
+}

@@ -1,0 +1,106 @@
+import AgentboxCore
+
+/// One journal record: one line of `journal.jsonl` (docs/journal.md).
+///
+/// `{"v":1,"seq":7,"ts":"2026-11-26T07:31:05.123Z","epoch":1,"type":"output","data":{...},"crc":"1a2b3c4d"}`
+///
+/// `crc` is the CRC-32C of every byte of the line before `,"crc":"`, so any damaged byte is detected.
+/// Fields are never renamed or given new meanings; new record types and new `data` keys may appear.
+public struct JournalRecord: Sendable {
+    public static let version = 1
+
+    public var seq: UInt64
+    public var ts: String
+    public var epoch: Int
+    public var type: String
+    public var data: JSON
+    /// Byte offset of the line in the file (set by the reader).
+    public var offset: Int = 0
+    /// The line as stored, without the newline (set by the reader).
+    public var raw: String = ""
+
+    public init(seq: UInt64, ts: String = Clock.rfc3339(), epoch: Int, type: String, data: JSON) {
+        self.seq = seq
+        self.ts = ts
+        self.epoch = epoch
+        self.type = type
+        self.data = data
+    }
+
+    /// The line to append, newline included.
+    public func line() -> [UInt8] {
+        var prefix = "{\"v\":\(JournalRecord.version),\"seq\":\(seq),\"ts\":"
+        JSON.quote(ts, into: &prefix)
+        prefix += ",\"epoch\":\(epoch),\"type\":"
+        JSON.quote(type, into: &prefix)
+        prefix += ",\"data\":"
+        prefix += data.serialized
+        var bytes = Array(prefix.utf8)
+        let crc = CRC32C.checksum(bytes)
+        bytes += Array(",\"crc\":\"\(CRC32C.hex(crc))\"}\n".utf8)
+        return bytes
+    }
+
+    /// Parses and verifies one line (without its newline). The error says what is wrong.
+    public static func parse(line: ArraySlice<UInt8>) -> Result<JournalRecord, RecordProblem> {
+        let suffixLength = 18  // ,"crc":"xxxxxxxx"}
+        guard line.count > suffixLength else { return .failure("line too short to be a record") }
+        let suffixStart = line.endIndex - suffixLength
+        let suffix = line[suffixStart...]
+        guard suffix.starts(with: Array(",\"crc\":\"".utf8)), suffix.last == UInt8(ascii: "}"),
+              suffix[suffix.endIndex - 2] == UInt8(ascii: "\"") else {
+            return .failure("no checksum at the end of the line")
+        }
+        let hex = String(decoding: line[(suffixStart + 8)..<(line.endIndex - 2)], as: UTF8.self)
+        guard let stored = UInt32(hex, radix: 16) else { return .failure("malformed checksum") }
+        let actual = CRC32C.checksum(line[line.startIndex..<suffixStart])
+        guard stored == actual else { return .failure(RecordProblem("checksum mismatch (stored \(hex), computed \(CRC32C.hex(actual)))")) }
+        let json: JSON
+        do { json = try JSON.parse(bytes: Array(line)) } catch { return .failure(RecordProblem("not valid JSON: \(error)")) }
+        guard let v = json["v"]?.intValue, v >= 1 else { return .failure("missing version") }
+        guard let seq = json["seq"]?.uint64Value ?? json["seq"]?.intValue.map({ UInt64($0) }) else { return .failure("missing seq") }
+        guard let ts = json["ts"]?.stringValue, let type = json["type"]?.stringValue else { return .failure("missing ts or type") }
+        var record = JournalRecord(seq: seq, ts: ts, epoch: json["epoch"]?.intValue ?? 0, type: type, data: json["data"] ?? .null)
+        record.raw = String(decoding: line, as: UTF8.self)
+        return .success(record)
+    }
+}
+
+/// Record types written today (docs/journal.md). Agent records (model requests, tool calls) come later.
+public enum RecordType {
+    public static let journalOpened = "journal.opened"
+    public static let journalRecovered = "journal.recovered"
+    public static let runStarted = "run.started"
+    public static let sandboxReady = "sandbox.ready"
+    public static let output = "output"
+    public static let warning = "warning"
+    public static let limit = "limit"
+    public static let confession = "confession"
+    public static let exit = "exit"
+    public static let usage = "usage"
+    public static let runEnded = "run.ended"
+}
+
+extension JSON {
+    /// Output bytes, lossless: `{"stream":..., "text":...}` when they are UTF-8, else `{"stream":..., "b64":...}`.
+    public static func output(stream: String, bytes: [UInt8]) -> JSON {
+        if let text = String(validating: bytes, as: UTF8.self) {
+            return .object([("stream", .string(stream)), ("text", .string(text))])
+        }
+        return .object([("stream", .string(stream)), ("b64", .string(Base64.encode(bytes)))])
+    }
+
+    /// The bytes of an output record's data.
+    public var outputBytes: [UInt8] {
+        if let t = self["text"]?.stringValue { return Array(t.utf8) }
+        if let b = self["b64"]?.stringValue { return Base64.decode(b) ?? [] }
+        return []
+    }
+}
+
+/// Why a journal line is not a valid record.
+public struct RecordProblem: Error, CustomStringConvertible, Sendable, ExpressibleByStringLiteral, ExpressibleByStringInterpolation {
+    public let description: String
+    public init(stringLiteral value: String) { description = value }
+    public init(_ value: String) { description = value }
+}

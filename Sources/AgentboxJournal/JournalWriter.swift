@@ -1,0 +1,185 @@
+import AgentboxCore
+import Glibc
+
+/// The one writer of a run's journal. Appends only. Durability by record class:
+/// - critical records (`append(..., critical: true)`) are written together with everything pending and
+///   fdatasync'ed before `append` returns: callers write them before the action they guard;
+/// - other records (output, warnings) are batched in memory and written with group commit when
+///   `flushDue` says so (64 KiB pending or 1 s since the oldest pending record), or with the next
+///   critical record.
+/// A failed write (full disk, I/O error) truncates the file back to the last complete record and stops
+/// the writer: earlier records are never corrupted.
+public final class JournalWriter {
+    public static let batchBytes = 64 << 10
+    public static let batchSeconds = 1.0
+
+    public let path: String
+    public private(set) var seq: UInt64
+    public let epoch: Int
+    let fd: Int32
+    let lockFd: Int32
+    var committed: Int
+    var pending: [UInt8] = []
+    var pendingSince: Double? = nil
+    var failure: AgentboxError? = nil
+
+    init(path: String, fd: Int32, lockFd: Int32, seq: UInt64, epoch: Int, committed: Int) {
+        self.path = path
+        self.fd = fd
+        self.lockFd = lockFd
+        self.seq = seq
+        self.epoch = epoch
+        self.committed = committed
+    }
+
+    deinit {
+        close(fd)
+        close(lockFd)
+    }
+
+    /// Takes the run's writer lock or fails naming the process that holds it.
+    static func lock(_ dir: String) throws(AgentboxError) -> Int32 {
+        let lockPath = dir + "/lock"
+        let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw AgentboxError(stage: "journal", "cannot open \(lockPath): \(FileIO.errnoString())") }
+        if flock(fd, LOCK_EX | LOCK_NB) < 0 {
+            let holder = FileIO.readSmall(lockPath)?.trimmingSpacesAndNewlines() ?? "?"
+            close(fd)
+            throw AgentboxError(stage: "journal", "\(dir) already has a writer (pid \(holder))",
+                                hint: "a run has exactly one writer; wait for it to end or stop it")
+        }
+        let pid = "\(getpid())\n"
+        _ = ftruncate(fd, 0)
+        _ = pid.withCString { pwrite(fd, $0, strlen($0), 0) }
+        return fd
+    }
+
+    /// Creates the journal of a new run in `dir` (which must exist and be empty of a journal).
+    public static func create(dir: String) throws(AgentboxError) -> JournalWriter {
+        let lockFd = try lock(dir)
+        let path = dir + "/journal.jsonl"
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            close(lockFd)
+            throw AgentboxError(stage: "journal", "cannot create \(path): \(FileIO.errnoString())")
+        }
+        try? Durability.syncDirectory(dir)
+        let writer = JournalWriter(path: path, fd: fd, lockFd: lockFd, seq: 0, epoch: 1, committed: 0)
+        try writer.append(RecordType.journalOpened, .object([("epoch", 1), ("pid", .number(Double(getpid())))]), critical: true)
+        return writer
+    }
+
+    /// Opens an existing journal to continue it (resume): verifies it, truncates a torn last line and
+    /// records that it did, and takes a new epoch so records of an older writer can be told apart.
+    public static func reopen(dir: String) throws(AgentboxError) -> JournalWriter {
+        let lockFd = try lock(dir)
+        let path = dir + "/journal.jsonl"
+        let scan: JournalScan
+        do { scan = try JournalReader.scan(path: path) } catch {
+            close(lockFd)
+            throw error
+        }
+        if let damage = scan.damage {
+            close(lockFd)
+            throw AgentboxError(stage: "journal", "\(path) is damaged at \(damage)",
+                                hint: "`agentbox journal verify \(path)` shows the damage; a damaged journal is never continued")
+        }
+        let fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
+        guard fd >= 0 else {
+            close(lockFd)
+            throw AgentboxError(stage: "journal", "cannot open \(path): \(FileIO.errnoString())")
+        }
+        if scan.tornBytes > 0 {
+            guard ftruncate(fd, off_t(scan.validEnd)) == 0, fdatasync(fd) == 0 else {
+                let e = FileIO.errnoString()
+                close(fd)
+                close(lockFd)
+                throw AgentboxError(stage: "journal", "cannot truncate the torn tail of \(path): \(e)")
+            }
+        }
+        let epoch = (scan.records.map(\.epoch).max() ?? 0) + 1
+        let writer = JournalWriter(path: path, fd: fd, lockFd: lockFd, seq: scan.lastSeq, epoch: epoch, committed: scan.validEnd)
+        if scan.tornBytes > 0 {
+            try writer.append(RecordType.journalRecovered,
+                              .object([("truncated_bytes", .number(Double(scan.tornBytes))), ("offset", .number(Double(scan.validEnd)))]),
+                              critical: true)
+        }
+        try writer.append(RecordType.journalOpened, .object([("epoch", .number(Double(epoch))), ("pid", .number(Double(getpid())))]),
+                          critical: true)
+        return writer
+    }
+
+    /// Appends a record; returns its seq. Critical records are on disk when this returns.
+    @discardableResult
+    public func append(_ type: String, _ data: JSON, critical: Bool) throws(AgentboxError) -> UInt64 {
+        if let failure { throw failure }
+        seq += 1
+        let record = JournalRecord(seq: seq, epoch: epoch, type: type, data: data)
+        pending += record.line()
+        if pendingSince == nil { pendingSince = Clock.monotonic() }
+        if critical || pending.count >= JournalWriter.batchBytes {
+            try flush(sync: critical)
+        }
+        return seq
+    }
+
+    /// When the pending batch must be written, or nil when nothing is pending.
+    public var flushDeadline: Double? { pendingSince.map { $0 + JournalWriter.batchSeconds } }
+
+    /// Writes the pending batch when it is due (group commit).
+    public func flushIfDue(now: Double = Clock.monotonic()) throws(AgentboxError) {
+        if let d = flushDeadline, now >= d { try flush(sync: true) }
+    }
+
+    /// Writes everything pending; with `sync`, fdatasync too.
+    public func flush(sync: Bool) throws(AgentboxError) {
+        if let failure { throw failure }
+        if !pending.isEmpty {
+            var written = 0
+            while written < pending.count {
+                let n = pending[written...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { try fail(n < 0 ? errno : EIO) }
+                written += n
+            }
+            committed += pending.count
+            pending.removeAll(keepingCapacity: true)
+            pendingSince = nil
+        }
+        if sync && fdatasync(fd) < 0 { try fail(errno) }
+    }
+
+    func fail(_ code: Int32) throws(AgentboxError) -> Never {
+        // Cut back to the last complete record so the file stays a valid journal.
+        _ = ftruncate(fd, off_t(committed))
+        _ = fdatasync(fd)
+        let error = AgentboxError(stage: "journal", "writing \(path) failed: \(FileIO.errnoString(code))",
+                                  hint: code == ENOSPC ? "the disk is full: free space, then look at the run with `agentbox logs`" : "")
+        failure = error
+        throw error
+    }
+
+    /// Flushes and syncs; the writer lock is released when the writer is deallocated.
+    public func finish() throws(AgentboxError) {
+        try flush(sync: true)
+    }
+}
+
+enum Durability {
+    /// fsync a directory so that a file created in it survives a crash.
+    static func syncDirectory(_ dir: String) throws(AgentboxError) {
+        let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw AgentboxError(stage: "journal", "cannot open \(dir): \(FileIO.errnoString())") }
+        defer { close(fd) }
+        if fsync(fd) < 0 { throw AgentboxError(stage: "journal", "fsync \(dir): \(FileIO.errnoString())") }
+    }
+}
+
+extension String {
+    func trimmingSpacesAndNewlines() -> String {
+        var s = Substring(self)
+        while let l = s.last, l.isWhitespace { s = s.dropLast() }
+        while let f = s.first, f.isWhitespace { s = s.dropFirst() }
+        return String(s)
+    }
+}

@@ -1,0 +1,238 @@
+import AgentboxCore
+import Glibc
+
+/// Runs on this node: `$AGENTBOX_HOME/runs/<id>/journal.jsonl` and the node-wide confession feed
+/// `$AGENTBOX_HOME/confessions.jsonl`.
+public struct RunStore: Sendable {
+    public let home: String
+    public var runsDir: String { home + "/runs" }
+    public var confessionsPath: String { home + "/confessions.jsonl" }
+
+    public init(home: String = RunStore.defaultHome()) { self.home = home }
+
+    /// `AGENTBOX_HOME`, else `$XDG_STATE_HOME/agentbox`, else `~/.local/state/agentbox` (root: `/var/lib/agentbox`).
+    public static func defaultHome() -> String {
+        if let h = getenv("AGENTBOX_HOME"), h.pointee != 0 { return String(cString: h) }
+        if geteuid() == 0 { return "/var/lib/agentbox" }
+        if let x = getenv("XDG_STATE_HOME"), x.pointee != 0 { return String(cString: x) + "/agentbox" }
+        if let h = getenv("HOME"), h.pointee != 0 { return String(cString: h) + "/.local/state/agentbox" }
+        return "/tmp/agentbox-\(getuid())"
+    }
+
+    func mkdirs(_ path: String) throws(AgentboxError) {
+        var current = ""
+        for part in path.split(separator: "/") {
+            current += "/" + part
+            if mkdir(current, 0o755) < 0 && errno != EEXIST {
+                throw AgentboxError(stage: "journal", "cannot create \(current): \(FileIO.errnoString())",
+                                    hint: "set AGENTBOX_HOME to a writable directory")
+            }
+        }
+    }
+
+    /// Creates the directory of a new run (fsynced, with its parent) and its journal writer.
+    public func createRun() throws(AgentboxError) -> (id: String, writer: JournalWriter) {
+        try mkdirs(runsDir)
+        for _ in 0..<8 {
+            let id = RunStore.newID()
+            let dir = runsDir + "/" + id
+            if mkdir(dir, 0o755) < 0 {
+                if errno == EEXIST { continue }
+                throw AgentboxError(stage: "journal", "cannot create \(dir): \(FileIO.errnoString())")
+            }
+            try Durability.syncDirectory(runsDir)
+            return (id, try JournalWriter.create(dir: dir))
+        }
+        throw AgentboxError(stage: "journal", "could not pick an unused run id")
+    }
+
+    static func newID() -> String {
+        var bytes = [UInt8](repeating: 0, count: 6)
+        let fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC)
+        if fd >= 0 { _ = read(fd, &bytes, 6); close(fd) }
+        return bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+    }
+
+    public func journalPath(_ id: String) -> String { runsDir + "/" + id + "/journal.jsonl" }
+
+    /// Every run id, newest first.
+    public func ids() -> [String] {
+        guard let d = opendir(runsDir) else { return [] }
+        defer { closedir(d) }
+        var out: [(String, Int)] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name.hasPrefix(".") { continue }
+            var st = stat()
+            if stat(runsDir + "/" + name + "/journal.jsonl", &st) == 0 { out.append((name, Int(st.st_ctim.tv_sec))) }
+        }
+        return out.sorted { $0.1 != $1.1 ? $0.1 > $1.1 : $0.0 > $1.0 }.map(\.0)
+    }
+
+    /// Resolves RUN: an id, a unique id prefix, or a name (the newest run with that name).
+    public func resolve(_ ref: String) throws(AgentboxError) -> String {
+        let all = ids()
+        if all.contains(ref) { return ref }
+        for id in all where (try? summary(id))?.name == ref { return id }
+        let matches = all.filter { $0.hasPrefix(ref) }
+        if matches.count == 1 { return matches[0] }
+        if matches.count > 1 {
+            throw AgentboxError(stage: "run", "\"\(ref)\" matches \(matches.count) runs: \(matches.prefix(5).joined(separator: ", "))",
+                                hint: "give more characters of the id")
+        }
+        throw AgentboxError(stage: "run", "no run \"\(ref)\" in \(runsDir)", hint: "`agentbox ps --all` lists runs")
+    }
+
+    /// Whether a live writer holds the run's lock.
+    public func isLive(_ id: String) -> Bool {
+        let fd = open(runsDir + "/" + id + "/lock", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        if flock(fd, LOCK_SH | LOCK_NB) < 0 { return errno == EWOULDBLOCK }
+        flock(fd, LOCK_UN)
+        return false
+    }
+
+    /// What `ps` and `inspect` show, derived from the journal.
+    public func summary(_ id: String) throws(AgentboxError) -> RunSummary {
+        let path = journalPath(id)
+        let scan = try JournalReader.scan(path: path)
+        return RunSummary(id: id, journal: path, scan: scan, live: isLive(id))
+    }
+}
+
+/// A run as its journal tells it.
+public struct RunSummary: Sendable {
+    public var id: String
+    public var journal: String
+    public var name: String?
+    public var kind = "exec"
+    public var state: String
+    public var exitCode: Int?
+    public var reason: String?
+    public var startedAt: String?
+    public var endedAt: String?
+    public var workspace: String?
+    public var argv: [String] = []
+    public var usage: JSON = .null
+    public var isolation: JSON = .null
+    public var records: Int
+    public var damage: String?
+    public var tornBytes: Int
+
+    init(id: String, journal: String, scan: JournalScan, live: Bool) {
+        self.id = id
+        self.journal = journal
+        records = scan.records.count
+        tornBytes = scan.tornBytes
+        damage = scan.damage?.description
+        var ended: JournalRecord? = nil
+        for r in scan.records {
+            switch r.type {
+            case RecordType.runStarted:
+                name = r.data["name"]?.stringValue
+                kind = r.data["kind"]?.stringValue ?? "exec"
+                startedAt = r.ts
+                workspace = r.data["policy"]?["workspace"]?.stringValue
+                argv = r.data["argv"]?.arrayValue?.compactMap(\.stringValue) ?? []
+            case RecordType.sandboxReady: isolation = r.data
+            case RecordType.usage: usage = r.data
+            case RecordType.exit: exitCode = r.data["code"]?.intValue
+            case RecordType.runEnded: ended = r
+            default: break
+            }
+        }
+        if let ended {
+            state = ended.data["state"]?.stringValue ?? "exited"
+            reason = ended.data["reason"]?.stringValue
+            endedAt = ended.ts
+            exitCode = ended.data["exit_code"]?.intValue ?? exitCode
+        } else if live {
+            state = "running"
+        } else {
+            // No end record and no writer: the supervisor died (killed, crashed, power loss).
+            state = "interrupted"
+            endedAt = scan.records.last?.ts
+        }
+        if damage != nil { state = "damaged" }
+    }
+
+    public var json: JSON {
+        .object([
+            ("id", .string(id)),
+            ("name", name.map { .string($0) } ?? .null),
+            ("kind", .string(kind)),
+            ("state", .string(state)),
+            ("exit_code", exitCode.map { .number(Double($0)) } ?? .null),
+            ("reason", reason.map { .string($0) } ?? .null),
+            ("journal", .string(journal)),
+            ("workspace", workspace.map { .string($0) } ?? .null),
+            ("argv", .array(argv.map { .string($0) })),
+            ("started_at", startedAt.map { .string($0) } ?? .null),
+            ("ended_at", endedAt.map { .string($0) } ?? .null),
+            ("usage", usage),
+            ("isolation", isolation),
+            ("records", .number(Double(records))),
+            ("torn_tail_bytes", .number(Double(tornBytes))),
+            ("damage", damage.map { .string($0) } ?? .null),
+        ])
+    }
+}
+
+/// The node-wide confession feed: one line per confession, append-only, each line checksummed like a
+/// journal record so a torn or damaged line is detected.
+public enum ConfessionFeed {
+    public static func append(store: RunStore, run: String, name: String?, seq: UInt64, severity: String, category: String,
+                              summary: String) throws(AgentboxError) {
+        try store.mkdirs(store.home)
+        var prefix = "{\"ts\":"
+        JSON.quote(Clock.rfc3339(), into: &prefix)
+        prefix += ",\"run\":"
+        JSON.quote(run, into: &prefix)
+        prefix += ",\"name\":" + (name.map { JSON.string($0).serialized } ?? "null")
+        prefix += ",\"seq\":\(seq),\"severity\":"
+        JSON.quote(severity, into: &prefix)
+        prefix += ",\"category\":"
+        JSON.quote(category, into: &prefix)
+        prefix += ",\"summary\":"
+        JSON.quote(summary, into: &prefix)
+        var bytes = Array(prefix.utf8)
+        bytes += Array(",\"crc\":\"\(CRC32C.hex(CRC32C.checksum(bytes)))\"}\n".utf8)
+        let fd = open(store.confessionsPath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw AgentboxError(stage: "confessions", "cannot open \(store.confessionsPath): \(FileIO.errnoString())") }
+        defer { close(fd) }
+        // One write per line: O_APPEND keeps concurrent runs' lines whole.
+        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        if n != bytes.count || fdatasync(fd) < 0 {
+            throw AgentboxError(stage: "confessions", "writing \(store.confessionsPath) failed: \(FileIO.errnoString())")
+        }
+    }
+
+    /// Every intact line of the feed (a torn or damaged line is skipped and counted).
+    public static func read(store: RunStore) -> (entries: [JSON], bad: Int) {
+        guard let bytes = try? FileIO.read(store.confessionsPath, limit: 1 << 34) else { return ([], 0) }
+        var out: [JSON] = []
+        var bad = 0
+        for line in bytes.split(separator: UInt8(ascii: "\n")) {
+            if case .success = JournalRecord.verifyChecksum(line), let json = try? JSON.parse(bytes: Array(line)) {
+                out.append(json)
+            } else {
+                bad += 1
+            }
+        }
+        return (out, bad)
+    }
+}
+
+extension JournalRecord {
+    /// Checks only the trailing checksum of a line.
+    static func verifyChecksum(_ line: ArraySlice<UInt8>) -> Result<Void, RecordProblem> {
+        guard line.count > 18 else { return .failure("short") }
+        let suffixStart = line.endIndex - 18
+        let hex = String(decoding: line[(suffixStart + 8)..<(line.endIndex - 2)], as: UTF8.self)
+        guard let stored = UInt32(hex, radix: 16), stored == CRC32C.checksum(line[line.startIndex..<suffixStart]) else {
+            return .failure("checksum")
+        }
+        return .success(())
+    }
+}

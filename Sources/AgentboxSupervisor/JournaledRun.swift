@@ -1,0 +1,134 @@
+import AgentboxCore
+import AgentboxJournal
+import AgentboxSandbox
+import Glibc
+
+/// A journaled `exec` (`agentbox exec --name NAME`): the sandbox with its journal. The supervisor is
+/// the only writer; the sandbox cannot touch the record (it is outside its filesystem).
+///
+/// Order of records: journal.opened, run.started (critical: on disk before the sandbox exists),
+/// sandbox.ready, output/warning (batched), limit + confession (critical), exit, usage, run.ended.
+public final class JournaledRun {
+    public let store: RunStore
+    public let name: String
+    public let policy: SandboxPolicy
+    public let argv: [String]
+    let warn: (String) -> Void
+
+    public private(set) var id = ""
+
+    public init(store: RunStore = RunStore(), name: String, policy: SandboxPolicy, argv: [String], warn: @escaping (String) -> Void) {
+        self.store = store
+        self.name = name
+        self.policy = policy
+        self.argv = argv
+        self.warn = warn
+    }
+
+    static func hostFacts() -> JSON {
+        var uts = utsname()
+        uname(&uts)
+        let kernel = withUnsafeBytes(of: &uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let node = withUnsafeBytes(of: &uts.nodename) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        return .object([("hostname", .string(node)), ("kernel", .string(kernel)), ("uid", .number(Double(getuid()))),
+                        ("cgroup_mode", .string(CgroupMode.detect().rawValue))])
+    }
+
+    static func digest(_ path: String?) -> JSON {
+        guard let path, let bytes = try? FileIO.read(path) else { return .null }
+        return .string("crc32c:" + CRC32C.hex(CRC32C.checksum(bytes)))
+    }
+
+    /// Runs the command; returns the result and the run id. A journal failure stops the sandbox (125).
+    public func run() throws(AgentboxError) -> SandboxResult {
+        let (id, writer) = try store.createRun()
+        self.id = id
+        let started = Clock.monotonic()
+        try writer.append(RecordType.runStarted, .object([
+            ("id", .string(id)), ("name", .string(name)), ("kind", "exec"),
+            ("argv", .array(argv.map { .string($0) })),
+            ("policy", policy.json),
+            ("profile_digest", JournaledRun.digest(policy.profile.path.isEmpty ? nil : policy.profile.path)),
+            ("seccomp_digest", JournaledRun.digest(policy.profile.seccomp)),
+            ("host", JournaledRun.hostFacts()),
+        ]), critical: true)
+
+        let box = Sandbox(id: id, policy: policy, argv: argv) { [warn] w in
+            warn(w.message)
+            _ = try? writer.append(RecordType.warning, .object([("message", .string(w.message))]), critical: false)
+        }
+        box.output = { stream, bytes throws(AgentboxError) in
+            try writer.append(RecordType.output, JSON.output(stream: stream.rawValue, bytes: bytes), critical: false)
+        }
+        box.tick = { () throws(AgentboxError) in try writer.flushIfDue() }
+        box.onReady = { abi, cgroup in
+            _ = try? writer.append(RecordType.sandboxReady, .object([
+                ("landlock_abi", .number(Double(abi))),
+                ("cgroup", cgroup.map { .string($0) } ?? .null),
+                ("seccomp", .bool(self.policy.profile.seccomp != nil)),
+                ("namespaces", ["user", "pid", "mount", "net", "uts", "ipc", "cgroup"]),
+            ]), critical: false)
+        }
+
+        let result: SandboxResult
+        do {
+            result = try box.run()
+        } catch {
+            // Setup failed or the journal could not be written: record it if the journal still works.
+            _ = try? writer.append(RecordType.runEnded, .object([
+                ("state", "failed"), ("exit_code", .number(Double(error.exitCode))),
+                ("reason", .string("\(error.stage): \(error.message)")),
+            ]), critical: true)
+            throw error
+        }
+
+        // Limit events, each with a confession on the sandbox's behalf.
+        var events: [(String, String, String)] = []  // kind, category, summary
+        if result.report.oomKills > 0 {
+            events.append(("oom", "limits", "memory limit \(Units.formatSize(policy.limits.memory ?? 0)) reached: \(result.report.oomKills) process(es) OOM-killed"))
+        }
+        if result.report.pidsLimitHits > 0 {
+            events.append(("pids", "limits", "pids limit \(policy.limits.pids ?? 0) reached \(result.report.pidsLimitHits) time(s): fork failed"))
+        }
+        if result.termination == .timedOut {
+            events.append(("timeout", "limits", "timeout after \(Units.formatDuration(policy.limits.timeout ?? 0)): the sandbox was killed"))
+        }
+        for (kind, category, summary) in events {
+            try writer.append(RecordType.limit, .object([("kind", .string(kind)), ("detail", .string(summary))]), critical: true)
+            let seq = try writer.append(RecordType.confession, .object([
+                ("severity", "warning"), ("category", .string(category)), ("summary", .string(summary)), ("by", "supervisor"),
+            ]), critical: true)
+            do {
+                try ConfessionFeed.append(store: store, run: id, name: name, seq: seq, severity: "warning", category: category, summary: summary)
+            } catch {
+                warn("\(error.stage): \(error.message)")
+            }
+        }
+
+        var exitData: [(String, JSON)] = [("code", .number(Double(result.exitCode)))]
+        switch result.termination {
+        case let .exited(code): exitData += [("status", "exited"), ("exit_status", .number(Double(code)))]
+        case let .signaled(sig): exitData += [("status", "signaled"), ("signal", .number(Double(sig)))]
+        case .timedOut: exitData += [("status", "timeout")]
+        case let .notExecuted(_, reason): exitData += [("status", "not_executed"), ("reason", .string(reason))]
+        }
+        if result.oomKilled { exitData.append(("oom_killed", true)) }
+        try writer.append(RecordType.exit, .object(exitData), critical: false)
+        try writer.append(RecordType.usage, .object([
+            ("wall_s", .number(((Clock.monotonic() - started) * 1000).rounded() / 1000)),
+            ("cpu_s", result.report.cpuSeconds.map { .number($0) } ?? .null),
+            ("peak_memory", result.report.peakMemory.map { .number(Double($0)) } ?? .null),
+        ]), critical: false)
+        let state: String
+        switch result.termination {
+        case .exited(0): state = "exited"
+        case .timedOut: state = "timeout"
+        case .notExecuted: state = "failed"
+        default: state = "exited"
+        }
+        try writer.append(RecordType.runEnded, .object([("state", .string(state)), ("exit_code", .number(Double(result.exitCode)))]),
+                          critical: true)
+        try writer.finish()
+        return result
+    }
+}

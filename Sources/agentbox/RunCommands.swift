@@ -1,0 +1,205 @@
+import AgentboxCore
+import AgentboxJournal
+import ArgumentParser
+import Glibc
+
+/// Colours for people, only on a terminal and never with NO_COLOR.
+enum Style {
+    static let on = isatty(1) == 1 && getenv("NO_COLOR") == nil
+    static func dim(_ s: String) -> String { on ? "\u{1B}[2m\(s)\u{1B}[0m" : s }
+    static func bold(_ s: String) -> String { on ? "\u{1B}[1m\(s)\u{1B}[0m" : s }
+    static func state(_ s: String) -> String {
+        guard on else { return s }
+        switch s {
+        case "running": return "\u{1B}[36m\(s)\u{1B}[0m"
+        case "exited": return "\u{1B}[32m\(s)\u{1B}[0m"
+        case "interrupted", "timeout", "damaged", "failed": return "\u{1B}[33m\(s)\u{1B}[0m"
+        default: return s
+        }
+    }
+}
+
+func age(_ ts: String?) -> String {
+    guard let ts, let t = Clock.parseRFC3339(ts) else { return "-" }
+    let s = max(0, Clock.wall() - t)
+    if s < 60 { return "\(Int(s))s" }
+    if s < 3600 { return "\(Int(s / 60))m" }
+    if s < 86400 { return "\(Int(s / 3600))h" }
+    return "\(Int(s / 86400))d"
+}
+
+struct PS: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ps", abstract: "List journaled runs (running ones; --all for every run).")
+    @Flag(help: "Show every run, not only running ones.") var all = false
+    @Flag(help: "JSON output: one object per line.") var json = false
+    func run() throws {
+        guarded { () throws(AgentboxError) -> Int32 in
+            let store = RunStore()
+            var rows: [RunSummary] = []
+            for id in store.ids() {
+                guard let s = try? store.summary(id) else { continue }
+                if all || s.state == "running" { rows.append(s) }
+            }
+            if json {
+                for r in rows { Console.out(r.json.serialized) }
+                return 0
+            }
+            Console.out(Style.bold("ID            NAME                  STATE         AGE   EXIT"))
+            for r in rows {
+                let name = (r.name ?? "-").padding(20)
+                Console.out("\(r.id.padding(12))  \(name)  \(Style.state(r.state.padding(12)))  \(age(r.startedAt).padding(5)) \(r.exitCode.map(String.init) ?? "-")")
+            }
+            if rows.isEmpty && !all { Console.note("no running runs (`agentbox ps --all` shows ended ones)") }
+            return 0
+        }
+    }
+}
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show a run: state, exit, journal, workspace, timestamps, usage, isolation.")
+    @Argument(help: ArgumentHelp("Run id, unique id prefix, or name.", valueName: "RUN")) var target: String
+    @Flag(help: "JSON output.") var json = false
+    func run() throws {
+        guarded { () throws(AgentboxError) -> Int32 in
+            let store = RunStore()
+            let s = try store.summary(try store.resolve(target))
+            if json {
+                Console.out(s.json.pretty)
+            } else {
+                for (k, v) in s.json.objectValue ?? [] {
+                    let text = v.stringValue ?? (v == .null ? "-" : v.serialized)
+                    Console.out("\(k.padding(16)) \(k == "state" ? Style.state(text) : text)")
+                }
+            }
+            return 0
+        }
+    }
+}
+
+struct Logs: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show a run's output and events from its journal.",
+        discussion: "Output goes to stdout/stderr as the command wrote it; events (warnings, limits, exit) are shown dimmed on stderr. --json prints the records as stored.")
+    @Argument(help: ArgumentHelp("Run id, unique id prefix, or name.", valueName: "RUN")) var target: String
+    @Flag(name: [.short, .long], help: "Follow: show new records as they are written; end when the run ends.") var follow = false
+    @Flag(help: "Print the journal records as stored, one per line.") var json = false
+    @Option(help: ArgumentHelp("Start after this sequence number.", valueName: "SEQ")) var since: UInt64 = 0
+
+    func show(_ r: JournalRecord) {
+        if json { Console.out(r.raw); return }
+        switch r.type {
+        case RecordType.output:
+            let bytes = r.data.outputBytes
+            _ = bytes.withUnsafeBytes { write(r.data["stream"]?.stringValue == "stderr" ? 2 : 1, $0.baseAddress, $0.count) }
+        case RecordType.warning: Console.write(Style.dim("[\(r.seq)] warning: \(r.data["message"]?.stringValue ?? "")"))
+        case RecordType.limit, RecordType.confession:
+            Console.write(Style.dim("[\(r.seq)] \(r.type): \(r.data["detail"]?.stringValue ?? r.data["summary"]?.stringValue ?? "")"))
+        case RecordType.exit: Console.write(Style.dim("[\(r.seq)] exit \(r.data["code"]?.intValue.map(String.init) ?? "?") (\(r.data["status"]?.stringValue ?? ""))"))
+        case RecordType.runEnded: Console.write(Style.dim("[\(r.seq)] run ended: \(r.data["state"]?.stringValue ?? "")"))
+        case RecordType.journalRecovered:
+            Console.write(Style.dim("[\(r.seq)] journal recovered: a torn last record (\(r.data["truncated_bytes"]?.intValue ?? 0) bytes) was cut"))
+        default: break
+        }
+    }
+
+    func run() throws {
+        guarded { () throws(AgentboxError) -> Int32 in
+            let store = RunStore()
+            let id = try store.resolve(target)
+            let follower = JournalFollower(path: store.journalPath(id))
+            var ended = false
+            while true {
+                for r in try follower.poll() where r.seq > since {
+                    show(r)
+                    if r.type == RecordType.runEnded { ended = true }
+                }
+                if !follow || ended { break }
+                if !store.isLive(id) {
+                    // The writer is gone: read what it left, then stop (the run was interrupted).
+                    for r in try follower.poll() where r.seq > since { show(r) }
+                    if !json { Console.write(Style.dim("run \(id) was interrupted (its supervisor is gone)")) }
+                    break
+                }
+                usleep(50_000)
+            }
+            return 0
+        }
+    }
+}
+
+struct Confessions: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show confessions: problems agents (and the supervisor on their behalf) reported to the node's operators.")
+    @Argument(help: ArgumentHelp("Only this run (id, prefix or name).", valueName: "RUN")) var target: String?
+    @Flag(name: [.short, .long], help: "Follow the node-wide feed.") var follow = false
+    @Flag(help: "JSON lines as stored in the feed.") var json = false
+    @Option(help: ArgumentHelp("Minimum severity: info, warning or blocker.", valueName: "LEVEL")) var severity: String?
+
+    func run() throws {
+        guarded { () throws(AgentboxError) -> Int32 in
+            let store = RunStore()
+            let levels = ["info": 0, "warning": 1, "blocker": 2]
+            var minimum = 0
+            if let severity {
+                guard let level = levels[severity] else { throw .usage("--severity \(severity): use info, warning or blocker") }
+                minimum = level
+            }
+            let runID: String? = target == nil ? nil : try store.resolve(target!)
+            var shown = 0
+            while true {
+                let (entries, _) = ConfessionFeed.read(store: store)
+                for e in entries.dropFirst(shown) {
+                    if let runID, e["run"]?.stringValue != runID { continue }
+                    if levels[e["severity"]?.stringValue ?? "info"] ?? 0 < minimum { continue }
+                    if json { Console.out(e.serialized); continue }
+                    let name = e["name"]?.stringValue ?? "-"
+                    Console.out("\(e["ts"]?.stringValue ?? "")  \(e["run"]?.stringValue ?? "") \(name)  \(Style.bold(e["severity"]?.stringValue ?? ""))  \(e["category"]?.stringValue ?? ""): \(e["summary"]?.stringValue ?? "")")
+                }
+                shown = entries.count
+                if !follow { break }
+                usleep(100_000)
+            }
+            return 0
+        }
+    }
+}
+
+struct JournalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "journal", abstract: "Check run journals.", subcommands: [Verify.self])
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Verify a journal: seq continuity and every checksum.",
+            discussion: "Exit 0 when intact, or when the only damage is a torn last line (a crash mid-write: recoverable). Exit 1 for damage anywhere else, naming the first bad seq and byte offset.")
+        @Argument(help: ArgumentHelp("Run id, prefix, name, or a path to a journal.jsonl.", valueName: "RUN|PATH")) var target: String
+        @Flag(help: "JSON output.") var json = false
+        func run() throws {
+            guarded { () throws(AgentboxError) -> Int32 in
+                let path: String
+                if target.contains("/") || target.hasSuffix(".jsonl") {
+                    path = target
+                } else {
+                    let store = RunStore()
+                    path = store.journalPath(try store.resolve(target))
+                }
+                let scan = try JournalReader.scan(path: path)
+                let status = scan.damage != nil ? "damaged" : (scan.tornBytes > 0 ? "recoverable" : "intact")
+                if json {
+                    Console.out(JSON.object([
+                        ("path", .string(path)), ("status", .string(status)), ("records", .number(Double(scan.records.count))),
+                        ("last_seq", .number(Double(scan.lastSeq))), ("bytes", .number(Double(scan.fileSize))),
+                        ("torn_tail_bytes", .number(Double(scan.tornBytes))),
+                        ("damage", scan.damage.map { .object([("seq", .number(Double($0.seq))), ("offset", .number(Double($0.offset))), ("reason", .string($0.reason))]) } ?? .null),
+                    ]).serialized)
+                } else {
+                    switch status {
+                    case "intact": Console.out("\(path): intact, \(scan.records.count) records (seq 1-\(scan.lastSeq)), \(scan.fileSize) bytes")
+                    case "recoverable": Console.out("\(path): recoverable: \(scan.records.count) good records, then a torn last line of \(scan.tornBytes) bytes at offset \(scan.validEnd) (a crash mid-write); the next writer cuts it")
+                    default: Console.out("\(path): DAMAGED at \(scan.damage!); \(scan.records.count) good records before it")
+                    }
+                }
+                return scan.damage == nil ? 0 : 1
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+import AgentboxCore
+@testable import AgentboxJournal
+import Foundation
+import Testing
+
+@Suite struct JournalTests {
+    func tempDir() -> String {
+        let dir = "/tmp/agentbox-journal-test-\(UUID().uuidString.prefix(8))"
+        try! FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
+    func writeSample(_ dir: String, records: Int = 20) throws -> String {
+        let w = try JournalWriter.create(dir: dir)
+        for i in 0..<records {
+            try w.append(i % 5 == 0 ? RecordType.warning : RecordType.output,
+                         JSON.output(stream: "stdout", bytes: Array("line \(i) ü\n".utf8)), critical: i % 7 == 0)
+        }
+        try w.append(RecordType.runEnded, ["state": "exited", "exit_code": 0], critical: true)
+        try w.finish()
+        return dir + "/journal.jsonl"
+    }
+
+    @Test func writesAndVerifiesSequenceAndChecksums() throws {
+        let path = try writeSample(tempDir())
+        let scan = try JournalReader.scan(path: path)
+        #expect(scan.intact)
+        #expect(scan.records.map(\.seq) == Array(1...22))
+        #expect(scan.records.first?.type == RecordType.journalOpened)
+        #expect(scan.records.last?.type == RecordType.runEnded)
+        #expect(scan.records[3].data.outputBytes == Array("line 2 ü\n".utf8))
+    }
+
+    @Test func nonUTF8OutputIsLossless() throws {
+        let bytes: [UInt8] = [0xff, 0xfe, 0x00, 0x41, 0xc3]
+        let dir = tempDir()
+        let w = try JournalWriter.create(dir: dir)
+        try w.append(RecordType.output, JSON.output(stream: "stderr", bytes: bytes), critical: true)
+        let scan = try JournalReader.scan(path: dir + "/journal.jsonl")
+        #expect(scan.records.last?.data["b64"] != nil)
+        #expect(scan.records.last?.data.outputBytes == bytes)
+    }
+
+    @Test func aTornLastLineAtEveryOffsetIsRecoverableAndRecovered() throws {
+        let dir = tempDir()
+        let path = try writeSample(dir, records: 3)
+        let original = try FileIO.read(path)
+        let lastStart = original.dropLast().lastIndex(of: UInt8(ascii: "\n"))! + 1
+        for cut in lastStart..<original.count {
+            let bytes = Array(original[0..<cut])
+            let scan = JournalReader.scan(bytes: bytes)
+            #expect(scan.recoverable, "cut at \(cut)")
+            #expect(scan.records.count == 4, "cut at \(cut): \(scan.records.count) records")
+            #expect(scan.tornBytes == cut - lastStart)
+        }
+        // The next writer of the run cuts the torn tail and says so.
+        try Data(original[0..<(original.count - 5)]).write(to: URL(fileURLWithPath: path))
+        let w = try JournalWriter.reopen(dir: dir)
+        try w.append(RecordType.runEnded, ["state": "interrupted"], critical: true)
+        let scan = try JournalReader.scan(path: path)
+        #expect(scan.intact)
+        #expect(scan.records.contains { $0.type == RecordType.journalRecovered })
+        #expect(scan.records.last?.epoch == 2, "a reopened journal has a new epoch")
+    }
+
+    @Test func damageInTheMiddleIsReportedWithSeqAndOffsetNeverSkipped() throws {
+        let dir = tempDir()
+        let path = try writeSample(dir)
+        let original = try FileIO.read(path)
+        let lines = original.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+        // Flip a byte in each of several records (not the last): each must be found.
+        for target in [1, 4, 10, 20] {
+            var offset = 0
+            for l in lines[0..<target] { offset += l.count + 1 }
+            for delta in [0, 5, lines[target].count / 2, lines[target].count - 1] {
+                var bytes = original
+                bytes[offset + delta] ^= 0x20
+                let scan = JournalReader.scan(bytes: bytes)
+                #expect(scan.damage?.seq == UInt64(target + 1), "flip in record \(target + 1) at +\(delta): \(String(describing: scan.damage))")
+                #expect(scan.damage?.offset == offset)
+                #expect(!scan.recoverable)
+            }
+        }
+        var bytes = original
+        bytes[original.count / 2] ^= 0x01
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        #expect(throws: AgentboxError.self) { try JournalWriter.reopen(dir: dir) }
+    }
+
+    @Test func aRunHasExactlyOneWriter() throws {
+        let dir = tempDir()
+        let first = try JournalWriter.create(dir: dir)
+        do {
+            _ = try JournalWriter.reopen(dir: dir)
+            Issue.record("a second writer was allowed")
+        } catch {
+            #expect(error.message.contains("already has a writer"))
+        }
+        _ = first
+    }
+
+    @Test func outputIsBatchedAndCriticalRecordsAreDurable() throws {
+        let dir = tempDir()
+        let w = try JournalWriter.create(dir: dir)
+        try w.append(RecordType.output, JSON.output(stream: "stdout", bytes: [65]), critical: false)
+        #expect(try JournalReader.scan(path: w.path).records.count == 1, "batched output is not written at once")
+        #expect(w.flushDeadline != nil)
+        try w.flushIfDue(now: Clock.monotonic() + JournalWriter.batchSeconds + 0.01)
+        #expect(try JournalReader.scan(path: w.path).records.count == 2, "the batch is written within the batch interval")
+        try w.append(RecordType.output, JSON.output(stream: "stdout", bytes: [66]), critical: false)
+        try w.append(RecordType.limit, ["kind": "oom"], critical: true)
+        #expect(try JournalReader.scan(path: w.path).records.count == 4, "a critical record commits the pending batch with it")
+    }
+
+    @Test(.enabled(if: getuid() == 0)) func aFullDiskStopsTheWriterWithoutCorruptingTheJournal() throws {
+        let dir = tempDir()
+        #expect(shellStatus("mount -t tmpfs -o size=64k agentbox-test '\(dir)'") == 0)
+        defer { _ = shellStatus("umount '\(dir)'") }
+        let w = try JournalWriter.create(dir: dir)
+        var failure: AgentboxError? = nil
+        for i in 0..<10_000 {
+            do { try w.append(RecordType.output, JSON.output(stream: "stdout", bytes: Array("chunk \(i) ".utf8) + [UInt8](repeating: 120, count: 900)), critical: i % 3 == 0) }
+            catch { failure = error; break }
+        }
+        #expect(failure?.message.contains("No space left on device") == true, "\(String(describing: failure))")
+        let scan = try JournalReader.scan(path: dir + "/journal.jsonl")
+        #expect(scan.intact, "a full disk must leave only complete records: \(String(describing: scan.damage)) torn \(scan.tornBytes)")
+        #expect(scan.records.count > 10)
+        #expect(throws: AgentboxError.self) { try w.append(RecordType.warning, ["message": "x"], critical: true) }
+    }
+
+    @Test func rfc3339RoundTrips() {
+        let t = 1_795_000_000.25
+        #expect(Clock.rfc3339(t) == "2026-11-18T11:06:40.250Z")
+        #expect(abs((Clock.parseRFC3339(Clock.rfc3339(t)) ?? 0) - t) < 0.001)
+    }
+
+    @Test func crc32cKnownValue() {
+        #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
+        #expect(Base64.encode(Array("foob".utf8)) == "Zm9vYg==")
+        #expect(Base64.decode("Zm9vYmE=") == Array("fooba".utf8))
+    }
+}
+
+func shellStatus(_ command: String) -> Int32 {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/bin/sh")
+    p.arguments = ["-c", command]
+    try? p.run()
+    p.waitUntilExit()
+    return p.terminationStatus
+}

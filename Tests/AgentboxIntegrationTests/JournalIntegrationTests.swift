@@ -1,0 +1,152 @@
+import Foundation
+import Testing
+
+/// Journaled runs (`exec --name`) and the commands that read them, end to end.
+@Suite struct JournalIntegrationTests {
+    func home() -> String {
+        let dir = "/tmp/agentbox-home-\(UUID().uuidString.prefix(8))"
+        try! FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
+    func ab(_ args: [String], home: String, cwd: String = "/tmp") -> RunResult {
+        run([TestEnv.agentbox] + args, cwd: cwd, env: ["AGENTBOX_HOME": home])
+    }
+
+    func journaledExec(_ name: String, _ script: String, home: String, options: [String] = []) -> RunResult {
+        run([TestEnv.agentbox, "exec", "--name", name] + options + ["--", "/bin/sh", "-c", script], cwd: TestEnv.workspace(),
+            env: ["AGENTBOX_HOME": home])
+    }
+
+    func jsonLines(_ text: String) -> [[String: Any]] {
+        text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
+
+    @Test func recordsOutputExitAndEndAndLogsReplaysIt() throws {
+        let h = home()
+        let r = journaledExec("job", "echo out; echo err >&2; printf '\\377\\376x\\n'; exit 3", home: h)
+        #expect(r.code == 3, "\(r)")
+        let expected = Array("out\n".utf8) + [0xff, 0xfe] + Array("x\n".utf8)
+        #expect(r.outBytes == expected && r.err == "err\n", "output is still passed through: \(r)")
+        let logs = ab(["logs", "job"], home: h)
+        #expect(logs.outBytes == expected, "`logs` gives back the exact bytes: \(logs)")
+        #expect(logs.err.contains("err"))
+        let records = jsonLines(ab(["logs", "job", "--json"], home: h).out)
+        let types = records.compactMap { $0["type"] as? String }
+        #expect(types.first == "journal.opened")
+        #expect(types.contains("run.started") && types.contains("sandbox.ready") && types.contains("exit") && types.contains("usage"))
+        #expect(types.last == "run.ended")
+        #expect(records.map { $0["seq"] as? Int ?? 0 } == Array(1...records.count))
+        let inspect = try JSONSerialization.jsonObject(with: Data(ab(["inspect", "job", "--json"], home: h).out.utf8)) as? [String: Any]
+        #expect(inspect?["state"] as? String == "exited")
+        #expect(inspect?["exit_code"] as? Int == 3)
+        #expect((inspect?["journal"] as? String)?.hasPrefix(h + "/runs/") == true)
+        #expect(inspect?["workspace"] as? String != nil && inspect?["started_at"] as? String != nil && inspect?["usage"] != nil)
+        let ps = jsonLines(ab(["ps", "--all", "--json"], home: h).out)
+        #expect(ps.count == 1 && ps.first?["name"] as? String == "job")
+        #expect(ab(["journal", "verify", "job"], home: h).code == 0)
+        let sinceFive = jsonLines(ab(["logs", "job", "--json", "--since", "5"], home: h).out)
+        #expect(sinceFive.first?["seq"] as? Int == 6)
+    }
+
+    @Test func runsAreFoundByIdPrefixOrName() throws {
+        let h = home()
+        _ = journaledExec("alpha", "true", home: h)
+        let id = jsonLines(ab(["ps", "--all", "--json"], home: h).out).first?["id"] as? String ?? ""
+        #expect(id.count == 12)
+        #expect(ab(["inspect", String(id.prefix(5))], home: h).code == 0)
+        let missing = ab(["inspect", "nope"], home: h)
+        #expect(missing.code == 125 && missing.err.contains("no run \"nope\""), "\(missing)")
+    }
+
+    @Test func aSIGKILLedSupervisorLeavesAVerifiableJournalAndNoProcesses() throws {
+        let h = home()
+        for round in 0..<8 {
+            let marker = "abjk\(round)\(UUID().uuidString.prefix(6))"
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: TestEnv.agentbox)
+            p.arguments = ["exec", "--name", "k\(round)", "--", "/bin/sh", "-c", "i=0; while :; do echo \(marker) $i; i=$((i+1)); done"]
+            p.currentDirectoryURL = URL(fileURLWithPath: TestEnv.workspace())
+            p.environment = ["AGENTBOX_HOME": h, "PATH": "/usr/bin:/bin"]
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            usleep(UInt32.random(in: 20_000...400_000))
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            #expect(eventually(3) { !hostHasProcess(withMarker: marker) }, "round \(round): the sandbox outlived its supervisor")
+            let verify = ab(["journal", "verify", "k\(round)", "--json"], home: h)
+            #expect(verify.code == 0, "round \(round): \(verify)")
+            let state = jsonLines(ab(["ps", "--all", "--json"], home: h).out).first { $0["name"] as? String == "k\(round)" }?["state"]
+            #expect(state as? String == "interrupted", "round \(round): \(String(describing: state))")
+        }
+    }
+
+    @Test func logsFollowShowsRecordsAsTheyComeAndEndsWithTheRun() throws {
+        let h = home()
+        let writer = Process()
+        writer.executableURL = URL(fileURLWithPath: TestEnv.agentbox)
+        writer.arguments = ["exec", "--name", "tail", "--", "/bin/sh", "-c", "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.2; done"]
+        writer.currentDirectoryURL = URL(fileURLWithPath: TestEnv.workspace())
+        writer.environment = ["AGENTBOX_HOME": h, "PATH": "/usr/bin:/bin"]
+        writer.standardOutput = FileHandle.nullDevice
+        try writer.run()
+        #expect(eventually { ab(["ps", "--json"], home: h).out.contains("\"tail\"") })
+        let follow = ab(["logs", "-f", "tail"], home: h)  // returns when the run ends
+        writer.waitUntilExit()
+        #expect(follow.code == 0)
+        #expect(follow.out == (1...6).map { "tick \($0)\n" }.joined(), "\(follow)")
+    }
+
+    @Test func limitEventsAreConfessedToTheNodeFeed() throws {
+        let h = home()
+        let r = journaledExec("late", "sleep 30", home: h, options: ["--timeout", "1s"])
+        #expect(r.code == 124)
+        let all = jsonLines(ab(["confessions", "--json"], home: h).out)
+        #expect(all.count == 1 && all.first?["category"] as? String == "limits" && all.first?["name"] as? String == "late", "\(all)")
+        #expect((all.first?["summary"] as? String)?.contains("timeout") == true)
+        #expect(all.first?["seq"] as? Int != nil && all.first?["run"] as? String != nil)
+        #expect(jsonLines(ab(["confessions", "late", "--json", "--severity", "blocker"], home: h).out).isEmpty)
+        let records = jsonLines(ab(["logs", "late", "--json"], home: h).out)
+        #expect(records.contains { $0["type"] as? String == "limit" } && records.contains { $0["type"] as? String == "confession" })
+        let inspect = try JSONSerialization.jsonObject(with: Data(ab(["inspect", "late", "--json"], home: h).out.utf8)) as? [String: Any]
+        #expect(inspect?["state"] as? String == "timeout")
+    }
+
+    @Test func damagedJournalsAreNamedPreciselyAndTornOnesAreRecoverable() throws {
+        let h = home()
+        _ = journaledExec("d", "echo one; echo two", home: h)
+        let path = (try JSONSerialization.jsonObject(with: Data(ab(["inspect", "d", "--json"], home: h).out.utf8)) as? [String: Any])?["journal"] as? String ?? ""
+        var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+        let torn = Array(bytes.dropLast(7))
+        try Data(torn).write(to: URL(fileURLWithPath: path))
+        let recoverable = ab(["journal", "verify", path], home: h)
+        #expect(recoverable.code == 0 && recoverable.out.contains("recoverable"), "\(recoverable)")
+        bytes[bytes.count / 3] ^= 0x04
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        let damaged = ab(["journal", "verify", path, "--json"], home: h)
+        #expect(damaged.code == 1, "\(damaged)")
+        let info = jsonLines(damaged.out).first?["damage"] as? [String: Any]
+        #expect(info?["seq"] as? Int != nil && info?["offset"] as? Int != nil, "\(damaged)")
+    }
+
+    @Test(.enabled(if: TestEnv.isRoot)) func aFullDiskStopsTheRunCleanly() throws {
+        let h = home()
+        #expect(shell("mount -t tmpfs -o size=256k agentbox-full '\(h)'").code == 0)
+        defer { shell("umount -l '\(h)'") }
+        let marker = "abfull\(UUID().uuidString.prefix(6))"
+        let r = journaledExec("full", "while :; do echo \(marker) 0123456789012345678901234567890123456789; done", home: h)
+        #expect(r.code == 125, "\(r.code) \(r.err)")
+        #expect(r.err.contains("No space left on device"), "\(r.err)")
+        #expect(!hostHasProcess(withMarker: marker))
+        let verify = ab(["journal", "verify", "full"], home: h)
+        #expect(verify.code == 0, "earlier records stay intact: \(verify)")
+    }
+
+    @Test func anIdleSandboxCostsNoCPU() throws {
+        let h = home()
+        _ = journaledExec("idle", "sleep 1", home: h)
+        let inspect = try JSONSerialization.jsonObject(with: Data(ab(["inspect", "idle", "--json"], home: h).out.utf8)) as? [String: Any]
+        let cpu = (inspect?["usage"] as? [String: Any])?["cpu_s"] as? Double ?? 99
+        #expect(cpu < 0.3, "a sleeping command must not cost CPU (init busy-looping?): \(cpu) s")
+    }
+}
