@@ -65,6 +65,8 @@ uninstall:
 
 bench: release bench-deps
 	@bash bench/sandbox.sh $(RELEASE_BIN)/agentbox
+	@echo
+	@bash bench/journal.sh $(RELEASE_BIN)/agentbox
 
 clean:
 	rm -rf .build

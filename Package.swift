@@ -34,6 +34,8 @@ let package = Package(
             "AgentboxCore", "AgentboxSandbox", "AgentboxJournal", "AgentboxSupervisor",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // `make bench` micro-benchmarks (journal throughput); not installed.
+        .executableTarget(name: "agentbox-bench", dependencies: ["AgentboxCore", "AgentboxJournal"]),
         .testTarget(name: "AgentboxCoreTests", dependencies: ["AgentboxCore", "AgentboxSandbox", "AgentboxJournal"]),
         .testTarget(name: "AgentboxIntegrationTests", dependencies: ["AgentboxCore"]),
     ],

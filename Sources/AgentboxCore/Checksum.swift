@@ -1,17 +1,47 @@
 /// CRC-32C (Castagnoli), the journal's per-record checksum: detects any damaged byte in a line.
 public enum CRC32C {
-    static let table: [UInt32] = (0..<256).map { i -> UInt32 in
-        var c = UInt32(i)
-        for _ in 0..<8 { c = c & 1 != 0 ? (c >> 1) ^ 0x82F6_3B78 : c >> 1 }
-        return c
-    }
+    /// Slicing-by-8 tables: table[k][b] is the CRC of byte b followed by k zero bytes.
+    static let tables: [[UInt32]] = {
+        var t = [[UInt32]](repeating: [UInt32](repeating: 0, count: 256), count: 8)
+        for i in 0..<256 {
+            var c = UInt32(i)
+            for _ in 0..<8 { c = c & 1 != 0 ? (c >> 1) ^ 0x82F6_3B78 : c >> 1 }
+            t[0][i] = c
+        }
+        for i in 0..<256 {
+            for k in 1..<8 { t[k][i] = (t[k - 1][i] >> 8) ^ t[0][Int(t[k - 1][i] & 0xff)] }
+        }
+        return t
+    }()
+    static let flat: [UInt32] = tables.flatMap { $0 }
 
-    public static func checksum<C: Collection>(_ bytes: C, seed: UInt32 = 0) -> UInt32 where C.Element == UInt8 {
+    public static func checksum(_ bytes: UnsafeRawBufferPointer, seed: UInt32 = 0) -> UInt32 {
         var crc = ~seed
-        table.withUnsafeBufferPointer { t in
-            for b in bytes { crc = t[Int((crc ^ UInt32(b)) & 0xff)] ^ (crc >> 8) }
+        flat.withUnsafeBufferPointer { t in
+            var i = 0
+            let n = bytes.count
+            while i + 8 <= n {
+                let lo = UInt32(bytes[i]) | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2]) << 16 | UInt32(bytes[i + 3]) << 24
+                let x = crc ^ lo
+                crc = t[7 * 256 + Int(x & 0xff)] ^ t[6 * 256 + Int((x >> 8) & 0xff)] ^ t[5 * 256 + Int((x >> 16) & 0xff)]
+                    ^ t[4 * 256 + Int(x >> 24)] ^ t[3 * 256 + Int(bytes[i + 4])] ^ t[2 * 256 + Int(bytes[i + 5])]
+                    ^ t[1 * 256 + Int(bytes[i + 6])] ^ t[Int(bytes[i + 7])]
+                i += 8
+            }
+            while i < n {
+                crc = t[Int((crc ^ UInt32(bytes[i])) & 0xff)] ^ (crc >> 8)
+                i += 1
+            }
         }
         return ~crc
+    }
+
+    public static func checksum(_ bytes: [UInt8], seed: UInt32 = 0) -> UInt32 {
+        bytes.withUnsafeBytes { checksum($0, seed: seed) }
+    }
+
+    public static func checksum(_ bytes: ArraySlice<UInt8>, seed: UInt32 = 0) -> UInt32 {
+        bytes.withUnsafeBytes { checksum($0, seed: seed) }
     }
 
     /// Eight lowercase hex digits.

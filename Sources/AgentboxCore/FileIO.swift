@@ -13,7 +13,27 @@ public enum FileIO {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 { throw AgentboxError(stage: "read \(path)", errnoString()) }
         defer { close(fd) }
+        var st = stat()
         var out: [UInt8] = []
+        if fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_size > 0 {
+            // A regular file: one buffer of its size, filled by as few reads as the kernel allows.
+            let size = Int(st.st_size)
+            if size > limit { throw AgentboxError(stage: "read \(path)", "file is larger than \(limit) bytes") }
+            var filled = 0
+            var readError: Int32 = 0
+            out = [UInt8](unsafeUninitializedCapacity: size) { buf, count in
+                while filled < size {
+                    let n = Glibc.read(fd, buf.baseAddress! + filled, size - filled)
+                    if n < 0 && errno == EINTR { continue }
+                    if n < 0 { readError = errno }
+                    if n <= 0 { break }
+                    filled += n
+                }
+                count = filled
+            }
+            if readError != 0 { throw AgentboxError(stage: "read \(path)", errnoString(readError)) }
+            if filled < size { return out }  // the file shrank while we read it
+        }
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }

@@ -283,48 +283,58 @@ struct JSONParser {
 
 extension JSON {
     /// Compact JSON text (no spaces), keys in stored order.
-    public var serialized: String {
-        var out = ""
+    public var serialized: String { String(decoding: serializedBytes, as: UTF8.self) }
+
+    /// Compact JSON as UTF-8 bytes (the journal's hot path: no intermediate String).
+    public var serializedBytes: [UInt8] {
+        var out: [UInt8] = []
         write(to: &out, indent: nil, level: 0)
         return out
     }
 
     /// Indented JSON text for people.
     public var pretty: String {
-        var out = ""
+        var out: [UInt8] = []
         write(to: &out, indent: "  ", level: 0)
-        return out
+        return String(decoding: out, as: UTF8.self)
     }
 
-    func write(to out: inout String, indent: String?, level: Int) {
+    /// Appends this value's JSON text to `out`.
+    public func write(to out: inout [UInt8], indent: String?, level: Int) {
+        func newline(_ level: Int) {
+            guard let indent else { return }
+            out.append(0x0A)
+            for _ in 0..<level { out.append(contentsOf: indent.utf8) }
+        }
         switch self {
-        case .null: out += "null"
-        case let .bool(b): out += b ? "true" : "false"
-        case let .number(n): out += JSON.format(number: n)
-        case let .uint(u): out += String(u)
+        case .null: out.append(contentsOf: "null".utf8)
+        case let .bool(b): out.append(contentsOf: (b ? "true" : "false").utf8)
+        case let .number(n): out.append(contentsOf: JSON.format(number: n).utf8)
+        case let .uint(u): out.append(contentsOf: String(u).utf8)
         case let .string(s): JSON.quote(s, into: &out)
         case let .array(items):
-            if items.isEmpty { out += "[]"; return }
-            out += "["
+            if items.isEmpty { out.append(contentsOf: "[]".utf8); return }
+            out.append(UInt8(ascii: "["))
             for (i, item) in items.enumerated() {
-                if i > 0 { out += "," }
-                if let indent { out += "\n" + String(repeating: indent, count: level + 1) }
+                if i > 0 { out.append(UInt8(ascii: ",")) }
+                newline(level + 1)
                 item.write(to: &out, indent: indent, level: level + 1)
             }
-            if let indent { out += "\n" + String(repeating: indent, count: level) }
-            out += "]"
+            newline(level)
+            out.append(UInt8(ascii: "]"))
         case let .object(members):
-            if members.isEmpty { out += "{}"; return }
-            out += "{"
+            if members.isEmpty { out.append(contentsOf: "{}".utf8); return }
+            out.append(UInt8(ascii: "{"))
             for (i, (key, value)) in members.enumerated() {
-                if i > 0 { out += "," }
-                if let indent { out += "\n" + String(repeating: indent, count: level + 1) }
+                if i > 0 { out.append(UInt8(ascii: ",")) }
+                newline(level + 1)
                 JSON.quote(key, into: &out)
-                out += indent == nil ? ":" : ": "
+                out.append(UInt8(ascii: ":"))
+                if indent != nil { out.append(0x20) }
                 value.write(to: &out, indent: indent, level: level + 1)
             }
-            if let indent { out += "\n" + String(repeating: indent, count: level) }
-            out += "}"
+            newline(level)
+            out.append(UInt8(ascii: "}"))
         }
     }
 
@@ -336,24 +346,37 @@ extension JSON {
 
     /// Appends `s` as a JSON string literal.
     public static func quote(_ s: String, into out: inout String) {
-        out += "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
+        var bytes: [UInt8] = []
+        quote(s, into: &bytes)
+        out += String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Appends `s` as a JSON string literal, copying runs that need no escaping in bulk.
+    public static func quote(_ s: String, into out: inout [UInt8]) {
+        var s = s
+        s.makeContiguousUTF8()
+        out.append(UInt8(ascii: "\""))
+        s.utf8.withContiguousStorageIfAvailable { buf in
+            var runStart = 0
+            for i in 0..<buf.count {
+                let c = buf[i]
+                if c >= 0x20 && c != 0x22 && c != 0x5C { continue }
+                if runStart < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: buf[runStart..<i])) }
+                switch c {
+                case 0x22: out.append(contentsOf: [0x5C, 0x22])
+                case 0x5C: out.append(contentsOf: [0x5C, 0x5C])
+                case 0x0A: out.append(contentsOf: [0x5C, UInt8(ascii: "n")])
+                case 0x0D: out.append(contentsOf: [0x5C, UInt8(ascii: "r")])
+                case 0x09: out.append(contentsOf: [0x5C, UInt8(ascii: "t")])
+                default:
+                    let hex = Array("0123456789abcdef".utf8)
+                    out.append(contentsOf: [0x5C, UInt8(ascii: "u"), 0x30, 0x30, hex[Int(c >> 4)], hex[Int(c & 15)]])
                 }
+                runStart = i + 1
             }
+            if runStart < buf.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: buf[runStart..<buf.count])) }
         }
-        out += "\""
+        out.append(UInt8(ascii: "\""))
     }
 }
 

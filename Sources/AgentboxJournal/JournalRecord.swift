@@ -29,15 +29,16 @@ public struct JournalRecord: Sendable {
 
     /// The line to append, newline included.
     public func line() -> [UInt8] {
-        var prefix = "{\"v\":\(JournalRecord.version),\"seq\":\(seq),\"ts\":"
-        JSON.quote(ts, into: &prefix)
-        prefix += ",\"epoch\":\(epoch),\"type\":"
-        JSON.quote(type, into: &prefix)
-        prefix += ",\"data\":"
-        prefix += data.serialized
-        var bytes = Array(prefix.utf8)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(128)
+        bytes.append(contentsOf: "{\"v\":\(JournalRecord.version),\"seq\":\(seq),\"ts\":".utf8)
+        JSON.quote(ts, into: &bytes)
+        bytes.append(contentsOf: ",\"epoch\":\(epoch),\"type\":".utf8)
+        JSON.quote(type, into: &bytes)
+        bytes.append(contentsOf: ",\"data\":".utf8)
+        data.write(to: &bytes, indent: nil, level: 0)
         let crc = CRC32C.checksum(bytes)
-        bytes += Array(",\"crc\":\"\(CRC32C.hex(crc))\"}\n".utf8)
+        bytes.append(contentsOf: ",\"crc\":\"\(CRC32C.hex(crc))\"}\n".utf8)
         return bytes
     }
 

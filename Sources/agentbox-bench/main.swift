@@ -1,0 +1,52 @@
+// Micro-benchmarks for `make bench`: journal append/verify throughput. Prints one line per metric.
+import AgentboxCore
+import AgentboxJournal
+import Glibc
+
+func dir(_ tag: String) -> String {
+    let d = "/var/tmp/agentbox-bench-\(tag)-\(getpid())"
+    mkdir(d, 0o755)
+    return d
+}
+
+func cleanup(_ d: String) {
+    unlink(d + "/journal.jsonl")
+    unlink(d + "/lock")
+    rmdir(d)
+}
+
+let chunk = Array(String(repeating: "compiling module 42 of 97: ok\n", count: 140).utf8)  // ~4 KiB of text
+
+// 1. Batched output records (group commit, as a journaled run writes them).
+do {
+    let d = dir("batched")
+    let w = try JournalWriter.create(dir: d)
+    let n = 50_000
+    let t0 = Clock.monotonic()
+    for _ in 0..<n { try w.append(RecordType.output, JSON.output(stream: "stdout", bytes: chunk), critical: false) }
+    try w.finish()
+    let dt = Clock.monotonic() - t0
+    print("journal append, batched output records (4 KiB each): \(Int(Double(n) / dt)) records/s, \(Int(Double(n * chunk.count) / dt / 1e6)) MB/s of output")
+    let t1 = Clock.monotonic()
+    let bytes = try FileIO.read(w.path, limit: 1 << 40)
+    let readTime = Clock.monotonic() - t1
+    let scan = JournalReader.scan(bytes: bytes)
+    let vt = Clock.monotonic() - t1
+    print("  (of which reading the file: \(Int(readTime * 1000)) ms)")
+    print("journal verify (read + checksum + parse every record): \(Int(Double(scan.fileSize) / vt / 1e6)) MB/s (\(scan.records.count) records, \(scan.fileSize / 1_000_000) MB)")
+    cleanup(d)
+} catch { print("batched: \(error)") }
+
+// 2. Durable (critical) records: each fdatasync'ed before append returns.
+do {
+    let d = dir("durable")
+    let w = try JournalWriter.create(dir: d)
+    let n = 500
+    let t0 = Clock.monotonic()
+    for i in 0..<n { try w.append(RecordType.limit, ["kind": "oom", "n": .number(Double(i))], critical: true) }
+    let dt = Clock.monotonic() - t0
+    print("journal append, durable record (fdatasync each): \(String(format1(dt / Double(n) * 1000))) ms per record, \(Int(Double(n) / dt)) records/s")
+    cleanup(d)
+} catch { print("durable: \(error)") }
+
+func format1(_ v: Double) -> String { String((v * 1000).rounded() / 1000) }
