@@ -21,7 +21,7 @@ let package = Package(
         // The C boundary: clone trampoline, mount API, Landlock, seccomp load, prctl. Async-signal-safe where it matters.
         .target(name: "CAgentboxShim"),
         // Pure Swift, no Foundation, no syscalls beyond reading files: JSON, profiles, policy, wire codec.
-        .target(name: "AgentboxCore"),
+        .target(name: "AgentboxCore", dependencies: ["CAgentboxShim"]),
         // Supervisor side: host probe, cgroup drivers, seccomp compiler, spawn and supervision.
         .target(name: "AgentboxSandbox", dependencies: ["AgentboxCore", "CAgentboxShim", "CSeccomp"]),
         // The run journal: records, writer (one per run, durable by class), reader/verify, run store.

@@ -1,3 +1,5 @@
+import CAgentboxShim
+
 /// CRC-32C (Castagnoli), the journal's per-record checksum: detects any damaged byte in a line.
 public enum CRC32C {
     /// Slicing-by-8 tables: table[k][b] is the CRC of byte b followed by k zero bytes.
@@ -16,6 +18,16 @@ public enum CRC32C {
     static let flat: [UInt32] = tables.flatMap { $0 }
 
     public static func checksum(_ bytes: UnsafeRawBufferPointer, seed: UInt32 = 0) -> UInt32 {
+        if let base = bytes.baseAddress {
+            var ok: Int32 = 0
+            let hw = ab_crc32c_hw(seed, base, bytes.count, &ok)
+            if ok != 0 { return hw }
+        }
+        return software(bytes, seed: seed)
+    }
+
+    /// Slicing-by-8 in software (CPUs without a CRC-32C instruction; also the reference in tests).
+    public static func software(_ bytes: UnsafeRawBufferPointer, seed: UInt32 = 0) -> UInt32 {
         var crc = ~seed
         flat.withUnsafeBufferPointer { t in
             var i = 0

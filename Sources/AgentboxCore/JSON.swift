@@ -355,28 +355,68 @@ extension JSON {
     public static func quote(_ s: String, into out: inout [UInt8]) {
         var s = s
         s.makeContiguousUTF8()
+        s.utf8.withContiguousStorageIfAvailable { quote(utf8: $0, into: &out) }
+    }
+
+    /// Appends already-valid UTF-8 bytes as a JSON string literal.
+    public static func quote(utf8 buf: UnsafeBufferPointer<UInt8>, into out: inout [UInt8]) {
+        out.reserveCapacity(out.count + buf.count + buf.count / 8 + 2)
         out.append(UInt8(ascii: "\""))
-        s.utf8.withContiguousStorageIfAvailable { buf in
-            var runStart = 0
-            for i in 0..<buf.count {
-                let c = buf[i]
-                if c >= 0x20 && c != 0x22 && c != 0x5C { continue }
-                if runStart < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: buf[runStart..<i])) }
-                switch c {
-                case 0x22: out.append(contentsOf: [0x5C, 0x22])
-                case 0x5C: out.append(contentsOf: [0x5C, 0x5C])
-                case 0x0A: out.append(contentsOf: [0x5C, UInt8(ascii: "n")])
-                case 0x0D: out.append(contentsOf: [0x5C, UInt8(ascii: "r")])
-                case 0x09: out.append(contentsOf: [0x5C, UInt8(ascii: "t")])
-                default:
-                    let hex = Array("0123456789abcdef".utf8)
-                    out.append(contentsOf: [0x5C, UInt8(ascii: "u"), 0x30, 0x30, hex[Int(c >> 4)], hex[Int(c & 15)]])
-                }
-                runStart = i + 1
+        let n = buf.count
+        var runStart = 0
+        var i = 0
+        let raw = buf.baseAddress.map(UnsafeRawPointer.init)
+        while i < n {
+            // Eight bytes at a time: skip words with no control character, quote or backslash.
+            if let raw, i + 8 <= n {
+                let x = raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+                let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
+                let control = (x &- ones &* 0x20) & ~x & highs
+                let q = x ^ (ones &* 0x22), b = x ^ (ones &* 0x5C)
+                let quote = (q &- ones) & ~q & highs
+                let backslash = (b &- ones) & ~b & highs
+                if control | quote | backslash == 0 { i += 8; continue }
             }
-            if runStart < buf.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: buf[runStart..<buf.count])) }
+            let c = buf[i]
+            if c >= 0x20 && c != 0x22 && c != 0x5C { i += 1; continue }
+            if runStart < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: buf[runStart..<i])) }
+            out.append(0x5C)
+            switch c {
+            case 0x22: out.append(0x22)
+            case 0x5C: out.append(0x5C)
+            case 0x0A: out.append(UInt8(ascii: "n"))
+            case 0x0D: out.append(UInt8(ascii: "r"))
+            case 0x09: out.append(UInt8(ascii: "t"))
+            default:
+                let hex: StaticString = "0123456789abcdef"
+                out.append(UInt8(ascii: "u"))
+                out.append(0x30)
+                out.append(0x30)
+                out.append(hex.utf8Start[Int(c >> 4)])
+                out.append(hex.utf8Start[Int(c & 15)])
+            }
+            i += 1
+            runStart = i
         }
+        if runStart < n { out.append(contentsOf: UnsafeBufferPointer(rebasing: buf[runStart..<n])) }
         out.append(UInt8(ascii: "\""))
+    }
+
+    /// Whether `bytes` are valid UTF-8 (fast path for ASCII).
+    public static func isValidUTF8(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        var i = 0
+        let n = bytes.count
+        // Eight ASCII bytes at a time.
+        if let base = bytes.baseAddress {
+            let raw = UnsafeRawPointer(base)
+            while i + 8 <= n {
+                if raw.loadUnaligned(fromByteOffset: i, as: UInt64.self) & 0x8080_8080_8080_8080 != 0 { break }
+                i += 8
+            }
+        }
+        if i == n { return true }
+        // Everything before i is ASCII, so i starts a character.
+        return String(validating: UnsafeBufferPointer(rebasing: bytes[i...]), as: UTF8.self) != nil
     }
 }
 

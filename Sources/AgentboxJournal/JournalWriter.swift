@@ -10,7 +10,7 @@ import Glibc
 /// A failed write (full disk, I/O error) truncates the file back to the last complete record and stops
 /// the writer: earlier records are never corrupted.
 public final class JournalWriter {
-    public static let batchBytes = 64 << 10
+    public static let batchBytes = 256 << 10
     public static let batchSeconds = 1.0
 
     public let path: String
@@ -21,6 +21,8 @@ public final class JournalWriter {
     var committed: Int
     var pending: [UInt8] = []
     var pendingSince: Double? = nil
+    /// Written but not yet fdatasync'ed since then (a size-triggered batch write).
+    var unsyncedSince: Double? = nil
     var failure: AgentboxError? = nil
 
     init(path: String, fd: Int32, lockFd: Int32, seq: UInt64, epoch: Int, committed: Int) {
@@ -123,10 +125,37 @@ public final class JournalWriter {
         return seq
     }
 
-    /// When the pending batch must be written, or nil when nothing is pending.
-    public var flushDeadline: Double? { pendingSince.map { $0 + JournalWriter.batchSeconds } }
+    /// Appends an output record straight from the bytes (the hot path of a chatty command): one pass to
+    /// check UTF-8, one to escape into the pending batch, one for the checksum. Same format as
+    /// `append(RecordType.output, JSON.output(...))`.
+    @discardableResult
+    public func appendOutput(stream: String, bytes: [UInt8]) throws(AgentboxError) -> UInt64 {
+        if let failure { throw failure }
+        let utf8 = bytes.withUnsafeBufferPointer { JSON.isValidUTF8($0) }
+        if !utf8 { return try append(RecordType.output, JSON.output(stream: stream, bytes: bytes), critical: false) }
+        seq += 1
+        var line: [UInt8] = []
+        line.reserveCapacity(bytes.count + bytes.count / 16 + 160)
+        line.append(contentsOf: "{\"v\":\(JournalRecord.version),\"seq\":\(seq),\"ts\":\"\(Clock.rfc3339())\",\"epoch\":\(epoch),\"type\":\"output\",\"data\":{\"stream\":".utf8)
+        JSON.quote(stream, into: &line)
+        line.append(contentsOf: ",\"text\":".utf8)
+        bytes.withUnsafeBufferPointer { JSON.quote(utf8: $0, into: &line) }
+        line.append(UInt8(ascii: "}"))
+        let crc = CRC32C.checksum(line)
+        line.append(contentsOf: ",\"crc\":\"\(CRC32C.hex(crc))\"}\n".utf8)
+        pending.append(contentsOf: line)
+        if pendingSince == nil { pendingSince = Clock.monotonic() }
+        if pending.count >= JournalWriter.batchBytes { try flush(sync: false) }
+        return seq
+    }
 
-    /// Writes the pending batch when it is due (group commit).
+    /// When batched records must be on disk, or nil when everything is.
+    public var flushDeadline: Double? {
+        [pendingSince, unsyncedSince].compactMap { $0 }.min().map { $0 + JournalWriter.batchSeconds }
+    }
+
+    /// Writes and syncs batched records when they are due (group commit): at most about a second after
+    /// they were appended.
     public func flushIfDue(now: Double = Clock.monotonic()) throws(AgentboxError) {
         if let d = flushDeadline, now >= d { try flush(sync: true) }
     }
@@ -145,8 +174,12 @@ public final class JournalWriter {
             committed += pending.count
             pending.removeAll(keepingCapacity: true)
             pendingSince = nil
+            if !sync && unsyncedSince == nil { unsyncedSince = Clock.monotonic() }
         }
-        if sync && fdatasync(fd) < 0 { try fail(errno) }
+        if sync {
+            if fdatasync(fd) < 0 { try fail(errno) }
+            unsyncedSince = nil
+        }
     }
 
     func fail(_ code: Int32) throws(AgentboxError) -> Never {

@@ -367,12 +367,24 @@ public final class Sandbox {
         }
 
         var captureFailure: AgentboxError? = nil
-        var chunk = [UInt8](repeating: 0, count: 65536)
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        for fd in [outPipe[0], errPipe[0]] where fd >= 0 {
+            _ = fcntl(fd, 1031 /* F_SETPIPE_SZ */, 1 << 20)
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        }
         /// Reads what is available on a capture pipe; false at EOF.
         func pump(_ fd: Int32, _ stream: OutputStream) -> Bool {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 { return errno == EINTR || errno == EAGAIN }
-            if n == 0 { return false }
+            // Read what is there (the fds are non-blocking), up to the buffer's size.
+            var n = 0
+            var eof = false
+            while n < chunk.count {
+                let r = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress! + n, $0.count - n) }
+                if r > 0 { n += r; continue }
+                if r == 0 { eof = true }
+                if r < 0 && errno == EINTR { continue }
+                break
+            }
+            if n == 0 { return !eof }
             let bytes = Array(chunk[0..<n])
             Sandbox.writeAll(stream == .stdout ? 1 : 2, bytes)
             if captureFailure == nil {
@@ -432,6 +444,7 @@ public final class Sandbox {
         reap()
         // Every writer of the capture pipes is dead now: read them to EOF.
         for (i, stream) in [(3, OutputStream.stdout), (4, OutputStream.stderr)] where fds[i].fd >= 0 {
+            _ = fcntl(fds[i].fd, F_SETFL, fcntl(fds[i].fd, F_GETFL) & ~O_NONBLOCK)
             while pump(fds[i].fd, stream) {}
         }
         mark("init exit")

@@ -57,10 +57,15 @@ public final class JournaledRun {
             warn(w.message)
             _ = try? writer.append(RecordType.warning, .object([("message", .string(w.message))]), critical: false)
         }
-        box.output = { stream, bytes throws(AgentboxError) in
-            try writer.append(RecordType.output, JSON.output(stream: stream.rawValue, bytes: bytes), critical: false)
+        // Output chunks are gathered per stream into records of up to 256 KiB (a chatty command writes
+        // thousands of small chunks a second); what is gathered is recorded at every tick (<= 200 ms),
+        // well inside the journal's 1 s batching bound.
+        let gather = OutputGatherer(writer: writer)
+        box.output = { stream, bytes throws(AgentboxError) in try gather.add(stream.rawValue, bytes) }
+        box.tick = { () throws(AgentboxError) in
+            try gather.flush(final: false)
+            try writer.flushIfDue()
         }
-        box.tick = { () throws(AgentboxError) in try writer.flushIfDue() }
         box.onReady = { abi, cgroup in
             _ = try? writer.append(RecordType.sandboxReady, .object([
                 ("landlock_abi", .number(Double(abi))),
@@ -73,6 +78,7 @@ public final class JournaledRun {
         let result: SandboxResult
         do {
             result = try box.run()
+            try gather.flush(final: true)
         } catch {
             // Setup failed or the journal could not be written: record it if the journal still works.
             _ = try? writer.append(RecordType.runEnded, .object([
@@ -130,5 +136,50 @@ public final class JournaledRun {
                           critical: true)
         try writer.finish()
         return result
+    }
+}
+
+/// Gathers output chunks into larger records, keeping a UTF-8 character that a chunk boundary split
+/// for the next record (so text stays text).
+final class OutputGatherer {
+    static let recordBytes = 256 << 10
+    let writer: JournalWriter
+    var buffers: [String: [UInt8]] = ["stdout": [], "stderr": []]
+    var order: [String] = []
+
+    init(writer: JournalWriter) { self.writer = writer }
+
+    func add(_ stream: String, _ bytes: [UInt8]) throws(AgentboxError) {
+        // Keep the streams' interleaving: switching stream records what the other one gathered.
+        if let last = order.last, last != stream { try emit(last, final: true) }
+        if order.last != stream { order.append(stream) }
+        buffers[stream, default: []].append(contentsOf: bytes)
+        if buffers[stream]!.count >= OutputGatherer.recordBytes { try emit(stream, final: false) }
+    }
+
+    func flush(final: Bool) throws(AgentboxError) {
+        for stream in order { try emit(stream, final: final) }
+        order.removeAll()
+    }
+
+    func emit(_ stream: String, final: Bool) throws(AgentboxError) {
+        // Take the buffer out of the dictionary so it is not copied on write.
+        guard var bytes = buffers.removeValue(forKey: stream), !bytes.isEmpty else { return }
+        var keep = 0
+        if !final {
+            // An incomplete UTF-8 sequence at the end waits for its continuation bytes.
+            var i = bytes.count - 1
+            var back = 0
+            while i >= 0 && back < 3 && bytes[i] & 0xC0 == 0x80 { i -= 1; back += 1 }
+            if i >= 0 {
+                let lead = bytes[i]
+                let need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1
+                if need > 1 && bytes.count - i < need { keep = bytes.count - i }
+            }
+        }
+        let rest = Array(bytes[(bytes.count - keep)...])
+        bytes.removeLast(keep)
+        if !bytes.isEmpty { try writer.appendOutput(stream: stream, bytes: bytes) }
+        buffers[stream] = rest
     }
 }

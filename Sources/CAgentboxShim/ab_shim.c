@@ -425,3 +425,35 @@ int ab_spawn_command(const char *file, char *const *argv, pid_t *pid) {
     posix_spawnattr_destroy(&attr);
     return rc;
 }
+
+// MARK: checksums
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t crc, const unsigned char *p, size_t len) {
+    uint64_t c = crc;
+    while (len >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        c = __builtin_ia32_crc32di(c, v);
+        p += 8;
+        len -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (len--) c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return c32;
+}
+#endif
+
+uint32_t ab_crc32c_hw(uint32_t crc, const void *data, size_t len, int *ok) {
+#if defined(__x86_64__)
+    static int have = -1;
+    if (have < 0) { __builtin_cpu_init(); have = __builtin_cpu_supports("sse4.2") ? 1 : 0; }
+    if (have) {
+        *ok = 1;
+        return ~crc32c_sse42(~crc, (const unsigned char *)data, len);
+    }
+#endif
+    (void)crc; (void)data; (void)len;
+    *ok = 0;
+    return 0;
+}

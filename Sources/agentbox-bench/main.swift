@@ -50,3 +50,30 @@ do {
 } catch { print("durable: \(error)") }
 
 func format1(_ v: Double) -> String { String((v * 1000).rounded() / 1000) }
+
+// 3. The journaled-output hot path: 256 KiB records through appendOutput, and CRC-32C alone.
+do {
+    let big = Array(String(repeating: "building target 17 of 240: compiler output line\n", count: 5462).utf8)  // ~256 KiB
+    let d = dir("output")
+    let w = try JournalWriter.create(dir: d)
+    let n = 400
+    let t0 = Clock.monotonic()
+    for _ in 0..<n { try w.appendOutput(stream: "stdout", bytes: big) }
+    try w.finish()
+    let dt = Clock.monotonic() - t0
+    print("journal appendOutput (256 KiB records): \(Int(Double(n * big.count) / dt / 1e6)) MB/s")
+    let t1 = Clock.monotonic()
+    var c: UInt32 = 0
+    for _ in 0..<n { c ^= CRC32C.checksum(big) }
+    let ct = Clock.monotonic() - t1
+    print("CRC-32C: \(Int(Double(n * big.count) / ct / 1e6)) MB/s (\(c & 1))")
+    let t2 = Clock.monotonic()
+    var ok = 0
+    for _ in 0..<n { if big.withUnsafeBufferPointer({ JSON.isValidUTF8($0) }) { ok += 1 } }
+    print("UTF-8 check: \(Int(Double(n * big.count) / (Clock.monotonic() - t2) / 1e6)) MB/s")
+    var out: [UInt8] = []
+    let t3 = Clock.monotonic()
+    for _ in 0..<n { out.removeAll(keepingCapacity: true); big.withUnsafeBufferPointer { JSON.quote(utf8: $0, into: &out) } }
+    print("JSON escape: \(Int(Double(n * big.count) / (Clock.monotonic() - t3) / 1e6)) MB/s")
+    cleanup(d)
+} catch { print("output: \(error)") }

@@ -135,6 +135,15 @@ import Testing
         #expect(abs((Clock.parseRFC3339(Clock.rfc3339(t)) ?? 0) - t) < 0.001)
     }
 
+    @Test func hardwareAndSoftwareCRCAgree() {
+        for n in [0, 1, 7, 8, 9, 63, 64, 65, 1000, 4099] {
+            let bytes = (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+            let hw = CRC32C.checksum(bytes)
+            let sw = bytes.withUnsafeBytes { CRC32C.software($0) }
+            #expect(hw == sw, "length \(n)")
+        }
+    }
+
     @Test func crc32cKnownValue() {
         #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
         #expect(Base64.encode(Array("foob".utf8)) == "Zm9vYg==")
@@ -149,4 +158,38 @@ func shellStatus(_ command: String) -> Int32 {
     try? p.run()
     p.waitUntilExit()
     return p.terminationStatus
+}
+
+@Suite struct OutputEncodingTests {
+    @Test(arguments: [
+        Array("plain ascii\n".utf8),
+        Array("héllo wörld \u{1F600} tabs\tquotes\" backslash\\ nul\u{0}".utf8),
+        Array(String(repeating: "x", count: 13).utf8) + [0xC3, 0xA9] + Array("tail".utf8),
+        [UInt8](repeating: 0x41, count: 7) + [0xE2, 0x82],  // cut inside a character: not UTF-8
+        [0xff, 0x00, 0x80],
+    ])
+    func fastOutputRecordsMatchTheGeneralEncoder(bytes: [UInt8]) throws {
+        let a = "/tmp/agentbox-enc-\(UUID().uuidString.prefix(8))", b = a + "b"
+        for d in [a, b] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+        let fast = try JournalWriter.create(dir: a), general = try JournalWriter.create(dir: b)
+        try fast.appendOutput(stream: "stdout", bytes: bytes)
+        try general.append(RecordType.output, JSON.output(stream: "stdout", bytes: bytes), critical: false)
+        try fast.finish()
+        try general.finish()
+        let fr = try JournalReader.scan(path: fast.path), gr = try JournalReader.scan(path: general.path)
+        #expect(fr.intact && gr.intact)
+        #expect(fr.records.last?.data == gr.records.last?.data)
+        #expect(fr.records.last?.data.outputBytes == bytes)
+    }
+
+    @Test func batchedOutputIsSyncedWithinTheBatchInterval() throws {
+        let dir = "/tmp/agentbox-sync-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let w = try JournalWriter.create(dir: dir)
+        try w.appendOutput(stream: "stdout", bytes: [UInt8](repeating: 0x61, count: JournalWriter.batchBytes + 10))
+        #expect(w.pending.isEmpty, "a full batch is written at once")
+        #expect(w.flushDeadline != nil, "and still owes an fdatasync within the batch interval")
+        try w.flushIfDue(now: Clock.monotonic() + JournalWriter.batchSeconds + 0.01)
+        #expect(w.flushDeadline == nil)
+    }
 }

@@ -147,6 +147,12 @@ extern const long AB_CGROUP2_SUPER_MAGIC;
 extern const long AB_TMPFS_MAGIC;
 extern const long AB_CGROUP_SUPER_MAGIC;
 
+// MARK: checksums
+
+/// CRC-32C with the CPU's instruction (SSE 4.2 crc32 / ARMv8 CRC); returns 0 in *ok when the CPU has
+/// none (the caller then uses its software table).
+uint32_t ab_crc32c_hw(uint32_t crc, const void *_Nonnull data, size_t len, int *_Nonnull ok);
+
 #ifdef __cplusplus
 }
 #endif
