@@ -11,6 +11,8 @@ public struct JournalScan: Sendable {
     public var tornBytes = 0
     public var damage: Damage? = nil
     public var fileSize = 0
+    /// Only the head and the tail were read (`records` is not every record).
+    public var partial = false
 
     public struct Damage: Sendable, CustomStringConvertible {
         /// The seq the damaged line should have had.
@@ -29,6 +31,41 @@ public enum JournalReader {
     /// Reads and verifies a whole journal (seq continuity from 1, every checksum).
     public static func scan(path: String) throws(AgentboxError) -> JournalScan {
         try scan(bytes: FileIO.read(path, limit: 1 << 40))
+    }
+
+    /// The first `head` bytes and the last `tail` bytes of a journal, each verified record by record
+    /// (records in between are not read: `records` then holds the head's and the tail's). For listings.
+    public static func headAndTail(path: String, head: Int = 64 << 10, tail: Int = 1 << 20) throws(AgentboxError) -> JournalScan {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw AgentboxError(stage: "journal", "cannot open \(path): \(FileIO.errnoString())") }
+        defer { close(fd) }
+        var st = stat()
+        fstat(fd, &st)
+        let size = Int(st.st_size)
+        if size <= head + tail { return try scan(path: path) }
+        func readAt(_ offset: Int, _ count: Int) -> [UInt8] {
+            var b = [UInt8](repeating: 0, count: count)
+            let n = b.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(offset)) }
+            return Array(b.prefix(max(0, n)))
+        }
+        let headBytes = readAt(0, head)
+        let headEnd = (headBytes.lastIndex(of: UInt8(ascii: "\n")) ?? -1) + 1
+        var result = scan(bytes: Array(headBytes[0..<headEnd]))
+        let tailStart = size - tail
+        let tailBytes = readAt(tailStart, tail)
+        guard let firstNL = tailBytes.firstIndex(of: UInt8(ascii: "\n")) else { return result }
+        let body = Array(tailBytes[(firstNL + 1)...])
+        // The tail's first record tells which seq to expect from there on.
+        let firstLineEnd = body.firstIndex(of: UInt8(ascii: "\n")) ?? body.count
+        guard case let .success(first) = JournalRecord.parse(line: body[0..<firstLineEnd]) else { return result }
+        let tailScan = scan(bytes: body, startOffset: tailStart + firstNL + 1, expectedSeq: first.seq)
+        result.records += tailScan.records
+        result.tornBytes = tailScan.tornBytes
+        result.damage = result.damage ?? tailScan.damage
+        result.validEnd = tailScan.validEnd
+        result.fileSize = size
+        result.partial = true
+        return result
     }
 
     public static func scan(bytes: [UInt8], startOffset: Int = 0, expectedSeq: UInt64 = 1) -> JournalScan {

@@ -73,7 +73,7 @@ public struct RunStore: Sendable {
     public func resolve(_ ref: String) throws(AgentboxError) -> String {
         let all = ids()
         if all.contains(ref) { return ref }
-        for id in all where (try? summary(id))?.name == ref { return id }
+        for id in all where (try? summary(id, full: false))?.name == ref { return id }
         let matches = all.filter { $0.hasPrefix(ref) }
         if matches.count == 1 { return matches[0] }
         if matches.count > 1 {
@@ -93,11 +93,12 @@ public struct RunStore: Sendable {
         return false
     }
 
-    /// What `ps` and `inspect` show, derived from the journal.
-    public func summary(_ id: String) throws(AgentboxError) -> RunSummary {
+    /// What `ps` and `inspect` show, derived from the journal. `full` verifies every record (inspect);
+    /// otherwise only the head and the last MiB are read (ps over many large journals).
+    public func summary(_ id: String, full: Bool = true) throws(AgentboxError) -> RunSummary {
         let path = journalPath(id)
-        let scan = try JournalReader.scan(path: path)
-        return RunSummary(id: id, journal: path, scan: scan, live: isLive(id))
+        if full { return RunSummary(id: id, journal: path, scan: try JournalReader.scan(path: path), live: isLive(id)) }
+        return RunSummary(id: id, journal: path, scan: try JournalReader.headAndTail(path: path), live: isLive(id))
     }
 }
 
@@ -116,14 +117,14 @@ public struct RunSummary: Sendable {
     public var argv: [String] = []
     public var usage: JSON = .null
     public var isolation: JSON = .null
-    public var records: Int
+    public var records: Int?
     public var damage: String?
     public var tornBytes: Int
 
     init(id: String, journal: String, scan: JournalScan, live: Bool) {
         self.id = id
         self.journal = journal
-        records = scan.records.count
+        records = scan.partial ? nil : scan.records.count
         tornBytes = scan.tornBytes
         damage = scan.damage?.description
         var ended: JournalRecord? = nil
@@ -158,24 +159,26 @@ public struct RunSummary: Sendable {
     }
 
     public var json: JSON {
-        .object([
-            ("id", .string(id)),
-            ("name", name.map { .string($0) } ?? .null),
-            ("kind", .string(kind)),
-            ("state", .string(state)),
-            ("exit_code", exitCode.map { .number(Double($0)) } ?? .null),
-            ("reason", reason.map { .string($0) } ?? .null),
-            ("journal", .string(journal)),
-            ("workspace", workspace.map { .string($0) } ?? .null),
-            ("argv", .array(argv.map { .string($0) })),
-            ("started_at", startedAt.map { .string($0) } ?? .null),
-            ("ended_at", endedAt.map { .string($0) } ?? .null),
-            ("usage", usage),
-            ("isolation", isolation),
-            ("records", .number(Double(records))),
-            ("torn_tail_bytes", .number(Double(tornBytes))),
-            ("damage", damage.map { .string($0) } ?? .null),
-        ])
+        func str(_ v: String?) -> JSON { v.map { JSON.string($0) } ?? .null }
+        func num(_ v: Int?) -> JSON { v.map { JSON.number(Double($0)) } ?? .null }
+        var fields: [(String, JSON)] = []
+        fields.append(("id", .string(id)))
+        fields.append(("name", str(name)))
+        fields.append(("kind", .string(kind)))
+        fields.append(("state", .string(state)))
+        fields.append(("exit_code", num(exitCode)))
+        fields.append(("reason", str(reason)))
+        fields.append(("journal", .string(journal)))
+        fields.append(("workspace", str(workspace)))
+        fields.append(("argv", .array(argv.map { JSON.string($0) })))
+        fields.append(("started_at", str(startedAt)))
+        fields.append(("ended_at", str(endedAt)))
+        fields.append(("usage", usage))
+        fields.append(("isolation", isolation))
+        fields.append(("records", num(records)))
+        fields.append(("torn_tail_bytes", num(tornBytes)))
+        fields.append(("damage", str(damage)))
+        return .object(fields)
     }
 }
 

@@ -55,7 +55,8 @@ public final class Sandbox {
     /// When set, the command's stdout/stderr are pipes: every chunk is passed through to agentbox's own
     /// stdout/stderr and given to this closure (the journal). An error stops the sandbox and is rethrown.
     public var output: ((OutputStream, [UInt8]) throws(AgentboxError) -> Void)? = nil
-    /// Called at least every 200 ms while the sandbox runs (group commit of batched records).
+    /// Called after every wake-up of the supervision loop, and at least every 200 ms (group commit of
+    /// batched records; the callee decides what is due).
     public var tick: (() throws(AgentboxError) -> Void)? = nil
     /// Called when the sandbox is built and confined: the Landlock ABI in force (0: none) and the cgroup.
     public var onReady: ((Int32, String?) -> Void)? = nil

@@ -157,7 +157,14 @@ final class OutputGatherer {
         if buffers[stream]!.count >= OutputGatherer.recordBytes { try emit(stream, final: false) }
     }
 
+    static let interval = 0.2
+    var lastFlush = Clock.monotonic()
+
+    /// Records what was gathered: always when `final`, else at most every `interval` seconds.
     func flush(final: Bool) throws(AgentboxError) {
+        let now = Clock.monotonic()
+        if !final && now - lastFlush < OutputGatherer.interval { return }
+        lastFlush = now
         for stream in order { try emit(stream, final: final) }
         order.removeAll()
     }

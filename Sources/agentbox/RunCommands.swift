@@ -37,7 +37,7 @@ struct PS: ParsableCommand {
             let store = RunStore()
             var rows: [RunSummary] = []
             for id in store.ids() {
-                guard let s = try? store.summary(id) else { continue }
+                guard let s = try? store.summary(id, full: false) else { continue }
                 if all || s.state == "running" { rows.append(s) }
             }
             if json {

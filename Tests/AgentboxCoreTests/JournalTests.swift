@@ -87,6 +87,22 @@ import Testing
         #expect(throws: AgentboxError.self) { try JournalWriter.reopen(dir: dir) }
     }
 
+    @Test func headAndTailOfALargeJournalMatchTheFullScan() throws {
+        let dir = tempDir()
+        let w = try JournalWriter.create(dir: dir)
+        try w.append(RecordType.runStarted, ["name": "big"], critical: true)
+        for i in 0..<3000 { try w.appendOutput(stream: "stdout", bytes: Array("line \(i) \(String(repeating: "x", count: 500))\n".utf8)) }
+        try w.append(RecordType.runEnded, ["state": "exited"], critical: true)
+        try w.finish()
+        let full = try JournalReader.scan(path: w.path)
+        let quick = try JournalReader.headAndTail(path: w.path, head: 4096, tail: 65536)
+        #expect(quick.partial && !full.partial)
+        #expect(quick.records.first?.seq == 1 && quick.records[1].type == RecordType.runStarted)
+        #expect(quick.records.last?.seq == full.records.last?.seq)
+        #expect(quick.records.last?.type == RecordType.runEnded)
+        #expect(quick.damage == nil && quick.tornBytes == 0)
+    }
+
     @Test func aRunHasExactlyOneWriter() throws {
         let dir = tempDir()
         let first = try JournalWriter.create(dir: dir)
