@@ -42,7 +42,7 @@ public final class JournalWriter {
     /// Takes the run's writer lock or fails naming the process that holds it.
     static func lock(_ dir: String) throws(AgentboxError) -> Int32 {
         let lockPath = dir + "/lock"
-        let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw AgentboxError(stage: "journal", "cannot open \(lockPath): \(FileIO.errnoString())") }
         if flock(fd, LOCK_EX | LOCK_NB) < 0 {
             let holder = FileIO.readSmall(lockPath)?.trimmingSpacesAndNewlines() ?? "?"
@@ -60,7 +60,7 @@ public final class JournalWriter {
     public static func create(dir: String) throws(AgentboxError) -> JournalWriter {
         let lockFd = try lock(dir)
         let path = dir + "/journal.jsonl"
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0o644)
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
             close(lockFd)
             throw AgentboxError(stage: "journal", "cannot create \(path): \(FileIO.errnoString())")

@@ -19,11 +19,13 @@ public struct RunStore: Sendable {
         return "/tmp/agentbox-\(getuid())"
     }
 
+    /// Creates missing directories; the ones agentbox creates are private (0700): journals hold
+    /// everything a command printed.
     func mkdirs(_ path: String) throws(AgentboxError) {
         var current = ""
         for part in path.split(separator: "/") {
             current += "/" + part
-            if mkdir(current, 0o755) < 0 && errno != EEXIST {
+            if mkdir(current, 0o700) < 0 && errno != EEXIST {
                 throw AgentboxError(stage: "journal", "cannot create \(current): \(FileIO.errnoString())",
                                     hint: "set AGENTBOX_HOME to a writable directory")
             }
@@ -36,7 +38,7 @@ public struct RunStore: Sendable {
         for _ in 0..<8 {
             let id = RunStore.newID()
             let dir = runsDir + "/" + id
-            if mkdir(dir, 0o755) < 0 {
+            if mkdir(dir, 0o700) < 0 {
                 if errno == EEXIST { continue }
                 throw AgentboxError(stage: "journal", "cannot create \(dir): \(FileIO.errnoString())")
             }
@@ -201,7 +203,7 @@ public enum ConfessionFeed {
         JSON.quote(summary, into: &prefix)
         var bytes = Array(prefix.utf8)
         bytes += Array(",\"crc\":\"\(CRC32C.hex(CRC32C.checksum(bytes)))\"}\n".utf8)
-        let fd = open(store.confessionsPath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        let fd = open(store.confessionsPath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw AgentboxError(stage: "confessions", "cannot open \(store.confessionsPath): \(FileIO.errnoString())") }
         defer { close(fd) }
         // One write per line: O_APPEND keeps concurrent runs' lines whole.

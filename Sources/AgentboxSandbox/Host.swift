@@ -33,6 +33,9 @@ public struct HostReport: Sendable {
     public var cgroupDetail = ""
     public var idmappedMounts = false
     public var initPath: String? = nil
+    /// A real sandbox was built and ran /bin/true (the end-to-end check), or why not.
+    public var sandboxWorks = false
+    public var sandboxDetail = ""
 
     public static func probe() -> HostReport {
         var r = HostReport()
@@ -72,7 +75,31 @@ public struct HostReport: Sendable {
         }
         r.idmappedMounts = r.uid == 0 && probeIdmap()
         r.initPath = try? Sandbox.locateInit()
+        (r.sandboxWorks, r.sandboxDetail) = probeSandbox()
         return r
+    }
+
+    /// Builds a real sandbox (default isolation, no limits, a private empty workspace) and runs
+    /// /bin/true in it: the only check that catches everything (AppArmor denying capabilities inside
+    /// user namespaces, a container without mount rights, a broken install).
+    static func probeSandbox() -> (Bool, String) {
+        var template = [CChar]("/tmp/agentbox-doctor-XXXXXX".utf8CString)
+        guard let dirPtr = mkdtemp(&template) else { return (false, "mkdtemp: \(FileIO.errnoString())") }
+        let dir = String(cString: dirPtr)
+        defer { rmdir(dir) }
+        var profile = Profile(name: "doctor")
+        profile.system = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"]
+        profile.seccomp = try? ProfileStore.locate("workspace-write").replacingLastComponent(with: "seccomp/default.json")
+        var options = SandboxOptions()
+        options.workspace = dir
+        do throws(AgentboxError) {
+            let policy = try PolicyResolver.resolve(profile: profile, options: options, cwd: dir, host: RealHostPaths())
+            let result = try Sandbox(policy: policy, argv: ["/bin/true"]) { _ in }.run()
+            if result.exitCode == 0 { return (true, "built a sandbox and ran /bin/true in it") }
+            return (false, "the probe sandbox ran /bin/true but it ended with \(result.exitCode)")
+        } catch {
+            return (false, "\(error.stage): \(error.message)")
+        }
     }
 
     static func probeIdmap() -> Bool {
@@ -89,6 +116,7 @@ public struct HostReport: Sendable {
     public var guarantees: [(String, Bool, String)] {
         let rootless = uid != 0
         return [
+            ("sandbox", sandboxWorks, sandboxDetail),
             ("namespaces", userNamespaces, userNamespaces ? "user, pid, mount, net, uts, ipc, cgroup" : userNamespacesDetail),
             ("seccomp", seccomp, seccomp ? "syscall filter loaded last (OCI/Docker JSON policies)" : "the kernel has no seccomp filters"),
             ("landlock", landlockABI > 0, landlockABI > 0 ? "ABI \(landlockABI): writes only in the workspace, /tmp, /dev/shm" : "unavailable: profiles with landlock=required fail, best-effort runs without it"),
@@ -112,6 +140,8 @@ public struct HostReport: Sendable {
             ("cgroup_detail", .string(cgroupDetail)),
             ("idmapped_mounts", .bool(idmappedMounts)),
             ("init", initPath.map { .string($0) } ?? .null),
+            ("sandbox_works", .bool(sandboxWorks)),
+            ("sandbox_detail", .string(sandboxDetail)),
             ("guarantees", .object(guarantees.map { ($0.0, .object([("ok", .bool($0.1)), ("detail", .string($0.2))])) })),
         ])
     }
@@ -123,5 +153,13 @@ public enum RunID {
         var bytes = [UInt8](repeating: 0, count: 6)
         _ = bytes.withUnsafeMutableBytes { ab_getrandom($0.baseAddress!, 6) }
         return bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+    }
+}
+
+extension String {
+    /// `/a/b/c.json` -> `/a/b/<name>`.
+    func replacingLastComponent(with name: String) -> String {
+        guard let slash = lastIndex(of: "/") else { return name }
+        return String(self[...slash]) + name
     }
 }

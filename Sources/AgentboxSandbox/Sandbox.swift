@@ -329,6 +329,7 @@ public final class Sandbox {
         var commandStatus: Int32? = nil
         var notExecuted: Termination? = nil
         var landlockABI: Int32 = 0
+        var commandStarted = false
         var timedOut = false
         var killedBySignal: Int32? = nil
         let deadline = policy.limits.timeout.map { started + $0 }
@@ -349,7 +350,9 @@ public final class Sandbox {
                 var msg = err != 0 ? FileIO.errnoString(err) : ""
                 if !detail.isEmpty { msg += (msg.isEmpty ? "" : ": ") + detail }
                 setupFailure = AgentboxError(stage: "sandbox setup: \(stage)", msg, hint: "run `agentbox doctor` to see what this host supports")
-            case .started: mark("command exec")
+            case .started:
+                commandStarted = true
+                mark("command exec")
             case let .execFailed(err, path):
                 notExecuted = err == ENOENT
                     ? .notExecuted(code: 127, reason: "\(path): command not found in the sandbox")
@@ -471,11 +474,14 @@ public final class Sandbox {
             termination = (status & 0x7f) == 0 ? .exited((status >> 8) & 0xff) : .signaled(status & 0x7f)
         } else if let sig = killedBySignal {
             termination = .signaled(sig)
-        } else if (initStatus & 0x7f) == 0 && ((initStatus >> 8) & 0xff) == 125 {
-            throw AgentboxError(stage: "sandbox setup", "agentbox-init exited before reporting (see the message above)",
-                                hint: "run `agentbox doctor` to see what this host supports")
+        } else if !commandStarted {
+            // The init ended without starting the command and without saying why.
+            let how = (initStatus & 0x7f) == 0 ? "exited with status \((initStatus >> 8) & 0xff)" : "was killed by signal \(initStatus & 0x7f)"
+            throw AgentboxError(stage: "sandbox setup", "agentbox-init \(how) before starting the command",
+                                hint: report.oomKills > 0 ? "the memory limit is too low for the sandbox to start" : "run `agentbox doctor` to see what this host supports")
         } else {
-            termination = .signaled(initStatus & 0x7f == 0 ? SIGKILL : initStatus & 0x7f)
+            // The command started but its end was not reported: the init died with it.
+            termination = .signaled((initStatus & 0x7f) == 0 ? SIGKILL : initStatus & 0x7f)
         }
         let oom = report.oomKills > 0 && termination == .signaled(SIGKILL)
         return SandboxResult(termination: termination, report: report, oomKilled: oom, landlockABI: landlockABI,

@@ -302,7 +302,7 @@ struct Doctor: ParsableCommand {
         for (name, good, detail) in report.guarantees {
             Console.out("\(good ? ok : weak) \(name.padding(16)) \(detail)")
         }
-        Glibc.exit(report.userNamespaces && report.initPath != nil ? 0 : 1)
+        Glibc.exit(report.sandboxWorks ? 0 : 1)
     }
 }
 

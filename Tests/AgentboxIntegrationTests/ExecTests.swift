@@ -391,8 +391,14 @@ import Testing
         #expect(json?["user_namespaces"] as? Bool == true, "\(r)")
         #expect(["unified", "hybrid", "legacy", "unavailable"].contains(json?["cgroup_mode"] as? String ?? ""))
         #expect((json?["guarantees"] as? [String: Any])?["seccomp"] != nil)
+        #expect(json?["sandbox_works"] as? Bool == true, "\(r)")
         let human = run([TestEnv.agentbox, "doctor"])
+        #expect(human.code == 0)
         #expect(human.out.contains("namespaces") && human.out.contains("limits"))
+        // A host (here: an install) where sandboxes cannot be built is named, and doctor fails.
+        let broken = run([TestEnv.agentbox, "doctor"], env: ["AGENTBOX_INIT": "/bin/false"])
+        #expect(broken.code == 1, "\(broken)")
+        #expect(broken.out.contains("WEAK sandbox"), "\(broken)")
     }
 
     @Test func profileListShowAndCheck() throws {
