@@ -26,7 +26,18 @@ enum Console {
         write("agentbox: \(label): \(message)")
     }
     static func note(_ message: String) { write("agentbox: \(message)") }
-    static func out(_ text: String) { print(text) }
+    /// A line to stdout, written at once (no stdio buffering: `logs -f --json | consumer` sees each
+    /// record as it comes, and nothing is lost if the reader is killed).
+    static func out(_ text: String) {
+        let bytes = Array((text + "\n").utf8)
+        var off = 0
+        while off < bytes.count {
+            let n = bytes[off...].withUnsafeBytes { Glibc.write(1, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }
+            off += n
+        }
+    }
 }
 
 struct SandboxFlags: ParsableArguments {
@@ -314,6 +325,13 @@ struct Version: ParsableCommand {
 extension String {
     func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
 }
+
+// A parent may have blocked signals (test runners, some process managers): SIGINT/SIGTERM/SIGHUP
+// must work for every command. (`exec` blocks them again itself and reads them from a signalfd.)
+var unblock = sigset_t()
+sigemptyset(&unblock)
+for sig in [SIGINT, SIGTERM, SIGHUP, SIGQUIT] { sigaddset(&unblock, sig) }
+sigprocmask(SIG_UNBLOCK, &unblock, nil)
 
 // Usage errors exit 125 (docs/cli.md), not ArgumentParser's 64; help and --version exit 0.
 do {

@@ -142,6 +142,48 @@ import Testing
         #expect(verify.code == 0, "earlier records stay intact: \(verify)")
     }
 
+    @Test func sigtermToAJournaledRunIsRecorded() throws {
+        let h = home()
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: TestEnv.agentbox)
+        p.arguments = ["exec", "--name", "term", "--", "/bin/sleep", "300"]
+        p.currentDirectoryURL = URL(fileURLWithPath: TestEnv.workspace())
+        p.environment = ["AGENTBOX_HOME": h, "PATH": "/usr/bin:/bin"]
+        try p.run()
+        #expect(eventually { ab(["logs", "term", "--json"], home: h).out.contains("sandbox.ready") })
+        p.terminate()
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 143)
+        let inspect = try JSONSerialization.jsonObject(with: Data(ab(["inspect", "term", "--json"], home: h).out.utf8)) as? [String: Any]
+        #expect(inspect?["exit_code"] as? Int == 143, "\(String(describing: inspect))")
+        #expect(inspect?["state"] as? String == "exited")
+    }
+
+    @Test func anUnwritableHomeIsAClearErrorBeforeAnythingRuns() {
+        let marker = "abnohome\(UUID().uuidString.prefix(6))"
+        let r = run([TestEnv.agentbox, "exec", "--name", "x", "--", "/bin/sh", "-c", "echo \(marker) > made"],
+                    cwd: TestEnv.workspace(), env: ["AGENTBOX_HOME": "/proc/agentbox-nope"])
+        #expect(r.code == 125, "\(r)")
+        #expect(r.err.contains("journal") && r.err.contains("/proc/agentbox-nope"), "\(r)")
+    }
+
+    @Test func confessionsFollowShowsNewOnes() throws {
+        let h = home()
+        let follower = Process()
+        follower.executableURL = URL(fileURLWithPath: TestEnv.agentbox)
+        follower.arguments = ["confessions", "-f", "--json"]
+        follower.environment = ["AGENTBOX_HOME": h]
+        let pipe = Pipe()
+        follower.standardOutput = pipe
+        try follower.run()
+        _ = journaledExec("conf", "sleep 30", home: h, options: ["--timeout", "1s"])
+        usleep(400_000)
+        follower.terminate()  // SIGTERM works even though the test runner hands it down blocked
+        follower.waitUntilExit()
+        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(out.contains("\"conf\"") && out.contains("timeout"), "\(out)")
+    }
+
     @Test func anIdleSandboxCostsNoCPU() throws {
         let h = home()
         _ = journaledExec("idle", "sleep 1", home: h)
