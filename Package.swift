@@ -26,6 +26,8 @@ let package = Package(
         .target(name: "AgentboxSandbox", dependencies: ["AgentboxCore", "CAgentboxShim", "CSeccomp"]),
         // The run journal: records, writer (one per run, durable by class), reader/verify, run store.
         .target(name: "AgentboxJournal", dependencies: ["AgentboxCore"]),
+        // Model clients: provider-neutral conversation, SSE, OpenAI and Anthropic wire formats, errors and retries.
+        .target(name: "AgentboxModels", dependencies: ["AgentboxCore"]),
         // A journaled run: sandbox + journal wired together.
         .target(name: "AgentboxSupervisor", dependencies: ["AgentboxCore", "AgentboxSandbox", "AgentboxJournal"]),
         // PID 1 inside the sandbox: single-threaded, finishes setup after exec, reaps, reports.
@@ -37,6 +39,7 @@ let package = Package(
         // `make bench` micro-benchmarks (journal throughput); not installed.
         .executableTarget(name: "agentbox-bench", dependencies: ["AgentboxCore", "AgentboxJournal"]),
         .testTarget(name: "AgentboxCoreTests", dependencies: ["AgentboxCore", "AgentboxSandbox", "AgentboxJournal"]),
+        .testTarget(name: "AgentboxModelsTests", dependencies: ["AgentboxCore", "AgentboxModels"]),
         .testTarget(name: "AgentboxIntegrationTests", dependencies: ["AgentboxCore"]),
     ],
     swiftLanguageModes: [.v6]

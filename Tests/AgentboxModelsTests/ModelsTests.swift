@@ -1,0 +1,264 @@
+import AgentboxCore
+import AgentboxModels
+import Testing
+
+/// The streams in ../shared/brief/protocols.md, byte for byte.
+let openAIStream = """
+    data: {"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}
+
+    data: {"choices":[{"index":0,"delta":{"content":"Let me look."}}]}
+
+    data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"shell","arguments":""}}]}}]}
+
+    data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\\"command\\":"}}]}}]}
+
+    data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\\"ls\\"}"}}]}}]}
+
+    data: {"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}
+
+    data: {"choices":[],"usage":{"prompt_tokens":50,"completion_tokens":12,"total_tokens":62}}
+
+    data: [DONE]
+
+
+    """
+
+let anthropicStream = """
+    event: message_start
+    data: {"type":"message_start","message":{"id":"msg_1","content":[],"usage":{"input_tokens":849,"output_tokens":1}}}
+
+    event: content_block_start
+    data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}
+
+    event: ping
+    data: {"type":"ping"}
+
+    event: content_block_delta
+    data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Listing."}}
+
+    event: content_block_stop
+    data: {"type":"content_block_stop","index":0}
+
+    event: content_block_start
+    data: {"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"shell","input":{}}}
+
+    event: content_block_delta
+    data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":""}}
+
+    event: content_block_delta
+    data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\\"command\\": \\"ls\\"}"}}
+
+    event: content_block_stop
+    data: {"type":"content_block_stop","index":1}
+
+    event: message_delta
+    data: {"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":47}}
+
+    event: message_stop
+    data: {"type":"message_stop"}
+
+
+    """
+
+func events(_ text: String, splitEvery n: Int, crlf: Bool = false) -> [SSEEvent] {
+    let bytes = Array((crlf ? text.replacingNewlines() : text).utf8)
+    var parser = SSEParser()
+    var out: [SSEEvent] = []
+    var i = 0
+    while i < bytes.count {
+        out += parser.feed(Array(bytes[i..<min(bytes.count, i + n)]))
+        i += n
+    }
+    return out
+}
+
+extension String {
+    func replacingNewlines() -> String { split(separator: "\n", omittingEmptySubsequences: false).joined(separator: "\r\n") }
+}
+
+@Suite struct SSETests {
+    @Test(arguments: [1, 2, 3, 7, 64, 100_000])
+    func eventsSurviveAnySplitAndCRLF(split: Int) {
+        let whole = events(anthropicStream, splitEvery: 100_000)
+        #expect(whole.count == 11)
+        #expect(whole[2] == SSEEvent(event: "ping", data: #"{"type":"ping"}"#))
+        #expect(events(anthropicStream, splitEvery: split) == whole)
+        #expect(events(anthropicStream, splitEvery: split, crlf: true) == whole)
+    }
+
+    @Test func commentsMultilineDataAndUnknownFields() {
+        var p = SSEParser()
+        let out = p.feed(Array(": keep-alive\n\nid: 7\nretry: 100\nevent: e\ndata: one\ndata:two\nbogus: x\n\ndata: ü\r\r".utf8))
+        #expect(out == [SSEEvent(event: "e", data: "one\ntwo"), SSEEvent(data: "ü")])
+    }
+
+    @Test func aMultiByteCharacterSplitAcrossReadsIsKept() {
+        var p = SSEParser()
+        let bytes = Array("data: héllo\n\n".utf8)
+        var out: [SSEEvent] = []
+        for b in bytes { out += p.feed([b]) }
+        #expect(out == [SSEEvent(data: "héllo")])
+    }
+}
+
+@Suite struct OpenAITests {
+    @Test func decodesTheDocumentedStream() throws {
+        var acc = OpenAIStreamAccumulator()
+        for e in events(openAIStream, splitEvery: 5) { try acc.handle(e) }
+        let turn = try acc.finish()
+        #expect(turn.text == "Let me look.")
+        #expect(turn.toolCalls == [ToolCall(id: "call_1", name: "shell", arguments: #"{"command":"ls"}"#)])
+        #expect(try turn.toolCalls[0].parsed.get() == ["command": "ls"])
+        #expect(turn.stopReason == .toolUse)
+        #expect(turn.usage == Usage(inputTokens: 50, outputTokens: 12))
+    }
+
+    @Test func ollamaReusingIndexZeroWithNewIdsGivesSeparateCalls() throws {
+        let stream = """
+            data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"a","function":{"name":"read_file","arguments":"{\\"path\\":\\"x\\"}"}}]}}]}
+
+            data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"b","function":{"name":"read_file","arguments":"{\\"path\\":\\"y\\"}"}}]}}]}
+
+            data: {"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}
+
+            data: [DONE]
+
+
+            """
+        var acc = OpenAIStreamAccumulator()
+        for e in events(stream, splitEvery: 1000) { try acc.handle(e) }
+        let turn = try acc.finish()
+        #expect(turn.toolCalls.map(\.id) == ["a", "b"])
+        #expect(turn.toolCalls.map(\.arguments) == [#"{"path":"x"}"#, #"{"path":"y"}"#])
+    }
+
+    @Test func aStreamCutShortIsAFailedAttempt() throws {
+        var acc = OpenAIStreamAccumulator()
+        let cut = events(openAIStream, splitEvery: 1000).prefix(4)
+        for e in cut { try acc.handle(e) }
+        #expect(throws: ModelError.self) { try acc.finish() }
+        do { _ = try acc.finish() } catch { #expect(error.kind == .incompleteStream && error.retryable) }
+    }
+
+    @Test func invalidArgumentsBecomeAToolErrorNotACrash() {
+        let call = ToolCall(id: "c", name: "shell", arguments: #"{"command": "ls"#)
+        guard case let .failure(e) = call.parsed else { Issue.record("accepted invalid JSON"); return }
+        #expect(e.message.contains("not valid JSON"))
+        #expect(ToolCall(id: "c", name: "shell", arguments: "[1]").parsed.isFailure)
+        #expect(ToolCall(id: "c", name: "shell", arguments: "").parsed.isSuccess)
+    }
+
+    @Test func requestShapeAndRoundTripOfToolTurns() throws {
+        let turn = AssistantTurn(text: "", toolCalls: [ToolCall(id: "call_1", name: "shell", arguments: #"{"command":"ls"}"#)], stopReason: .toolUse)
+        let conv = Conversation(system: "sys", messages: [.user("hi"), .assistant(turn), .toolResults([ToolResult(callID: "call_1", content: "a.txt", isError: false)])])
+        let tool = ToolDefinition(name: "shell", description: "run", parameters: ["type": "object"])
+        let body = OpenAIProtocol.request(model: "gpt-x", conversation: conv, tools: [tool], stream: true)
+        #expect(body["stream"] == true)
+        #expect(body["stream_options"]?["include_usage"] == true)
+        #expect(body["tool_choice"] == "auto")
+        let messages = body["messages"]?.arrayValue ?? []
+        #expect(messages.map { $0["role"]?.stringValue ?? "" } == ["system", "user", "assistant", "tool"])
+        #expect(messages[2]["content"] == .null)
+        #expect(messages[2]["tool_calls"]?.arrayValue?.first?["function"]?["arguments"] == #"{"command":"ls"}"#)
+        #expect(messages[3]["tool_call_id"] == "call_1")
+        #expect(body["tools"]?.arrayValue?.first?["function"]?["name"] == "shell")
+    }
+
+    @Test func nonStreamedAnswer() throws {
+        let json = try JSON.parse(#"{"choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"shell","arguments":"{\"command\":\"ls\"}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":5,"completion_tokens":3}}"#)
+        let turn = try OpenAIProtocol.decode(response: json)
+        #expect(turn.toolCalls.first?.name == "shell" && turn.stopReason == .toolUse && turn.usage.total == 8)
+    }
+}
+
+@Suite struct AnthropicTests {
+    @Test func decodesTheDocumentedStream() throws {
+        var acc = AnthropicStreamAccumulator()
+        for e in events(anthropicStream, splitEvery: 3) { try acc.handle(e) }
+        let turn = try acc.finish()
+        #expect(turn.text == "Listing.")
+        #expect(turn.toolCalls == [ToolCall(id: "toolu_1", name: "shell", arguments: #"{"command": "ls"}"#)])
+        #expect(turn.stopReason == .toolUse)
+        #expect(turn.usage == Usage(inputTokens: 849, outputTokens: 47))
+    }
+
+    @Test func errorEventAfter200AndMissingMessageStop() throws {
+        var acc = AnthropicStreamAccumulator()
+        let e = SSEEvent(event: "error", data: #"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#)
+        do { try acc.handle(e); Issue.record("error event ignored") } catch { #expect(error.kind == .overloaded && error.retryable) }
+        var cut = AnthropicStreamAccumulator()
+        for ev in events(anthropicStream, splitEvery: 1000).dropLast() { try cut.handle(ev) }
+        #expect(throws: ModelError.self) { try cut.finish() }
+        var unknown = AnthropicStreamAccumulator()
+        try unknown.handle(SSEEvent(event: "brand_new_event", data: "{}"))
+    }
+
+    @Test func requestPairsToolUseWithToolResultAndKeepsThinking() throws {
+        let thinking: JSON = ["type": "thinking", "thinking": "hmm", "signature": "sig"]
+        let turn = AssistantTurn(text: "Listing.", toolCalls: [ToolCall(id: "toolu_1", name: "shell", arguments: #"{"command":"ls"}"#)],
+                                 thinking: [thinking], stopReason: .toolUse)
+        let good = Conversation(system: "sys", messages: [.user("hi"), .assistant(turn), .toolResults([ToolResult(callID: "toolu_1", content: "x", isError: true)])])
+        let body = try AnthropicProtocol.request(model: "claude", conversation: good, tools: [], stream: true, maxTokens: 1024)
+        #expect(body["system"] == "sys")
+        let messages = body["messages"]?.arrayValue ?? []
+        #expect(messages[1]["content"]?.arrayValue?.first == thinking, "thinking blocks go back unchanged")
+        #expect(messages[1]["content"]?.arrayValue?.last?["input"] == ["command": "ls"])
+        #expect(messages[2]["content"]?.arrayValue?.first?["is_error"] == true)
+        let dangling = Conversation(system: "sys", messages: [.user("hi"), .assistant(turn)])
+        do {
+            _ = try AnthropicProtocol.request(model: "claude", conversation: dangling, tools: [], stream: true, maxTokens: 1024)
+            Issue.record("a dangling tool_use was sent")
+        } catch {
+            #expect(error.kind == .badConversation)
+        }
+    }
+}
+
+@Suite struct ErrorAndRetryTests {
+    @Test(arguments: [
+        (401, #"{"error":{"message":"Incorrect API key","type":"invalid_request_error","code":"invalid_api_key"}}"#, ModelError.Kind.auth, false),
+        (429, #"{"error":{"message":"Rate limit","type":"requests","code":"rate_limit_exceeded"}}"#, .rateLimited, true),
+        (429, #"{"error":{"message":"You exceeded your quota","type":"insufficient_quota","code":"insufficient_quota"}}"#, .quotaExceeded, false),
+        (400, #"{"error":{"message":"maximum context length","type":"invalid_request_error","code":"context_length_exceeded"}}"#, .contextLength, false),
+        (400, #"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 250000 tokens"}}"#, .contextLength, false),
+        (400, #"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#, .badRequest, false),
+        (529, #"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#, .overloaded, true),
+        (500, "<html>oops</html>", .server, true),
+        (408, "", .timeout, true),
+        (409, "", .conflict, true),
+        (404, #"{"error":{"message":"model not found"}}"#, .notFound, false),
+    ])
+    func classification(status: Int, body: String, kind: ModelError.Kind, retryable: Bool) {
+        let e = ModelError.classify(status: status, body: Array(body.utf8), headers: [:], provider: "openai", host: "api.openai.com")
+        #expect(e.kind == kind)
+        #expect(e.retryable == retryable)
+        #expect(e.description.hasPrefix("\(status) from api.openai.com"))
+    }
+
+    @Test func userFacingMessageSaysWhatToDo() {
+        let e = ModelError.classify(status: 401, body: Array(#"{"error":{"message":"Incorrect API key provided"}}"#.utf8), headers: [:],
+                                    provider: "openai", host: "api.openai.com")
+        #expect(e.description == "401 from api.openai.com: Incorrect API key provided (check OPENAI_API_KEY)")
+    }
+
+    @Test func backoffHonoursRetryAfterAndGivesUp() {
+        let policy = RetryPolicy()
+        let rate = ModelError.classify(status: 429, body: [], headers: ["retry-after-ms": "2500", "retry-after": "9"], provider: "openai", host: "h")
+        #expect(rate.retryAfter == 2.5)
+        #expect(policy.delay(afterAttempt: 1, error: rate, random: 0) == 2.5)
+        let server = ModelError(kind: .server, message: "x")
+        #expect(policy.delay(afterAttempt: 1, error: server, random: 0) == 0.5)
+        #expect(policy.delay(afterAttempt: 3, error: server, random: 0) == 2.0)
+        #expect(policy.delay(afterAttempt: 3, error: server, random: 1) == 2.2)
+        #expect(policy.delay(afterAttempt: 20, error: server, random: 0) == nil)
+        #expect(policy.delay(afterAttempt: 1, error: ModelError(kind: .auth, message: "x")) == nil)
+        var long = RetryPolicy()
+        long.maxAttempts = 100
+        #expect(long.delay(afterAttempt: 30, error: server, random: 0) == 60)
+    }
+}
+
+extension Result {
+    var isFailure: Bool { if case .failure = self { return true }; return false }
+    var isSuccess: Bool { !isFailure }
+}
