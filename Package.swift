@@ -27,13 +27,14 @@ let package = Package(
         // The run journal: records, writer (one per run, durable by class), reader/verify, run store.
         .target(name: "AgentboxJournal", dependencies: ["AgentboxCore"]),
         // Model clients: provider-neutral conversation, SSE, OpenAI and Anthropic wire formats, errors and retries.
-        .target(name: "AgentboxModels", dependencies: ["AgentboxCore"]),
+        .target(name: "CAgentboxCurl", dependencies: ["CCurl"]),
+        .target(name: "AgentboxModels", dependencies: ["AgentboxCore", "CAgentboxCurl"]),
         // A journaled run: sandbox + journal wired together.
         .target(name: "AgentboxSupervisor", dependencies: ["AgentboxCore", "AgentboxSandbox", "AgentboxJournal"]),
         // PID 1 inside the sandbox: single-threaded, finishes setup after exec, reaps, reports.
         .executableTarget(name: "AgentboxInit", dependencies: ["AgentboxCore", "CAgentboxShim", "CCap"]),
         .executableTarget(name: "agentbox", dependencies: [
-            "AgentboxCore", "AgentboxSandbox", "AgentboxJournal", "AgentboxSupervisor",
+            "AgentboxCore", "AgentboxSandbox", "AgentboxJournal", "AgentboxSupervisor", "AgentboxModels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // `make bench` micro-benchmarks (journal throughput); not installed.

@@ -171,7 +171,7 @@ struct Agentbox: ParsableCommand {
             """,
         version: "agentbox \(agentboxVersion)",
         subcommands: [Exec.self, PS.self, Logs.self, Inspect.self, Confessions.self, JournalCommand.self,
-                      ProfileCommand.self, Doctor.self, Version.self])
+                      ModelCommand.self, ProfileCommand.self, Doctor.self, Version.self])
 }
 
 struct Exec: ParsableCommand {

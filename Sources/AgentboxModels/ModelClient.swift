@@ -1,0 +1,235 @@
+import AgentboxCore
+import Glibc
+
+/// `--model PROVIDER:MODEL` with its endpoint and key (contracts.md, "Model options").
+public struct ModelSpec: Sendable {
+    public enum Provider: String, Sendable { case openai, anthropic, replay }
+    public var provider: Provider
+    public var model: String
+    public var baseURL: String
+    /// The key, read from the environment of the process that makes the call (the supervisor).
+    public var apiKey: String?
+    /// Header for the key on OpenAI-compatible servers: `Authorization` (Bearer) or e.g. `api-key` (Azure).
+    public var keyHeader: String
+
+    public static func env(_ name: String) -> String? {
+        guard let v = getenv(name), v.pointee != 0 else { return nil }
+        return String(cString: v)
+    }
+
+    /// Parses `openai:gpt-4o`, `anthropic:claude-sonnet-4-5`, `replay:path/to/session.json`.
+    public static func parse(_ text: String, baseURL: String? = nil) throws(AgentboxError) -> ModelSpec {
+        guard let colon = text.firstIndex(of: ":"), let provider = Provider(rawValue: String(text[..<colon])) else {
+            throw AgentboxError.usage("--model \(text): expected PROVIDER:MODEL with PROVIDER openai, anthropic or replay",
+                                      hint: "e.g. --model openai:gpt-4o-mini, --model anthropic:claude-sonnet-4-5, --model replay:session.json")
+        }
+        let model = String(text[text.index(after: colon)...])
+        guard !model.isEmpty else { throw AgentboxError.usage("--model \(text): the model name is missing") }
+        switch provider {
+        case .openai:
+            return ModelSpec(provider: provider, model: model,
+                             baseURL: baseURL ?? env("OPENAI_BASE_URL") ?? "https://api.openai.com/v1",
+                             apiKey: env("OPENAI_API_KEY"), keyHeader: env("AGENTBOX_OPENAI_KEY_HEADER") ?? "Authorization")
+        case .anthropic:
+            return ModelSpec(provider: provider, model: model,
+                             baseURL: baseURL ?? env("ANTHROPIC_BASE_URL") ?? "https://api.anthropic.com",
+                             apiKey: env("ANTHROPIC_API_KEY"), keyHeader: "x-api-key")
+        case .replay:
+            return ModelSpec(provider: provider, model: model, baseURL: "", apiKey: nil, keyHeader: "")
+        }
+    }
+}
+
+/// One attempt of a model call, for the journal and for `model check`.
+public struct Attempt: Sendable {
+    public var number: Int
+    public var status: Int?
+    public var error: ModelError?
+    public var waitBefore: Double
+    public var seconds: Double
+}
+
+/// A model: one `complete` per assistant turn, with retries. Blocking.
+public protocol ModelProvider: AnyObject {
+    func complete(_ conversation: Conversation, tools: [ToolDefinition]) throws(ModelError) -> (AssistantTurn, [Attempt])
+}
+
+public func makeProvider(_ spec: ModelSpec, retry: RetryPolicy = RetryPolicy(), timeouts: HTTPClient.Timeouts = .fromEnvironment(),
+                         maxTokens: Int = 8192) throws(AgentboxError) -> ModelProvider {
+    switch spec.provider {
+    case .replay: return try ReplayProvider(path: spec.model)
+    case .openai, .anthropic: return HTTPModelProvider(spec: spec, retry: retry, timeouts: timeouts, maxTokens: maxTokens)
+    }
+}
+
+/// OpenAI- and Anthropic-protocol models over HTTP with streaming.
+public final class HTTPModelProvider: ModelProvider {
+    let spec: ModelSpec
+    let retry: RetryPolicy
+    let timeouts: HTTPClient.Timeouts
+    let maxTokens: Int
+    /// Set to stop a call in progress (checked by the transfer).
+    public var cancelled: @Sendable () -> Bool = { false }
+
+    init(spec: ModelSpec, retry: RetryPolicy, timeouts: HTTPClient.Timeouts, maxTokens: Int) {
+        self.spec = spec
+        self.retry = retry
+        self.timeouts = timeouts
+        self.maxTokens = maxTokens
+    }
+
+    var url: String {
+        spec.provider == .anthropic ? URLParts.join(spec.baseURL, "/v1/messages") : URLParts.join(spec.baseURL, "/chat/completions")
+    }
+
+    var headers: [String] {
+        var h = ["Content-Type: application/json", "Accept: text/event-stream"]
+        if spec.provider == .anthropic {
+            h.append("anthropic-version: \(AnthropicProtocol.version)")
+            if let key = spec.apiKey { h.append("x-api-key: \(key)") }
+        } else if let key = spec.apiKey {
+            h.append(spec.keyHeader.lowercased() == "authorization" ? "Authorization: Bearer \(key)" : "\(spec.keyHeader): \(key)")
+        }
+        return h
+    }
+
+    public func complete(_ conversation: Conversation, tools: [ToolDefinition]) throws(ModelError) -> (AssistantTurn, [Attempt]) {
+        let host = URLParts(url).host
+        let provider = spec.provider.rawValue
+        if spec.apiKey == nil && (host == "api.openai.com" || host == "api.anthropic.com") {
+            let variable = spec.provider == .anthropic ? "ANTHROPIC_API_KEY" : "OPENAI_API_KEY"
+            throw ModelError(kind: .auth, message: "\(variable) is not set", host: host, provider: provider)
+        }
+        let body: JSON = spec.provider == .anthropic
+            ? try AnthropicProtocol.request(model: spec.model, conversation: conversation, tools: tools, stream: true, maxTokens: maxTokens)
+            : OpenAIProtocol.request(model: spec.model, conversation: conversation, tools: tools, stream: true)
+        let bytes = body.serializedBytes
+        var attempts: [Attempt] = []
+        var wait = 0.0
+        var number = 0
+        while true {
+            number += 1
+            if wait > 0 { usleep(UInt32(min(wait, 4000) * 1_000_000)) }
+            let started = Clock.monotonic()
+            let result = attempt(bytes, host: host)
+            let elapsed = Clock.monotonic() - started
+            switch result {
+            case let .success((turn, status)):
+                attempts.append(Attempt(number: number, status: status, error: nil, waitBefore: wait, seconds: elapsed))
+                return (turn, attempts)
+            case let .failure(error):
+                attempts.append(Attempt(number: number, status: error.status, error: error, waitBefore: wait, seconds: elapsed))
+                guard let next = retry.delay(afterAttempt: number, error: error) else { throw error }
+                wait = next
+            }
+        }
+    }
+
+    /// One HTTP exchange: the streamed turn, or why not.
+    func attempt(_ body: [UInt8], host: String) -> Result<(AssistantTurn, Int), ModelError> {
+        var parser = SSEParser()
+        var openai = OpenAIStreamAccumulator(host: host)
+        var anthropic = AnthropicStreamAccumulator(host: host)
+        var streamError: ModelError? = nil
+        var wholeBody: [UInt8] = []
+        var streaming = false
+        let isAnthropic = spec.provider == .anthropic
+        let response = HTTPClient.post(url: url, headers: headers, body: body, timeouts: timeouts, provider: spec.provider.rawValue,
+                                       cancel: cancelled) { status, chunk in
+            // An error status, or a server that answers 200 with one JSON document: keep the body whole.
+            if status != 200 || (!streaming && wholeBody.isEmpty == false) || (!streaming && chunk.first == UInt8(ascii: "{")) {
+                if wholeBody.count < 16 << 20 { wholeBody += chunk }
+                return true
+            }
+            streaming = true
+            for event in parser.feed(chunk) {
+                do throws(ModelError) {
+                    if isAnthropic { try anthropic.handle(event) } else { try openai.handle(event) }
+                } catch {
+                    streamError = error
+                    return false
+                }
+            }
+            return true
+        }
+        if let e = streamError { return .failure(e) }
+        if response.status >= 300 || (response.status == 0 && response.transportError == nil) {
+            return .failure(ModelError.classify(status: response.status, body: wholeBody, headers: response.headers,
+                                                provider: spec.provider.rawValue, host: host))
+        }
+        if let e = response.transportError { return .failure(e) }
+        if !streaming && !wholeBody.isEmpty {
+            // 200 with one JSON document: a server that does not stream.
+            guard let json = try? JSON.parse(bytes: wholeBody) else {
+                return .failure(ModelError(kind: .protocolViolation, message: "a 200 answer that is neither a stream nor JSON", host: host,
+                                           provider: spec.provider.rawValue))
+            }
+            do {
+                let turn = isAnthropic ? try AnthropicProtocol.decode(response: json, host: host) : try OpenAIProtocol.decode(response: json, host: host)
+                return .success((turn, response.status))
+            } catch { return .failure(error) }
+        }
+        do {
+            let turn = isAnthropic ? try anthropic.finish() : try openai.finish()
+            return .success((turn, response.status))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+}
+
+/// `replay:FILE`: plays a scripted session, offline (docs/models.md, "Replay files").
+public final class ReplayProvider: ModelProvider {
+    public let path: String
+    let turns: [AssistantTurn]
+    var next = 0
+
+    public init(path: String) throws(AgentboxError) {
+        self.path = path
+        let text = try FileIO.readString(path)
+        do { turns = try ReplayProvider.parse(text) } catch {
+            throw AgentboxError(stage: "replay", "\(path): \(error.message)", hint: "see docs/models.md for the replay format")
+        }
+    }
+
+    public struct FormatError: Error { public let message: String }
+
+    public static func parse(_ text: String) throws(FormatError) -> [AssistantTurn] {
+        let json: JSON
+        do { json = try JSON.parse(text) } catch { throw FormatError(message: "not valid JSON: \(error)") }
+        guard let list = json["turns"]?.arrayValue else { throw FormatError(message: "expected {\"turns\": [...]}") }
+        var out: [AssistantTurn] = []
+        for (i, t) in list.enumerated() {
+            for (k, _) in t.objectValue ?? [] where !["text", "tool_calls", "stop_reason", "usage"].contains(k) {
+                throw FormatError(message: "turns[\(i)].\(k): unknown key (known: text, tool_calls, stop_reason, usage)")
+            }
+            var turn = AssistantTurn(text: t["text"]?.stringValue ?? "")
+            for (j, c) in (t["tool_calls"]?.arrayValue ?? []).enumerated() {
+                guard let name = c["name"]?.stringValue else { throw FormatError(message: "turns[\(i)].tool_calls[\(j)].name is required") }
+                let args: String
+                if let s = c["arguments"]?.stringValue { args = s } else { args = (c["arguments"] ?? .object([])).serialized }
+                turn.toolCalls.append(ToolCall(id: c["id"]?.stringValue ?? "replay_\(i)_\(j)", name: name, arguments: args))
+            }
+            if let s = t["stop_reason"]?.stringValue {
+                guard let r = StopReason(rawValue: s) else { throw FormatError(message: "turns[\(i)].stop_reason: unknown value \(s)") }
+                turn.stopReason = r
+            } else {
+                turn.stopReason = turn.toolCalls.isEmpty ? .endTurn : .toolUse
+            }
+            turn.usage = Usage(inputTokens: t["usage"]?["input_tokens"]?.intValue ?? 0, outputTokens: t["usage"]?["output_tokens"]?.intValue ?? 0)
+            out.append(turn)
+        }
+        if out.isEmpty { throw FormatError(message: "the session has no turns") }
+        return out
+    }
+
+    public func complete(_ conversation: Conversation, tools: [ToolDefinition]) throws(ModelError) -> (AssistantTurn, [Attempt]) {
+        guard next < turns.count else {
+            throw ModelError(kind: .badRequest, message: "the replay session \(path) has no turn \(next + 1) (it has \(turns.count))",
+                             provider: "replay")
+        }
+        defer { next += 1 }
+        return (turns[next], [Attempt(number: 1, status: nil, error: nil, waitBefore: 0, seconds: 0)])
+    }
+}

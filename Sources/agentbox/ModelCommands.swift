@@ -1,0 +1,48 @@
+import AgentboxCore
+import AgentboxModels
+import ArgumentParser
+import Glibc
+
+struct ModelCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "model", abstract: "Check model endpoints and keys.",
+                                                    subcommands: [Check.self])
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make one streamed request offering the built-in tools and print the parsed turn as JSON.",
+            discussion: """
+                Prints {"text", "tool_calls": [{"id","name","arguments"}], "stop_reason", "usage", "attempts"}. Exit 0 when a \
+                reply was parsed; 1 with what the server answered and what to do otherwise. Keys come from OPENAI_API_KEY / \
+                ANTHROPIC_API_KEY; the base URL from --base-url, OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else the official endpoints.
+                """)
+        @Option(help: ArgumentHelp("PROVIDER:MODEL: openai:..., anthropic:... or replay:FILE (default: $AGENTBOX_MODEL).", valueName: "P:M"))
+        var model: String?
+        @Option(name: .customLong("base-url"), help: ArgumentHelp("Endpoint base (OpenAI-style bases include /v1, Anthropic's do not).", valueName: "URL"))
+        var baseURL: String?
+        @Option(help: ArgumentHelp("The user message to send.", valueName: "TEXT"))
+        var prompt: String = "List the files in the workspace, using the shell tool."
+
+        func run() throws {
+            guarded { () throws(AgentboxError) -> Int32 in
+                guard let name = model ?? ModelSpec.env("AGENTBOX_MODEL") else {
+                    throw .usage("no model given", hint: "pass --model openai:gpt-4o-mini (or anthropic:..., replay:FILE) or set AGENTBOX_MODEL")
+                }
+                let spec = try ModelSpec.parse(name, baseURL: baseURL)
+                let provider = try makeProvider(spec)
+                let conversation = Conversation(system: "You are checking that a model endpoint works. Answer briefly.",
+                                                messages: [.user(prompt)])
+                do throws(ModelError) {
+                    let (turn, attempts) = try provider.complete(conversation, tools: BuiltinTools.definitions)
+                    for a in attempts where a.error != nil {
+                        Console.note("attempt \(a.number) failed: \(a.error!.description)")
+                    }
+                    Console.out(turn.json(attempts: attempts.count).pretty)
+                    return 0
+                } catch {
+                    Console.error(AgentboxError(stage: "model", error.description, exitCode: 1))
+                    return 1
+                }
+            }
+        }
+    }
+}

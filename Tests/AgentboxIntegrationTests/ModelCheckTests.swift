@@ -1,0 +1,113 @@
+import Foundation
+import Testing
+
+/// `agentbox model check` against the project's fake model server (Tests/FakeModelServer), with faults.
+final class FakeModelServer: @unchecked Sendable {
+    let process = Process()
+    let port: Int
+    let violations: String
+    static let key = "test-key-\(UUID().uuidString.prefix(6))"
+
+    init() throws {
+        violations = "/tmp/agentbox-fake-violations-\(UUID().uuidString.prefix(8))"
+        FileManager.default.createFile(atPath: violations, contents: Data())
+        let portFile = violations + ".port"
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", TestEnv.repoRoot + "/Tests/FakeModelServer/fake_model_server.py", "--key", FakeModelServer.key,
+                             "--violations", violations, "--port-file", portFile]
+        // No inherited stdio: swift-test waits for EOF on the runner's output pipes.
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        var found = 0
+        _ = eventually(20) {
+            found = Int((try? String(contentsOfFile: portFile, encoding: .utf8)) ?? "") ?? 0
+            return found > 0
+        }
+        port = found
+    }
+
+    deinit { process.terminate() }
+
+    func base(_ scenario: String, openai: Bool = true) -> String { "http://127.0.0.1:\(port)/s/\(scenario)" + (openai ? "/v1" : "") }
+
+    var violationLog: String { (try? String(contentsOfFile: violations, encoding: .utf8)) ?? "" }
+}
+
+@Suite(.serialized) struct ModelCheckTests {
+    static let server = try! FakeModelServer()
+
+    func check(_ model: String, _ scenario: String, openai: Bool = true, env extra: [String: String] = [:]) -> (RunResult, [String: Any]?) {
+        var env = ["OPENAI_API_KEY": FakeModelServer.key, "ANTHROPIC_API_KEY": FakeModelServer.key, "AGENTBOX_MODEL_IDLE_TIMEOUT": "1"]
+        for (k, v) in extra { env[k] = v }
+        let r = run([TestEnv.agentbox, "model", "check", "--model", model, "--base-url", Self.server.base(scenario, openai: openai)], env: env)
+        let json = try? JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any]
+        return (r, json)
+    }
+
+    func firstCall(_ json: [String: Any]?) -> [String: Any]? { (json?["tool_calls"] as? [[String: Any]])?.first }
+
+    @Test func openAIStreamedTurnIsParsed() {
+        let (r, json) = check("openai:gpt-test", "ok")
+        #expect(r.code == 0, "\(r)")
+        #expect(json?["text"] as? String == "Let me look.")
+        #expect(firstCall(json)?["name"] as? String == "shell")
+        #expect((firstCall(json)?["arguments"] as? [String: Any])?["command"] as? String == "ls")
+        #expect(json?["stop_reason"] as? String == "tool_use")
+        #expect((json?["usage"] as? [String: Any])?["total_tokens"] as? Int == 62)
+        #expect(json?["attempts"] as? Int == 1)
+        #expect(Self.server.violationLog.isEmpty, Comment(rawValue: Self.server.violationLog))
+    }
+
+    @Test func anthropicStreamedTurnIsParsed() {
+        let (r, json) = check("anthropic:claude-test", "ok", openai: false)
+        #expect(r.code == 0, "\(r)")
+        #expect(json?["text"] as? String == "Listing.")
+        #expect((firstCall(json)?["arguments"] as? [String: Any])?["command"] as? String == "ls")
+        #expect((json?["usage"] as? [String: Any])?["input_tokens"] as? Int == 849)
+        #expect(Self.server.violationLog.isEmpty, Comment(rawValue: Self.server.violationLog))
+    }
+
+    @Test(arguments: [("openai:m", "429", true), ("openai:m", "500", true), ("openai:m", "cut", true), ("openai:m", "stall", true),
+                      ("anthropic:m", "529", false), ("anthropic:m", "errorevent", false)])
+    func transientFaultsAreRetried(model: String, scenario: String, openai: Bool) {
+        let (r, json) = check(model, scenario, openai: openai)
+        #expect(r.code == 0, "\(scenario): \(r)")
+        #expect(json?["attempts"] as? Int == 2, "\(scenario): \(r)")
+        #expect(r.err.contains("attempt 1 failed"), "\(scenario): every attempt is visible: \(r.err)")
+        #expect(firstCall(json)?["name"] as? String == "shell")
+    }
+
+    @Test func authAndQuotaErrorsAreNotRetriedAndSayWhatToDo() {
+        let (auth, _) = check("openai:m", "auth")
+        #expect(auth.code == 1)
+        #expect(auth.err.contains("401 from 127.0.0.1") && auth.err.contains("check OPENAI_API_KEY"), "\(auth)")
+        let (quota, _) = check("openai:m", "quota")
+        #expect(quota.code == 1)
+        #expect(quota.err.contains("429") && quota.err.contains("quota"), "\(quota)")
+        #expect(!quota.err.contains("attempt 1 failed"), "insufficient_quota is not retried")
+    }
+
+    @Test func malformedArgumentsIndexReuseAndNonStreamingServers() {
+        let (bad, badJSON) = check("openai:m", "badargs")
+        #expect(bad.code == 0, "\(bad)")
+        #expect(firstCall(badJSON)?["arguments"] as? String == #"{"command":"ls"#, "invalid arguments are shown raw: \(bad.out)")
+        let (_, reuse) = check("openai:m", "reuse")
+        #expect((reuse?["tool_calls"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == ["a", "b"])
+        let (plain, plainJSON) = check("openai:m", "nostream")
+        #expect(plain.code == 0 && plainJSON?["text"] as? String == "plain", "\(plain)")
+    }
+
+    @Test func replayNeedsNoNetwork() throws {
+        let file = "/tmp/agentbox-replay-\(UUID().uuidString.prefix(6)).json"
+        try #"{"turns": [{"text": "hi", "tool_calls": [{"name": "finish", "arguments": {"status": "success", "summary": "ok"}}]}]}"#
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        let r = run([TestEnv.agentbox, "model", "check", "--model", "replay:" + file])
+        #expect(r.code == 0, "\(r)")
+        #expect(r.out.contains("\"finish\""))
+        try #"{"turns": [{"txt": "hi"}]}"#.write(toFile: file, atomically: true, encoding: .utf8)
+        let bad = run([TestEnv.agentbox, "model", "check", "--model", "replay:" + file])
+        #expect(bad.code == 125 && bad.err.contains("turns[0].txt"), "\(bad)")
+    }
+}

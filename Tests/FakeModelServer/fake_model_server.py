@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""A fake model server for agentbox's own tests. Speaks OpenAI Chat Completions and Anthropic Messages
+(streamed and not), plays scripted scenarios with injected faults, and checks every request it gets
+(auth header, body shape, tool_use/tool_result pairing). A malformed request gets a 400 and is logged
+to --violations, which the tests require to stay empty.
+
+Base URLs: http://127.0.0.1:PORT/s/<scenario>/v1 (OpenAI) and http://127.0.0.1:PORT/s/<scenario> (Anthropic).
+Writes its port to --port-file when ready. Usage: fake_model_server.py --key KEY --violations FILE --port-file FILE
+"""
+import argparse, json, os, sys, threading, time
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+
+OPENAI_STREAM = [
+    {"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+    {"choices": [{"index": 0, "delta": {"content": "Let me look."}}]},
+    {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "shell", "arguments": ""}}]}}]},
+    {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"command\":"}}]}}]},
+    {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"ls\"}"}}]}}]},
+    {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    {"choices": [], "usage": {"prompt_tokens": 50, "completion_tokens": 12, "total_tokens": 62}},
+]
+ANTHROPIC_STREAM = [
+    ("message_start", {"type": "message_start", "message": {"id": "msg_1", "content": [], "usage": {"input_tokens": 849, "output_tokens": 1}}}),
+    ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ("ping", {"type": "ping"}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Listing."}}),
+    ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    ("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "shell", "input": {}}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ""}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"command\": \"ls\"}"}}),
+    ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+    ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None}, "usage": {"output_tokens": 47}}),
+    ("message_stop", {"type": "message_stop"}),
+]
+
+counts = {}
+lock = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def violation(self, message):
+        with open(self.server.violations, "a") as f:
+            f.write(f"{self.path}: {message}\n")
+        self.answer(400, {"error": {"message": f"fake server: malformed request: {message}", "type": "invalid_request_error"}})
+
+    def answer(self, status, body, headers=None):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def start_stream(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+    def send_sse(self, raw):
+        self.wfile.write(raw.encode())
+        self.wfile.flush()
+
+    def do_POST(self):
+        parts = self.path.split("/")
+        if len(parts) < 4 or parts[1] != "s":
+            return self.violation("path must be /s/<scenario>/...")
+        scenario = parts[2]
+        rest = "/" + "/".join(parts[3:])
+        body_raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        try:
+            body = json.loads(body_raw)
+        except Exception as e:
+            return self.violation(f"body is not JSON: {e}")
+        with lock:
+            counts[scenario] = counts.get(scenario, 0) + 1
+            attempt = counts[scenario]
+        if rest == "/v1/chat/completions":
+            return self.openai(scenario, attempt, body)
+        if rest == "/v1/messages":
+            return self.anthropic(scenario, attempt, body)
+        return self.violation(f"unknown endpoint {rest}")
+
+    # --- OpenAI
+    def openai(self, scenario, attempt, body):
+        if scenario == "auth":
+            return self.answer(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}})
+        if self.headers.get("Authorization") != f"Bearer {self.server.key}":
+            return self.violation(f"Authorization header is {self.headers.get('Authorization')!r}")
+        for key in ("model", "messages"):
+            if key not in body:
+                return self.violation(f"missing {key}")
+        if body.get("stream") is not True or body.get("stream_options", {}).get("include_usage") is not True:
+            return self.violation("stream and stream_options.include_usage must be true")
+        names = [t["function"]["name"] for t in body.get("tools", [])]
+        if names and sorted(names) != sorted(["shell", "read_file", "write_file", "edit_file", "confess", "finish"]):
+            return self.violation(f"unexpected tools {names}")
+        if scenario == "quota":
+            return self.answer(429, {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}})
+        if scenario == "429" and attempt == 1:
+            return self.answer(429, {"error": {"message": "Rate limit reached", "code": "rate_limit_exceeded"}}, {"retry-after-ms": "300"})
+        if scenario == "500" and attempt == 1:
+            return self.answer(500, {"error": {"message": "The server had an error", "type": "server_error"}})
+        chunks = list(OPENAI_STREAM)
+        if scenario == "badargs":
+            chunks[4] = {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"ls"}}]}}]}
+        if scenario == "reuse":
+            chunks[2:5] = [
+                {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "a", "function": {"name": "read_file", "arguments": "{\"path\":\"x\"}"}}]}}]},
+                {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "b", "function": {"name": "read_file", "arguments": "{\"path\":\"y\"}"}}]}}]},
+            ]
+        if scenario == "nostream":
+            msg = {"role": "assistant", "content": "plain", "tool_calls": []}
+            return self.answer(200, {"choices": [{"index": 0, "message": msg, "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+        self.start_stream()
+        self.send_sse(": keep-alive\r\n\r\n")
+        for i, chunk in enumerate(chunks):
+            if scenario == "cut" and attempt == 1 and i == 4:
+                return  # the connection closes mid tool call
+            if scenario == "stall" and attempt == 1 and i == 3:
+                time.sleep(3)
+                return
+            self.send_sse("data: " + json.dumps(chunk) + "\r\n\r\n")
+        self.send_sse("data: [DONE]\n\n")
+
+    # --- Anthropic
+    def anthropic(self, scenario, attempt, body):
+        if self.headers.get("x-api-key") != self.server.key:
+            return self.violation(f"x-api-key header is {self.headers.get('x-api-key')!r}")
+        if self.headers.get("anthropic-version") != "2023-06-01":
+            return self.violation("anthropic-version must be 2023-06-01")
+        for key in ("model", "max_tokens", "messages"):
+            if key not in body:
+                return self.violation(f"missing {key}")
+        msgs = body["messages"]
+        for i, m in enumerate(msgs):
+            if m["role"] == "assistant" and isinstance(m["content"], list):
+                uses = [b["id"] for b in m["content"] if b.get("type") == "tool_use"]
+                if uses:
+                    nxt = msgs[i + 1] if i + 1 < len(msgs) else None
+                    results = [b.get("tool_use_id") for b in (nxt or {}).get("content", []) if isinstance(b, dict) and b.get("type") == "tool_result"]
+                    if sorted(results) != sorted(uses):
+                        return self.answer(400, {"type": "error", "error": {"type": "invalid_request_error", "message": "tool_use ids were found without tool_result blocks immediately after"}})
+        if scenario == "529" and attempt == 1:
+            return self.answer(529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+        self.start_stream()
+        for i, (name, data) in enumerate(ANTHROPIC_STREAM):
+            if scenario == "errorevent" and attempt == 1 and i == 3:
+                self.send_sse("event: error\ndata: " + json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}) + "\n\n")
+                return
+            self.send_sse(f"event: {name}\ndata: " + json.dumps(data) + "\n\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--key", required=True)
+    ap.add_argument("--violations", required=True)
+    ap.add_argument("--port-file", required=True)
+    args = ap.parse_args()
+    # Die with the test process that started us (it may exit without stopping us).
+    parent = os.getppid()
+    def watchdog():
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(0)
+    threading.Thread(target=watchdog, daemon=True).start()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.key = args.key
+    server.violations = args.violations
+    with open(args.port_file + ".tmp", "w") as f:
+        f.write(str(server.server_address[1]))
+    os.rename(args.port_file + ".tmp", args.port_file)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
