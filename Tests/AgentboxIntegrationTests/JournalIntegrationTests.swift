@@ -65,19 +65,30 @@ import Testing
             let marker = "abjk\(round)\(UUID().uuidString.prefix(6))"
             let p = Process()
             p.executableURL = URL(fileURLWithPath: TestEnv.agentbox)
-            p.arguments = ["exec", "--name", "k\(round)", "--", "/bin/sh", "-c", "i=0; while :; do echo \(marker) $i; i=$((i+1)); done"]
+            p.arguments = ["exec", "--name", "k\(round)", "--", "/bin/sh", "-c", "i=0; while :; do echo \(marker) $i; i=$((i+1)); [ $((i % 200)) = 0 ] && sleep 0.01; done"]
             p.currentDirectoryURL = URL(fileURLWithPath: TestEnv.workspace())
             p.environment = ["AGENTBOX_HOME": h, "PATH": "/usr/bin:/bin"]
             p.standardOutput = FileHandle.nullDevice
             try p.run()
-            usleep(UInt32.random(in: 20_000...400_000))
+            // Even rounds kill while the command runs; odd rounds at any moment, setup included.
+            let running = round % 2 == 0
+            if running {
+                #expect(eventually(10) {
+                    jsonLines(ab(["ps", "--json"], home: h).out).contains { $0["name"] as? String == "k\(round)" && $0["isolation"] is [String: Any] }
+                }, "round \(round): the command never started")
+            }
+            usleep(UInt32.random(in: running ? 10_000...300_000 : 0...60_000))
             kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
             #expect(eventually(3) { !hostHasProcess(withMarker: marker) }, "round \(round): the sandbox outlived its supervisor")
-            let verify = ab(["journal", "verify", "k\(round)", "--json"], home: h)
+            let runs = jsonLines(ab(["ps", "--all", "--json"], home: h).out).filter { $0["name"] as? String == "k\(round)" }
+            if runs.isEmpty {
+                #expect(!running, "round \(round): a run whose command was running has no journal")
+                continue  // killed before the run's journal existed
+            }
+            let verify = ab(["journal", "verify", runs[0]["id"] as? String ?? "", "--json"], home: h)
             #expect(verify.code == 0, "round \(round): \(verify)")
-            let state = jsonLines(ab(["ps", "--all", "--json"], home: h).out).first { $0["name"] as? String == "k\(round)" }?["state"]
-            #expect(state as? String == "interrupted", "round \(round): \(String(describing: state))")
+            #expect(runs[0]["state"] as? String == "interrupted", "round \(round): \(runs[0])")
         }
     }
 
