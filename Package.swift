@@ -38,7 +38,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // `make bench` micro-benchmarks (journal throughput); not installed.
-        .executableTarget(name: "agentbox-bench", dependencies: ["AgentboxCore", "AgentboxJournal"]),
+        .executableTarget(name: "agentbox-bench", dependencies: ["AgentboxCore", "AgentboxJournal", "AgentboxModels"]),
         .testTarget(name: "AgentboxCoreTests", dependencies: ["AgentboxCore", "AgentboxSandbox", "AgentboxJournal"]),
         .testTarget(name: "AgentboxModelsTests", dependencies: ["AgentboxCore", "AgentboxModels"]),
         .testTarget(name: "AgentboxIntegrationTests", dependencies: ["AgentboxCore"]),

@@ -1,6 +1,7 @@
 // Micro-benchmarks for `make bench`: journal append/verify throughput. Prints one line per metric.
 import AgentboxCore
 import AgentboxJournal
+import AgentboxModels
 import Glibc
 
 func dir(_ tag: String) -> String {
@@ -77,3 +78,22 @@ do {
     print("JSON escape: \(Int(Double(n * big.count) / (Clock.monotonic() - t3) / 1e6)) MB/s")
     cleanup(d)
 } catch { print("output: \(error)") }
+
+// 4. The SSE parser on an Anthropic-style stream (target: at least 200 MB/s).
+do {
+    var one = ""
+    for i in 0..<200 {
+        one += "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"token \(i) of a longer streamed answer\"}}\n\n"
+    }
+    let bytes = Array(String(repeating: one, count: 200).utf8)
+    var parser = SSEParser()
+    var events = 0
+    let t0 = Clock.monotonic()
+    var i = 0
+    while i < bytes.count {  // arrives in 16 KiB reads, as from a socket
+        events += parser.feed(Array(bytes[i..<min(bytes.count, i + 16384)])).count
+        i += 16384
+    }
+    let dt = Clock.monotonic() - t0
+    print("SSE parser: \(Int(Double(bytes.count) / dt / 1e6)) MB/s (\(events) events, \(bytes.count / 1_000_000) MB)")
+}

@@ -1,3 +1,4 @@
+import Foundation
 import AgentboxCore
 import AgentboxModels
 import Testing
@@ -261,4 +262,65 @@ extension String {
 extension Result {
     var isFailure: Bool { if case .failure = self { return true }; return false }
     var isSuccess: Bool { !isFailure }
+}
+
+@Suite struct BudgetTests {
+    @Test func pricesByLongestPrefixAndFileOverrides() throws {
+        let table = PriceTable()
+        #expect(table.price(provider: "openai", model: "gpt-4o-mini-2024-07-18") == Price(input: 0.15, output: 0.6))
+        #expect(table.price(provider: "openai", model: "gpt-4o-2024-08-06") == Price(input: 2.5, output: 10))
+        #expect(table.price(provider: "openai", model: "llama3") == nil)
+        #expect(table.price(provider: "replay", model: "/x/session.json") == Price(input: 0, output: 0))
+        let file = "/tmp/agentbox-prices-\(Int.random(in: 0...1_000_000)).json"
+        try #"{"models": {"llama3": {"input": 0, "output": 0}, "gpt-4o": {"input": 5, "output": 20}}}"#
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        let extended = try PriceTable.load(file: file)
+        #expect(extended.price(provider: "openai", model: "llama3:8b") == Price(input: 0, output: 0))
+        #expect(extended.price(provider: "openai", model: "gpt-4o") == Price(input: 5, output: 20))
+        #expect(extended.cost(Usage(inputTokens: 1_000_000, outputTokens: 500_000), provider: "openai", model: "gpt-4o") == 15)
+    }
+
+    @Test(arguments: [
+        (#"{"model": {}}"#, "model"),
+        (#"{"models": {"x": {"input": -1, "output": 1}}}"#, "models.x"),
+        (#"{"models": {"x": {"input": 1, "output": 1, "cache": 2}}}"#, "models.x.cache"),
+        ("nope", "not valid JSON"),
+    ])
+    func malformedPriceFilesNameTheProblem(text: String, fragment: String) throws {
+        let file = "/tmp/agentbox-prices-\(Int.random(in: 0...1_000_000)).json"
+        try text.write(toFile: file, atomically: true, encoding: .utf8)
+        do {
+            _ = try PriceTable.load(file: file)
+            Issue.record("accepted \(text)")
+        } catch {
+            #expect(error.message.contains(file) && error.message.contains(fragment), "\(error)")
+        }
+    }
+
+    @Test func budgetsStopEachDimension() throws {
+        var budget = Budget()
+        var acc = Accounting(provider: "openai", model: "gpt-4o", prices: PriceTable(), started: 100)
+        #expect(try acc.check(budget, now: 100) == nil)
+        acc.record(Usage(inputTokens: 100_000, outputTokens: 10_000))  // $0.35
+        budget.maxSteps = 1
+        #expect(try acc.check(budget, now: 100) == .steps(1))
+        budget.maxSteps = nil
+        budget.maxTokens = 100_000
+        #expect(try acc.check(budget, now: 100) == .tokens(100_000))
+        budget.maxTokens = nil
+        budget.maxCost = 0.30
+        #expect(try acc.check(budget, now: 100) == .cost(0.30))
+        budget.maxCost = 1
+        #expect(try acc.check(budget, now: 100) == nil)
+        budget.maxWallSeconds = 60
+        #expect(try acc.check(budget, now: 161) == .wallTime(60))
+    }
+
+    @Test func aCostBudgetWithoutAPriceIsAnErrorNotIgnored() {
+        var budget = Budget()
+        budget.maxCost = 1
+        let acc = Accounting(provider: "openai", model: "mystery-model", prices: PriceTable())
+        #expect(throws: AgentboxError.self) { try acc.validate(budget) }
+        #expect(throws: AgentboxError.self) { try acc.check(budget) }
+    }
 }
