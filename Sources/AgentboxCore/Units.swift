@@ -70,7 +70,8 @@ public enum Units {
 }
 
 extension String {
-    func trimmingSpaces() -> String {
+    /// The string without leading and trailing whitespace (spaces, tabs, newlines).
+    public func trimmingSpaces() -> String {
         var s = Substring(self)
         while let f = s.first, f.isWhitespace { s = s.dropFirst() }
         while let l = s.last, l.isWhitespace { s = s.dropLast() }

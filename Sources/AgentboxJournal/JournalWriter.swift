@@ -45,7 +45,7 @@ public final class JournalWriter {
         let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw AgentboxError(stage: "journal", "cannot open \(lockPath): \(FileIO.errnoString())") }
         if flock(fd, LOCK_EX | LOCK_NB) < 0 {
-            let holder = FileIO.readSmall(lockPath)?.trimmingSpacesAndNewlines() ?? "?"
+            let holder = FileIO.readSmall(lockPath)?.trimmingSpaces() ?? "?"
             close(fd)
             throw AgentboxError(stage: "journal", "\(dir) already has a writer (pid \(holder))",
                                 hint: "a run has exactly one writer; wait for it to end or stop it")
@@ -205,14 +205,5 @@ enum Durability {
         guard fd >= 0 else { throw AgentboxError(stage: "journal", "cannot open \(dir): \(FileIO.errnoString())") }
         defer { close(fd) }
         if fsync(fd) < 0 { throw AgentboxError(stage: "journal", "fsync \(dir): \(FileIO.errnoString())") }
-    }
-}
-
-extension String {
-    func trimmingSpacesAndNewlines() -> String {
-        var s = Substring(self)
-        while let l = s.last, l.isWhitespace { s = s.dropLast() }
-        while let f = s.first, f.isWhitespace { s = s.dropFirst() }
-        return String(s)
     }
 }

@@ -33,7 +33,7 @@ public struct ToolCall: Sendable, Equatable {
 
     /// The arguments as a JSON object, or a message for the model saying what is wrong with them.
     public var parsed: Result<JSON, ToolArgumentError> {
-        let text = arguments.trimmingCharacters(in: " \n\r\t")
+        let text = arguments.trimmingSpaces()
         if text.isEmpty { return .success(.object([])) }
         do {
             let json = try JSON.parse(text)
@@ -133,14 +133,5 @@ public struct ToolDefinition: Sendable {
         self.name = name
         self.description = description
         self.parameters = parameters
-    }
-}
-
-extension String {
-    func trimmingCharacters(in set: String) -> String {
-        var s = Substring(self)
-        while let f = s.first, set.contains(f) { s = s.dropFirst() }
-        while let l = s.last, set.contains(l) { s = s.dropLast() }
-        return String(s)
     }
 }

@@ -76,7 +76,7 @@ public enum HTTPClient {
                                     }
                                     if let colon = text.firstIndex(of: ":") {
                                         let name = text[..<colon].lowercased()
-                                        let value = String(text[text.index(after: colon)...]).trimmingCharacters(in: " \r\n\t")
+                                        let value = String(text[text.index(after: colon)...]).trimmingSpaces()
                                         ctx.headers[name] = value
                                     }
                                 },

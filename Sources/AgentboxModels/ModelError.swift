@@ -61,7 +61,7 @@ public struct ModelError: Error, Sendable, CustomStringConvertible {
         let type = errorObject?["type"]?.stringValue ?? ""
         let code = errorObject?["code"]?.stringValue ?? ""
         var message = errorObject?["message"]?.stringValue ?? json?["message"]?.stringValue
-            ?? String(decoding: body.prefix(300), as: UTF8.self).trimmingCharacters(in: " \n\r\t")
+            ?? String(decoding: body.prefix(300), as: UTF8.self).trimmingSpaces()
         if message.isEmpty { message = "HTTP \(status)" }
         var kind: Kind
         switch status {

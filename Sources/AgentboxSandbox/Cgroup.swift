@@ -168,7 +168,7 @@ final class CgroupV2: CgroupHandle {
         var r = CgroupReport()
         r.oomKills = Int(Cgroups.keyed(FileIO.readSmall(path + "/memory.events"))["oom_kill"] ?? 0)
         r.pidsLimitHits = Int(Cgroups.keyed(FileIO.readSmall(path + "/pids.events"))["max"] ?? 0)
-        r.peakMemory = FileIO.readSmall(path + "/memory.peak").flatMap { UInt64($0.trimmingCharacters()) }
+        r.peakMemory = FileIO.readSmall(path + "/memory.peak").flatMap { UInt64($0.trimmingSpaces()) }
         r.cpuSeconds = Cgroups.keyed(FileIO.readSmall(path + "/cpu.stat"))["usage_usec"].map { Double($0) / 1e6 }
         return r
     }
@@ -261,12 +261,12 @@ final class CgroupV1: CgroupHandle {
             switch controller {
             case "memory":
                 r.oomKills = Int(Cgroups.keyed(FileIO.readSmall(dir + "/memory.oom_control"))["oom_kill"] ?? 0)
-                r.peakMemory = FileIO.readSmall(dir + "/memory.max_usage_in_bytes").flatMap { UInt64($0.trimmingCharacters()) }
+                r.peakMemory = FileIO.readSmall(dir + "/memory.max_usage_in_bytes").flatMap { UInt64($0.trimmingSpaces()) }
             case "pids":
                 r.pidsLimitHits = Int(Cgroups.keyed(FileIO.readSmall(dir + "/pids.events"))["max"] ?? 0)
             case "cpu":
                 if let acct = CgroupV1.controllerMount("cpuacct", root: "/sys/fs/cgroup"), acct == dir.prefix(acct.count).description,
-                   let ns = FileIO.readSmall(dir + "/cpuacct.usage").flatMap({ UInt64($0.trimmingCharacters()) }) {
+                   let ns = FileIO.readSmall(dir + "/cpuacct.usage").flatMap({ UInt64($0.trimmingSpaces()) }) {
                     r.cpuSeconds = Double(ns) / 1e9
                 }
             default: break
@@ -284,14 +284,5 @@ final class CgroupV1: CgroupHandle {
             Cgroups.remove(dir)
         }
         dirs = []
-    }
-}
-
-extension String {
-    func trimmingCharacters() -> String {
-        var s = Substring(self)
-        while let l = s.last, l.isWhitespace { s = s.dropLast() }
-        while let f = s.first, f.isWhitespace { s = s.dropFirst() }
-        return String(s)
     }
 }

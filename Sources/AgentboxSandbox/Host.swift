@@ -43,9 +43,9 @@ public struct HostReport: Sendable {
         uname(&uts)
         r.kernel = withUnsafeBytes(of: &uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         r.uid = getuid()
-        let maxUserns = FileIO.readSmall("/proc/sys/user/max_user_namespaces").flatMap { Int($0.trimmingCharacters()) } ?? 1
-        let debianKnob = FileIO.readSmall("/proc/sys/kernel/unprivileged_userns_clone")?.trimmingCharacters()
-        r.apparmorRestrictsUserns = FileIO.readSmall("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")?.trimmingCharacters() == "1"
+        let maxUserns = FileIO.readSmall("/proc/sys/user/max_user_namespaces").flatMap { Int($0.trimmingSpaces()) } ?? 1
+        let debianKnob = FileIO.readSmall("/proc/sys/kernel/unprivileged_userns_clone")?.trimmingSpaces()
+        r.apparmorRestrictsUserns = FileIO.readSmall("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")?.trimmingSpaces() == "1"
         if maxUserns == 0 {
             r.userNamespacesDetail = "user.max_user_namespaces is 0"
         } else if debianKnob == "0" && r.uid != 0 {
