@@ -278,12 +278,7 @@ import Testing
 
     @Test func sigtermIsForwardedAndNothingIsLeft() throws {
         let marker = "absigterm\(UUID().uuidString.prefix(8))"
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: TestEnv.agentbox)
-        p.arguments = ["exec", "--", "/bin/sh", "-c", "sleep 300 # \(marker)"]
-        p.currentDirectoryURL = URL(fileURLWithPath: TestEnv.workspace())
-        p.standardError = FileHandle.nullDevice
-        try p.run()
+        let p = try startAgentbox(["exec", "--", "/bin/sh", "-c", "sleep 300 # \(marker)"], stdout: nil, stderr: FileHandle.nullDevice)
         #expect(eventually { hostHasProcess(withMarker: "sleep 300") })
         usleep(200_000)
         p.terminate()
@@ -294,11 +289,7 @@ import Testing
 
     @Test func killingTheSupervisorKillsTheSandbox() throws {
         let marker = "abkill9\(UUID().uuidString.prefix(8))"
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: TestEnv.agentbox)
-        p.arguments = ["exec", "--", "/bin/sh", "-c", "sleep 300; echo \(marker)"]
-        p.currentDirectoryURL = URL(fileURLWithPath: TestEnv.workspace())
-        try p.run()
+        let p = try startAgentbox(["exec", "--", "/bin/sh", "-c", "sleep 300; echo \(marker)"], stdout: nil)
         #expect(eventually { hostHasProcess(withMarker: marker) })
         kill(p.processIdentifier, SIGKILL)
         p.waitUntilExit()
@@ -306,11 +297,7 @@ import Testing
     }
 
     @Test(.enabled(if: TestEnv.isRoot)) func cgroupsOfAKilledSupervisorAreCleanedUpLater() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: TestEnv.agentbox)
-        p.arguments = ["exec", "--pids", "100", "--", "/bin/sleep", "300"]
-        p.currentDirectoryURL = URL(fileURLWithPath: TestEnv.workspace())
-        try p.run()
+        let p = try startAgentbox(["exec", "--pids", "100", "--", "/bin/sleep", "300"], stdout: nil)
         let pattern = "ab-\(p.processIdentifier)-*"
         let find = "find /sys/fs/cgroup -maxdepth 8 -type d -name '\(pattern)' 2>/dev/null"
         #expect(eventually { !shell(find).out.isEmpty }, "the sandbox's cgroup was not created")

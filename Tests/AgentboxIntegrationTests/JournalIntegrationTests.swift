@@ -63,13 +63,7 @@ import Testing
         let h = home()
         for round in 0..<8 {
             let marker = "abjk\(round)\(UUID().uuidString.prefix(6))"
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: TestEnv.agentbox)
-            p.arguments = ["exec", "--name", "k\(round)", "--", "/bin/sh", "-c", "i=0; while :; do echo \(marker) $i; i=$((i+1)); [ $((i % 200)) = 0 ] && sleep 0.01; done"]
-            p.currentDirectoryURL = URL(fileURLWithPath: TestEnv.workspace())
-            p.environment = ["AGENTBOX_HOME": h, "PATH": "/usr/bin:/bin"]
-            p.standardOutput = FileHandle.nullDevice
-            try p.run()
+            let p = try startAgentbox(["exec", "--name", "k\(round)", "--", "/bin/sh", "-c", "i=0; while :; do echo \(marker) $i; i=$((i+1)); [ $((i % 200)) = 0 ] && sleep 0.01; done"], env: ["AGENTBOX_HOME": h])
             // Even rounds kill while the command runs; odd rounds at any moment, setup included.
             let running = round % 2 == 0
             if running {
@@ -94,13 +88,7 @@ import Testing
 
     @Test func logsFollowShowsRecordsAsTheyComeAndEndsWithTheRun() throws {
         let h = home()
-        let writer = Process()
-        writer.executableURL = URL(fileURLWithPath: TestEnv.agentbox)
-        writer.arguments = ["exec", "--name", "tail", "--", "/bin/sh", "-c", "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.2; done"]
-        writer.currentDirectoryURL = URL(fileURLWithPath: TestEnv.workspace())
-        writer.environment = ["AGENTBOX_HOME": h, "PATH": "/usr/bin:/bin"]
-        writer.standardOutput = FileHandle.nullDevice
-        try writer.run()
+        let writer = try startAgentbox(["exec", "--name", "tail", "--", "/bin/sh", "-c", "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.2; done"], env: ["AGENTBOX_HOME": h])
         #expect(eventually { ab(["ps", "--json"], home: h).out.contains("\"tail\"") })
         let follow = ab(["logs", "-f", "tail"], home: h)  // returns when the run ends
         writer.waitUntilExit()
@@ -155,12 +143,7 @@ import Testing
 
     @Test func sigtermToAJournaledRunIsRecorded() throws {
         let h = home()
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: TestEnv.agentbox)
-        p.arguments = ["exec", "--name", "term", "--", "/bin/sleep", "300"]
-        p.currentDirectoryURL = URL(fileURLWithPath: TestEnv.workspace())
-        p.environment = ["AGENTBOX_HOME": h, "PATH": "/usr/bin:/bin"]
-        try p.run()
+        let p = try startAgentbox(["exec", "--name", "term", "--", "/bin/sleep", "300"], env: ["AGENTBOX_HOME": h], stdout: nil)
         #expect(eventually { ab(["logs", "term", "--json"], home: h).out.contains("sandbox.ready") })
         p.terminate()
         p.waitUntilExit()
@@ -180,13 +163,8 @@ import Testing
 
     @Test func confessionsFollowShowsNewOnes() throws {
         let h = home()
-        let follower = Process()
-        follower.executableURL = URL(fileURLWithPath: TestEnv.agentbox)
-        follower.arguments = ["confessions", "-f", "--json"]
-        follower.environment = ["AGENTBOX_HOME": h]
         let pipe = Pipe()
-        follower.standardOutput = pipe
-        try follower.run()
+        let follower = try startAgentbox(["confessions", "-f", "--json"], env: ["AGENTBOX_HOME": h], stdout: pipe)
         _ = journaledExec("conf", "sleep 30", home: h, options: ["--timeout", "1s"])
         usleep(400_000)
         follower.terminate()  // SIGTERM works even though the test runner hands it down blocked

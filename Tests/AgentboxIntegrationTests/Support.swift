@@ -130,6 +130,20 @@ func run(_ argv: [String], cwd: String = "/", user: TestUser? = nil, env: [Strin
                      outBytes: [UInt8](outData))
 }
 
+/// Starts agentbox in the background (for tests that signal or kill it), stdout discarded unless given.
+func startAgentbox(_ args: [String], cwd: String = TestEnv.workspace(), env: [String: String] = [:],
+                   stdout: Any? = FileHandle.nullDevice, stderr: Any? = nil) throws -> Process {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: TestEnv.agentbox)
+    p.arguments = args
+    p.currentDirectoryURL = URL(fileURLWithPath: cwd)
+    if !env.isEmpty { p.environment = ["PATH": "/usr/bin:/bin"].merging(env) { $1 } }
+    if let stdout { p.standardOutput = stdout }
+    if let stderr { p.standardError = stderr }
+    try p.run()
+    return p
+}
+
 /// `agentbox exec [options] -- command...` in `workspace`.
 func exec(_ options: [String] = [], _ command: [String], in workspace: String? = nil, user: TestUser? = nil,
           env: [String: String] = [:], stdin: String? = nil) -> RunResult {
