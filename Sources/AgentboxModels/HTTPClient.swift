@@ -10,6 +10,8 @@ public enum HTTPClient {
         public var connect = 10.0
         public var total: Double? = nil
         public var idle = 60.0
+        /// Trusted CAs (PEM) instead of the system's: `AGENTBOX_CA_BUNDLE` (corporate proxies, tests).
+        public var caBundle: String? = nil
         public init() {}
 
         /// Defaults, with `AGENTBOX_MODEL_IDLE_TIMEOUT` / `AGENTBOX_MODEL_CONNECT_TIMEOUT` (seconds) applied.
@@ -17,6 +19,7 @@ public enum HTTPClient {
             var t = Timeouts()
             if let v = getenv("AGENTBOX_MODEL_IDLE_TIMEOUT").flatMap({ Double(String(cString: $0)) }), v > 0 { t.idle = v }
             if let v = getenv("AGENTBOX_MODEL_CONNECT_TIMEOUT").flatMap({ Double(String(cString: $0)) }), v > 0 { t.connect = v }
+            if let v = getenv("AGENTBOX_CA_BUNDLE"), v.pointee != 0 { t.caBundle = String(cString: v) }
             return t
         }
     }
@@ -51,6 +54,8 @@ public enum HTTPClient {
         defer { for p in cHeaders { free(p) } }
         var status = 0
         var errbuf = [CChar](repeating: 0, count: 512)
+        let caBundle = timeouts.caBundle.map { strdup($0) }
+        defer { free(caBundle ?? nil) }
         let code: Int32 = url.withCString { cURL in
             "POST".withCString { cMethod in
                 cHeaders.withUnsafeBufferPointer { hp in
@@ -83,7 +88,7 @@ public enum HTTPClient {
                                 should_cancel: { user in
                                     Unmanaged<Context>.fromOpaque(user!).takeUnretainedValue().cancel() ? 1 : 0
                                 },
-                                userdata: unmanaged.toOpaque())
+                                userdata: unmanaged.toOpaque(), ca_bundle: caBundle ?? nil)
                             return ab_curl_perform(&req, &status, &errbuf)
                         }
                     }
@@ -96,8 +101,12 @@ public enum HTTPClient {
             let host = URLParts(url).host
             if ab_curl_is_timeout(code) != 0 {
                 response.transportError = ModelError(kind: .timeout, message: "timed out: \(message)", host: host, provider: provider)
+            } else if ab_curl_is_tls(code) != 0 {
+                response.transportError = ModelError(kind: .tls, message: message, host: host, provider: provider)
             } else if ab_curl_is_aborted(code) != 0 {
-                response.transportError = ModelError(kind: .network, message: "transfer stopped", host: host, provider: provider)
+                response.transportError = cancel()
+                    ? ModelError(kind: .cancelled, message: "cancelled", host: host, provider: provider)
+                    : ModelError(kind: .network, message: "transfer stopped", host: host, provider: provider)
             } else {
                 response.transportError = ModelError(kind: .network, message: message, host: host, provider: provider)
             }

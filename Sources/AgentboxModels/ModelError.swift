@@ -6,7 +6,7 @@ public struct ModelError: Error, Sendable, CustomStringConvertible {
     public enum Kind: String, Sendable {
         case auth, permission, notFound, badRequest, contextLength, rateLimited, quotaExceeded
         case server, overloaded, timeout, conflict, incompleteStream, network, streamError, protocolViolation
-        case badConversation
+        case badConversation, tls, cancelled
     }
 
     public var kind: Kind
@@ -44,6 +44,8 @@ public struct ModelError: Error, Sendable, CustomStringConvertible {
         case .quotaExceeded: return "the account is out of quota or credit"
         case .contextLength: return "the conversation is too long for this model"
         case .badRequest, .badConversation, .protocolViolation: return "this is a bug in agentbox or an incompatible server; please report it"
+        case .cancelled: return "the call was cancelled"
+        case .tls: return "the server's certificate is not trusted; for a private CA set AGENTBOX_CA_BUNDLE to its PEM file"
         case .rateLimited, .overloaded, .server, .timeout, .conflict, .incompleteStream, .network, .streamError:
             return "retried; the server kept failing"
         }

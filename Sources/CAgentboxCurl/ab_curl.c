@@ -52,6 +52,7 @@ int ab_curl_perform(const struct ab_curl_request *req, long *status, char *errbu
     curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, progress_cb);
     curl_easy_setopt(h, CURLOPT_XFERINFODATA, &c);
     curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+    if (req->ca_bundle) curl_easy_setopt(h, CURLOPT_CAINFO, req->ca_bundle);
     if (req->connect_timeout_ms > 0) curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);
     if (req->total_timeout_ms > 0) curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, req->total_timeout_ms);
     if (req->idle_timeout_s > 0) {
@@ -76,3 +77,8 @@ int ab_curl_perform(const struct ab_curl_request *req, long *status, char *errbu
 int ab_curl_is_timeout(int code) { return code == CURLE_OPERATION_TIMEDOUT; }
 int ab_curl_is_aborted(int code) { return code == CURLE_ABORTED_BY_CALLBACK || code == CURLE_WRITE_ERROR; }
 const char *ab_curl_version(void) { return curl_version(); }
+
+int ab_curl_is_tls(int code) {
+    return code == CURLE_PEER_FAILED_VERIFICATION || code == CURLE_SSL_CONNECT_ERROR || code == CURLE_SSL_CACERT_BADFILE ||
+           code == CURLE_SSL_CERTPROBLEM || code == CURLE_SSL_CIPHER || code == CURLE_SSL_ISSUER_ERROR;
+}

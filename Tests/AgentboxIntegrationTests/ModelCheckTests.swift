@@ -8,13 +8,17 @@ final class FakeModelServer: @unchecked Sendable {
     let violations: String
     static let key = "test-key-\(UUID().uuidString.prefix(6))"
 
-    init() throws {
+    let tls: Bool
+
+    init(tlsCert: String? = nil, tlsKey: String? = nil) throws {
+        tls = tlsCert != nil
         violations = "/tmp/agentbox-fake-violations-\(UUID().uuidString.prefix(8))"
         FileManager.default.createFile(atPath: violations, contents: Data())
         let portFile = violations + ".port"
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["python3", TestEnv.repoRoot + "/Tests/FakeModelServer/fake_model_server.py", "--key", FakeModelServer.key,
                              "--violations", violations, "--port-file", portFile]
+            + (tlsCert.map { ["--tls-cert", $0, "--tls-key", tlsKey ?? ""] } ?? [])
         // No inherited stdio: swift-test waits for EOF on the runner's output pipes.
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
@@ -30,7 +34,9 @@ final class FakeModelServer: @unchecked Sendable {
 
     deinit { process.terminate() }
 
-    func base(_ scenario: String, openai: Bool = true) -> String { "http://127.0.0.1:\(port)/s/\(scenario)" + (openai ? "/v1" : "") }
+    func base(_ scenario: String, openai: Bool = true) -> String {
+        "\(tls ? "https" : "http")://127.0.0.1:\(port)/s/\(scenario)" + (openai ? "/v1" : "")
+    }
 
     var violationLog: String { (try? String(contentsOfFile: violations, encoding: .utf8)) ?? "" }
 }
@@ -97,6 +103,21 @@ final class FakeModelServer: @unchecked Sendable {
         #expect((reuse?["tool_calls"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == ["a", "b"])
         let (plain, plainJSON) = check("openai:m", "nostream")
         #expect(plain.code == 0 && plainJSON?["text"] as? String == "plain", "\(plain)")
+    }
+
+    @Test func httpsWithAPrivateCAAndAClearErrorWithoutIt() throws {
+        let dir = "/tmp/agentbox-tls-\(UUID().uuidString.prefix(6))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let gen = shell("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout '\(dir)/key.pem' -out '\(dir)/cert.pem' 2>&1")
+        #expect(gen.code == 0, "\(gen)")
+        let server = try FakeModelServer(tlsCert: dir + "/cert.pem", tlsKey: dir + "/key.pem")
+        let env = ["OPENAI_API_KEY": FakeModelServer.key, "AGENTBOX_CA_BUNDLE": dir + "/cert.pem"]
+        let ok = run([TestEnv.agentbox, "model", "check", "--model", "openai:m", "--base-url", server.base("ok")], env: env)
+        #expect(ok.code == 0 && ok.out.contains("\"shell\""), "\(ok)")
+        let untrusted = run([TestEnv.agentbox, "model", "check", "--model", "openai:m", "--base-url", server.base("ok")],
+                            env: ["OPENAI_API_KEY": FakeModelServer.key])
+        #expect(untrusted.code == 1, "\(untrusted)")
+        #expect(untrusted.err.contains("AGENTBOX_CA_BUNDLE") && !untrusted.err.contains("attempt 1 failed"), "not retried: \(untrusted)")
     }
 
     @Test func replayNeedsNoNetwork() throws {

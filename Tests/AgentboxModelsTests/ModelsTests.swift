@@ -1,6 +1,7 @@
 import Foundation
 import AgentboxCore
 import AgentboxModels
+import Glibc
 import Testing
 
 /// The streams in ../shared/brief/protocols.md, byte for byte.
@@ -322,5 +323,46 @@ extension Result {
         let acc = Accounting(provider: "openai", model: "mystery-model", prices: PriceTable())
         #expect(throws: AgentboxError.self) { try acc.validate(budget) }
         #expect(throws: AgentboxError.self) { try acc.check(budget) }
+    }
+}
+
+@Suite struct HTTPTransportTests {
+    /// A listener that accepts connections (the kernel's backlog) and never answers.
+    func silentListener() -> (Int32, Int) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        listen(fd, 8)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return (fd, Int(UInt16(bigEndian: addr.sin_port)))
+    }
+
+    @Test func aCallInProgressCanBeCancelledAndIsNotRetried() throws {
+        let (fd, port) = silentListener()
+        defer { close(fd) }
+        let spec = try ModelSpec.parse("openai:m", baseURL: "http://127.0.0.1:\(port)/v1")
+        let provider = try #require(try makeProvider(spec) as? HTTPModelProvider)
+        let deadline = Clock.monotonic() + 0.3
+        provider.cancelled = { Clock.monotonic() > deadline }
+        do {
+            _ = try provider.complete(Conversation(system: "s", messages: [.user("hi")]), tools: [])
+            Issue.record("a silent server answered")
+        } catch {
+            #expect(error.kind == .cancelled && !error.retryable, "\(error)")
+        }
+    }
+
+    @Test func anIdleStreamTimesOut() throws {
+        let (fd, port) = silentListener()
+        defer { close(fd) }
+        var timeouts = HTTPClient.Timeouts()
+        timeouts.idle = 1
+        let r = HTTPClient.post(url: "http://127.0.0.1:\(port)/v1/chat/completions", headers: [], body: Array("{}".utf8),
+                                timeouts: timeouts, provider: "openai") { _, _ in true }
+        #expect(r.transportError?.kind == .timeout, "\(String(describing: r.transportError))")
     }
 }

@@ -164,6 +164,8 @@ def main():
     ap.add_argument("--key", required=True)
     ap.add_argument("--violations", required=True)
     ap.add_argument("--port-file", required=True)
+    ap.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (and --tls-key)")
+    ap.add_argument("--tls-key")
     args = ap.parse_args()
     # Die with the test process that started us (it may exit without stopping us).
     parent = os.getppid()
@@ -173,6 +175,11 @@ def main():
         os._exit(0)
     threading.Thread(target=watchdog, daemon=True).start()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if args.tls_cert:
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     server.key = args.key
     server.violations = args.violations
     with open(args.port_file + ".tmp", "w") as f:

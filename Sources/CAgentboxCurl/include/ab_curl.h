@@ -28,6 +28,7 @@ struct ab_curl_request {
     ab_curl_header_fn on_header;
     ab_curl_cancel_fn should_cancel;
     void *userdata;
+    const char *ca_bundle;         // PEM file of trusted CAs, or NULL for the system's
 };
 
 /// Performs one request (blocking). Returns the CURLcode; *status gets the HTTP status (0 if none);
@@ -36,6 +37,8 @@ int ab_curl_perform(const struct ab_curl_request *req, long *status, char *errbu
 /// Whether a CURLcode means the idle/total timeout fired, the callback aborted, or a connection problem.
 int ab_curl_is_timeout(int code);
 int ab_curl_is_aborted(int code);
+/// Whether a CURLcode is a TLS/certificate failure (not worth retrying).
+int ab_curl_is_tls(int code);
 const char *ab_curl_version(void);
 
 #ifdef __cplusplus
