@@ -195,6 +195,16 @@ extension String {
         try unknown.handle(SSEEvent(event: "brand_new_event", data: "{}"))
     }
 
+    @Test func nonStreamedAnswerKeepsTextToolsAndThinking() throws {
+        let json = try JSON.parse(#"{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"thinking","thinking":"t","signature":"s"},{"type":"text","text":"Listing."},{"type":"tool_use","id":"toolu_1","name":"shell","input":{"command":"ls"}}],"stop_reason":"tool_use","usage":{"input_tokens":10,"output_tokens":5}}"#)
+        let turn = try AnthropicProtocol.decode(response: json)
+        #expect(turn.text == "Listing.")
+        #expect(try turn.toolCalls.first?.parsed.get() == ["command": "ls"])
+        #expect(turn.thinking.count == 1 && turn.stopReason == .toolUse && turn.usage.total == 15)
+        let error = try JSON.parse(#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#)
+        #expect(throws: ModelError.self) { try AnthropicProtocol.decode(response: error) }
+    }
+
     @Test func requestPairsToolUseWithToolResultAndKeepsThinking() throws {
         let thinking: JSON = ["type": "thinking", "thinking": "hmm", "signature": "sig"]
         let turn = AssistantTurn(text: "Listing.", toolCalls: [ToolCall(id: "toolu_1", name: "shell", arguments: #"{"command":"ls"}"#)],
