@@ -47,6 +47,16 @@ else
   echo "(skipped: needs root or a delegated cgroup for a real memory limit; see agentbox doctor)"
 fi
 
+export AGENTBOX_HOME="$ws/.agentbox-home"   # keep the demo's journals with the demo
+step "agentbox exec --name demo-tests --memory 32M -- sh -c 'sh ./test.sh; tail /dev/zero'   # a journaled run"
+"$AGENTBOX" exec --name demo-tests --memory 32M -- sh -c 'sh ./test.sh; tail /dev/zero'
+rc=$?; echo "exit: $rc"
+step "agentbox ps --all; agentbox logs demo-tests; agentbox confessions"
+"$AGENTBOX" ps --all
+"$AGENTBOX" logs demo-tests
+"$AGENTBOX" confessions
+"$AGENTBOX" journal verify demo-tests || failed=1
+
 step "ls -l   # files the sandbox wrote belong to the workspace's owner"
 "$AGENTBOX" exec -- sh -c 'echo result > output.txt'
 ls -l "$ws"
