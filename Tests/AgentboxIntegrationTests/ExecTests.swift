@@ -362,6 +362,17 @@ import Testing
         #expect((r.out + r.err).contains("Cannot fork"), "RLIMIT_NPROC must stop the 11th process: \(r)")
     }
 
+    @Test func journaledRunsWorkWithoutRootAndRecordTheDegradedMode() throws {
+        let ws = TestEnv.workspace(owner: user)
+        let home = ws + "/.home"
+        let r = run([TestEnv.agentbox, "exec", "--name", "rl", "--pids", "50", "--", "/bin/sh", "-c", "echo journaled"], cwd: ws,
+                    user: user, env: ["AGENTBOX_HOME": home])
+        #expect(r.code == 0 && r.out == "journaled\n", "\(r)")
+        let logs = run([TestEnv.agentbox, "logs", "rl", "--json"], cwd: ws, user: user, env: ["AGENTBOX_HOME": home])
+        #expect(logs.out.contains("\"type\":\"warning\"") && logs.out.contains("limits degraded"), "\(logs)")
+        #expect(logs.out.contains("\"type\":\"run.ended\""))
+    }
+
     @Test func timeoutAndCleanupWithoutRoot() {
         let marker = "abrootless\(UUID().uuidString.prefix(8))"
         let ws = TestEnv.workspace(owner: user)
