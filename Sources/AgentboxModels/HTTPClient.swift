@@ -97,7 +97,7 @@ public enum HTTPClient {
         }
         var response = Response(status: status, headers: context.headers, transportError: nil)
         if code != 0 {
-            let message = String(cString: errbuf)
+            let message = String(decoding: errbuf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             let host = URLParts(url).host
             if ab_curl_is_timeout(code) != 0 {
                 response.transportError = ModelError(kind: .timeout, message: "timed out: \(message)", host: host, provider: provider)
