@@ -29,6 +29,11 @@ public struct SSEParser: Sendable {
             var i = 0
             while i < buf.count {
                 let b = buf[i]
+                if b > 0x0D {  // the common case: not a line end
+                    lastWasCR = false
+                    i += 1
+                    continue
+                }
                 if b == 0x0A || b == 0x0D {
                     if b == 0x0A && lastWasCR && start == i {
                         // The \n of a \r\n pair: the line already ended at the \r.
@@ -83,16 +88,14 @@ public struct SSEParser: Sendable {
             field = line[...]
             value = []
         }
-        switch String(decoding: field, as: UTF8.self) {
-        case "data":
+        if field.elementsEqual("data".utf8) {
             if hasData { data.append(0x0A) }
             data.append(contentsOf: value)
             hasData = true
-        case "event":
+        } else if field.elementsEqual("event".utf8) {
             eventName = String(decoding: value, as: UTF8.self)
-        default:
-            break  // id, retry and unknown fields do not matter here
         }
+        // id, retry and unknown fields do not matter here.
         return nil
     }
 }
