@@ -17,7 +17,8 @@ let package = Package(
         // System libraries, found through pkg-config (Debian: libseccomp-dev, libcap-dev, libcurl4-openssl-dev).
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
         .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
-        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        // libcurl's headers only (no pkg-config link flags): the library is loaded at first use.
+        .systemLibrary(name: "CCurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // The C boundary: clone trampoline, mount API, Landlock, seccomp load, prctl. Async-signal-safe where it matters.
         .target(name: "CAgentboxShim"),
         // Pure Swift, no Foundation, no syscalls beyond reading files: JSON, profiles, policy, wire codec.
@@ -27,7 +28,7 @@ let package = Package(
         // The run journal: records, writer (one per run, durable by class), reader/verify, run store.
         .target(name: "AgentboxJournal", dependencies: ["AgentboxCore"]),
         // Model clients: provider-neutral conversation, SSE, OpenAI and Anthropic wire formats, errors and retries.
-        .target(name: "CAgentboxCurl", dependencies: ["CCurl"]),
+        .target(name: "CAgentboxCurl", dependencies: ["CCurl"], linkerSettings: [.linkedLibrary("dl")]),
         .target(name: "AgentboxModels", dependencies: ["AgentboxCore", "CAgentboxCurl"]),
         // A journaled run: sandbox + journal wired together.
         .target(name: "AgentboxSupervisor", dependencies: ["AgentboxCore", "AgentboxSandbox", "AgentboxJournal"]),

@@ -1,11 +1,52 @@
+// libcurl is loaded at first use (dlopen), not linked: linking it makes every agentbox command pay
+// ~10 ms of dynamic loading for libcurl and its ~25 dependencies, also the ones that never talk to a
+// model (exec). The headers come from libcurl4-openssl-dev; the library from libcurl4 at run time.
 #include "ab_curl.h"
 
 #include <curl/curl.h>
+#include <dlfcn.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 
-static pthread_once_t init_once = PTHREAD_ONCE_INIT;
-static void global_init(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
+static struct {
+    void *lib;
+    CURLcode (*global_init)(long);
+    CURL *(*easy_init)(void);
+    CURLcode (*easy_setopt)(CURL *, CURLoption, ...);
+    CURLcode (*easy_perform)(CURL *);
+    CURLcode (*easy_getinfo)(CURL *, CURLINFO, ...);
+    const char *(*easy_strerror)(CURLcode);
+    void (*easy_cleanup)(CURL *);
+    struct curl_slist *(*slist_append)(struct curl_slist *, const char *);
+    void (*slist_free_all)(struct curl_slist *);
+    char *(*version)(void);
+    char error[256];
+} api;
+
+static pthread_once_t load_once = PTHREAD_ONCE_INIT;
+
+static void load(void) {
+    const char *names[] = {"libcurl.so.4", "libcurl-gnutls.so.4", "libcurl.so", NULL};
+    for (const char **n = names; *n && !api.lib; n++) api.lib = dlopen(*n, RTLD_NOW | RTLD_LOCAL);
+    if (!api.lib) {
+        snprintf(api.error, sizeof api.error, "libcurl is not installed (%s); install libcurl4", dlerror());
+        return;
+    }
+#define SYM(field, name) *(void **)(&api.field) = dlsym(api.lib, name); if (!api.field) { snprintf(api.error, sizeof api.error, "libcurl lacks %s", name); api.lib = NULL; return; }
+    SYM(global_init, "curl_global_init")
+    SYM(easy_init, "curl_easy_init")
+    SYM(easy_setopt, "curl_easy_setopt")
+    SYM(easy_perform, "curl_easy_perform")
+    SYM(easy_getinfo, "curl_easy_getinfo")
+    SYM(easy_strerror, "curl_easy_strerror")
+    SYM(easy_cleanup, "curl_easy_cleanup")
+    SYM(slist_append, "curl_slist_append")
+    SYM(slist_free_all, "curl_slist_free_all")
+    SYM(version, "curl_version")
+#undef SYM
+    api.global_init(CURL_GLOBAL_DEFAULT);  // once per process
+}
 
 struct ctx { const struct ab_curl_request *req; int aborted; };
 
@@ -31,54 +72,57 @@ static int progress_cb(void *userdata, curl_off_t a, curl_off_t b, curl_off_t c2
 }
 
 int ab_curl_perform(const struct ab_curl_request *req, long *status, char *errbuf) {
-    pthread_once(&init_once, global_init);
+    pthread_once(&load_once, load);
     *status = 0;
     errbuf[0] = 0;
-    CURL *h = curl_easy_init();
+    if (!api.lib) { strncpy(errbuf, api.error, 255); return CURLE_FAILED_INIT; }
+    CURL *h = api.easy_init();
     if (!h) { strcpy(errbuf, "curl_easy_init failed"); return CURLE_FAILED_INIT; }
     struct ctx c = {req, 0};
     struct curl_slist *list = NULL;
-    for (const char *const *p = req->headers; p && *p; p++) list = curl_slist_append(list, *p);
-    curl_easy_setopt(h, CURLOPT_URL, req->url);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, list);
-    curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);  // HTTP/2 when the server offers it
-    curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, write_cb);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &c);
-    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, header_cb);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, &c);
-    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, progress_cb);
-    curl_easy_setopt(h, CURLOPT_XFERINFODATA, &c);
-    curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
-    if (req->ca_bundle) curl_easy_setopt(h, CURLOPT_CAINFO, req->ca_bundle);
-    if (req->connect_timeout_ms > 0) curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);
-    if (req->total_timeout_ms > 0) curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, req->total_timeout_ms);
+    for (const char *const *p = req->headers; p && *p; p++) list = api.slist_append(list, *p);
+    api.easy_setopt(h, CURLOPT_URL, req->url);
+    api.easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    api.easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    api.easy_setopt(h, CURLOPT_HTTPHEADER, list);
+    api.easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);  // HTTP/2 when the server offers it
+    api.easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
+    api.easy_setopt(h, CURLOPT_WRITEFUNCTION, write_cb);
+    api.easy_setopt(h, CURLOPT_WRITEDATA, &c);
+    api.easy_setopt(h, CURLOPT_HEADERFUNCTION, header_cb);
+    api.easy_setopt(h, CURLOPT_HEADERDATA, &c);
+    api.easy_setopt(h, CURLOPT_XFERINFOFUNCTION, progress_cb);
+    api.easy_setopt(h, CURLOPT_XFERINFODATA, &c);
+    api.easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+    if (req->ca_bundle) api.easy_setopt(h, CURLOPT_CAINFO, req->ca_bundle);
+    if (req->connect_timeout_ms > 0) api.easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);
+    if (req->total_timeout_ms > 0) api.easy_setopt(h, CURLOPT_TIMEOUT_MS, req->total_timeout_ms);
     if (req->idle_timeout_s > 0) {
-        curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
-        curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, req->idle_timeout_s);
+        api.easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        api.easy_setopt(h, CURLOPT_LOW_SPEED_TIME, req->idle_timeout_s);
     }
     if (req->method && strcmp(req->method, "POST") == 0) {
-        curl_easy_setopt(h, CURLOPT_POST, 1L);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, req->body);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+        api.easy_setopt(h, CURLOPT_POST, 1L);
+        api.easy_setopt(h, CURLOPT_POSTFIELDS, req->body);
+        api.easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
     }
     // Proxies come from the environment (http_proxy, https_proxy, no_proxy): libcurl's default.
-    CURLcode rc = curl_easy_perform(h);
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
-    if (rc != CURLE_OK && errbuf[0] == 0) strncpy(errbuf, curl_easy_strerror(rc), 255);
+    CURLcode rc = api.easy_perform(h);
+    api.easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+    if (rc != CURLE_OK && errbuf[0] == 0) strncpy(errbuf, api.easy_strerror(rc), 255);
     if (c.aborted && rc == CURLE_OK) rc = CURLE_ABORTED_BY_CALLBACK;
-    curl_slist_free_all(list);
-    curl_easy_cleanup(h);
+    api.slist_free_all(list);
+    api.easy_cleanup(h);
     return (int)rc;
 }
 
 int ab_curl_is_timeout(int code) { return code == CURLE_OPERATION_TIMEDOUT; }
 int ab_curl_is_aborted(int code) { return code == CURLE_ABORTED_BY_CALLBACK || code == CURLE_WRITE_ERROR; }
-const char *ab_curl_version(void) { return curl_version(); }
-
 int ab_curl_is_tls(int code) {
     return code == CURLE_PEER_FAILED_VERIFICATION || code == CURLE_SSL_CONNECT_ERROR || code == CURLE_SSL_CACERT_BADFILE ||
            code == CURLE_SSL_CERTPROBLEM || code == CURLE_SSL_CIPHER || code == CURLE_SSL_ISSUER_ERROR;
+}
+const char *ab_curl_version(void) {
+    pthread_once(&load_once, load);
+    return api.lib ? api.version() : api.error;
 }
