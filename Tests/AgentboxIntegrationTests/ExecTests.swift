@@ -54,6 +54,16 @@ import Testing
         #expect(badNet.code == 125 && badNet.err.contains("--network host"), "\(badNet)")
     }
 
+    @Test func bothOptionSpellingsBuildTheSameSandbox() {
+        // `--opt value` takes agentbox's fast path, `--opt=value` ArgumentParser's: same result.
+        let script = "echo $K; ulimit -u; hostname"
+        let fast = exec(["--env", "K=v1", "--profile", "read-only", "--tmp-size", "1M"], ["/bin/sh", "-c", script])
+        let full = exec(["--env=K=v1", "--profile=read-only", "--tmp-size=1M"], ["/bin/sh", "-c", script])
+        #expect(fast.code == 0 && fast.out == full.out && fast.out.hasPrefix("v1\n"), "\(fast)\n\(full)")
+        let repeated = exec(["--memory", "64M", "--memory", "lots"], ["/bin/true"])
+        #expect(repeated.code == 125 && repeated.err.contains("--memory lots"), "a repeated option goes the full way: \(repeated)")
+    }
+
     @Test func malformedProfileFileIsRejectedWithFileAndKey() throws {
         let ws = TestEnv.workspace()
         let file = ws + "/p.json"
