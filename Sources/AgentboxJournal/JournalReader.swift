@@ -36,18 +36,10 @@ public enum JournalReader {
     /// The first `head` bytes and the last `tail` bytes of a journal, each verified record by record
     /// (records in between are not read: `records` then holds the head's and the tail's). For listings.
     public static func headAndTail(path: String, head: Int = 64 << 10, tail: Int = 1 << 20) throws(AgentboxError) -> JournalScan {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw AgentboxError(stage: "journal", "cannot open \(path): \(FileIO.errnoString())") }
-        defer { close(fd) }
-        var st = stat()
-        fstat(fd, &st)
-        let size = Int(st.st_size)
+        let file = try JournalFile(path)
+        let size = file.size
         if size <= head + tail { return try scan(path: path) }
-        func readAt(_ offset: Int, _ count: Int) -> [UInt8] {
-            var b = [UInt8](repeating: 0, count: count)
-            let n = b.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(offset)) }
-            return Array(b.prefix(max(0, n)))
-        }
+        func readAt(_ offset: Int, _ count: Int) -> [UInt8] { file.read(at: offset, count: count) }
         let headBytes = readAt(0, head)
         let headEnd = (headBytes.lastIndex(of: UInt8(ascii: "\n")) ?? -1) + 1
         var result = scan(bytes: Array(headBytes[0..<headEnd]))
@@ -114,22 +106,39 @@ public final class JournalFollower {
     /// New complete records since the last call. A torn tail is left for the next call (the writer
     /// may still be writing it); damage is an error.
     public func poll() throws(AgentboxError) -> [JournalRecord] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw AgentboxError(stage: "journal", "cannot open \(path): \(FileIO.errnoString())") }
-        defer { close(fd) }
-        var st = stat()
-        fstat(fd, &st)
-        let size = Int(st.st_size)
-        guard size > offset else { return [] }
-        var bytes = [UInt8](repeating: 0, count: size - offset)
-        let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(offset)) }
-        guard n > 0 else { return [] }
-        let scan = JournalReader.scan(bytes: Array(bytes[0..<n]), startOffset: offset, expectedSeq: nextSeq)
+        let file = try JournalFile(path)
+        guard file.size > offset else { return [] }
+        let bytes = file.read(at: offset, count: file.size - offset)
+        guard !bytes.isEmpty else { return [] }
+        let scan = JournalReader.scan(bytes: bytes, startOffset: offset, expectedSeq: nextSeq)
         if let damage = scan.damage {
             throw AgentboxError(stage: "journal", "\(path) is damaged at \(damage)", hint: "run `agentbox journal verify \(path)`")
         }
         offset = scan.validEnd
         nextSeq = scan.lastSeq == 0 ? nextSeq : scan.lastSeq + 1
         return scan.records
+    }
+}
+
+/// An open journal file: its size when opened, and reads at an offset.
+final class JournalFile {
+    let fd: Int32
+    let size: Int
+
+    init(_ path: String) throws(AgentboxError) {
+        fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw AgentboxError(stage: "journal", "cannot open \(path): \(FileIO.errnoString())") }
+        var st = stat()
+        fstat(fd, &st)
+        size = Int(st.st_size)
+    }
+
+    deinit { close(fd) }
+
+    /// Up to `count` bytes at `offset` (fewer at the end of the file).
+    func read(at offset: Int, count: Int) -> [UInt8] {
+        var b = [UInt8](repeating: 0, count: count)
+        let n = b.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(offset)) }
+        return Array(b.prefix(max(0, n)))
     }
 }
