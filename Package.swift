@@ -30,8 +30,8 @@ let package = Package(
         // Model clients: provider-neutral conversation, SSE, OpenAI and Anthropic wire formats, errors and retries.
         .target(name: "CAgentboxCurl", dependencies: ["CCurl"], linkerSettings: [.linkedLibrary("dl")]),
         .target(name: "AgentboxModels", dependencies: ["AgentboxCore", "CAgentboxCurl"]),
-        // A journaled run: sandbox + journal wired together.
-        .target(name: "AgentboxSupervisor", dependencies: ["AgentboxCore", "AgentboxSandbox", "AgentboxJournal"]),
+        // Runs: a journaled exec, and the agent run (gateway, conversation, budgets, watchdogs).
+        .target(name: "AgentboxSupervisor", dependencies: ["AgentboxCore", "AgentboxSandbox", "AgentboxJournal", "AgentboxModels", "CAgentboxShim"]),
         // PID 1 inside the sandbox: single-threaded, finishes setup after exec, reaps, reports.
         // Fully static (no dynamic loader, no libstdc++ relocation): it starts in ~0.5 ms instead of ~1.8 ms,
         // and it is started once per sandbox. It needs no NSS or dlopen (no Foundation, no name lookups).

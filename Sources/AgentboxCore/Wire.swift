@@ -11,6 +11,9 @@ public enum WireTag: UInt8, Sendable {
     case started = 12
     case execFailed = 13
     case exited = 14
+    // agent messages, both directions (AgentWire)
+    case agentMore = 30
+    case agentLast = 31
 }
 
 public struct WireWriter {
@@ -72,7 +75,7 @@ public struct WireReader {
 
 /// Everything the init needs to finish building the sandbox and start the command.
 public struct SetupSpec: Equatable, Sendable {
-    public static let version: UInt32 = 1
+    public static let version: UInt32 = 2
 
     public var hostname = "agentbox"
     /// The uid/gid the command runs as, inside the sandbox.
@@ -95,6 +98,13 @@ public struct SetupSpec: Equatable, Sendable {
     public var writablePaths: [String] = []
     /// (resource, limit) pairs applied with setrlimit before the command starts.
     public var rlimits: [(Int32, UInt64)] = []
+    /// Agent mode (`agentbox run`): the init runs the agent loop instead of `argv` (docs/agent.md).
+    public var agent = false
+    /// Default and maximum per-call `shell` timeout, in seconds.
+    public var shellTimeout: UInt32 = 120
+    public var shellTimeoutMax: UInt32 = 3600
+    /// Bytes of tool output given back to the model (head and tail halves).
+    public var outputLimit: UInt32 = 32 << 10
 
     public init() {}
 
@@ -125,6 +135,10 @@ public struct SetupSpec: Equatable, Sendable {
         w.strings(writablePaths)
         w.u32(UInt32(rlimits.count))
         for (r, v) in rlimits { w.i32(r); w.u64(v) }
+        w.u8(agent ? 1 : 0)
+        w.u32(shellTimeout)
+        w.u32(shellTimeoutMax)
+        w.u32(outputLimit)
         return w.bytes
     }
 
@@ -158,6 +172,10 @@ public struct SetupSpec: Equatable, Sendable {
         let nr = Int(try r.u32())
         guard nr < 64 else { throw WireError(description: "too many rlimits") }
         for _ in 0..<nr { s.rlimits.append((try r.i32(), try r.u64())) }
+        s.agent = try r.u8() != 0
+        s.shellTimeout = try r.u32()
+        s.shellTimeoutMax = try r.u32()
+        s.outputLimit = try r.u32()
         return s
     }
 }

@@ -248,6 +248,11 @@ func main() -> Int32 {
         return 125
     }
     send(.ready(landlockABI: landlockABI))
+    if spec.agent {
+        let code = AgentLoop(spec: spec, sigfd: sigfd).run()
+        send(.exited(status: code << 8))
+        return code
+    }
     guard let child = startCommand(spec) else { return 127 }
 
     // Reap everything; forward signals the supervisor asks for to the command's process group.

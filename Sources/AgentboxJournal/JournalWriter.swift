@@ -111,13 +111,18 @@ public final class JournalWriter {
         return writer
     }
 
+    /// Sees every record line (with its newline) as it is appended: `run --json` streams them.
+    public var observer: (([UInt8]) -> Void)? = nil
+
     /// Appends a record; returns its seq. Critical records are on disk when this returns.
     @discardableResult
     public func append(_ type: String, _ data: JSON, critical: Bool) throws(AgentboxError) -> UInt64 {
         if let failure { throw failure }
         seq += 1
         let record = JournalRecord(seq: seq, epoch: epoch, type: type, data: data)
-        pending += record.line()
+        let line = record.line()
+        pending += line
+        observer?(line)
         if pendingSince == nil { pendingSince = Clock.monotonic() }
         if critical || pending.count >= JournalWriter.batchBytes {
             try flush(sync: critical)
@@ -144,6 +149,7 @@ public final class JournalWriter {
         let crc = CRC32C.checksum(line)
         line.append(contentsOf: ",\"crc\":\"\(CRC32C.hex(crc))\"}\n".utf8)
         pending.append(contentsOf: line)
+        observer?(line)
         if pendingSince == nil { pendingSince = Clock.monotonic() }
         if pending.count >= JournalWriter.batchBytes { try flush(sync: false) }
         return seq

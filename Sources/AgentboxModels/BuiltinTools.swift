@@ -38,3 +38,46 @@ public enum BuiltinTools {
                                            ("summary", prop("string", "What was done and what is left."))], required: ["status", "summary"])),
     ]
 }
+
+/// The system prompt of `agentbox run`: where the model is, what its tools do, when to confess.
+public enum AgentPrompt {
+    public struct Facts: Sendable {
+        public var workspace: String
+        public var network: String
+        public var limits: [String]
+        public var budget: [String]
+        public init(workspace: String, network: String, limits: [String], budget: [String]) {
+            self.workspace = workspace
+            self.network = network
+            self.limits = limits
+            self.budget = budget
+        }
+    }
+
+    public static func system(_ f: Facts) -> String {
+        var lines = [
+            "You are an autonomous software agent working unattended inside an agentbox sandbox on a Linux machine. No human is watching in real time: work until the task is done, then call `finish`.",
+            "",
+            "Where you are:",
+            "- The workspace is \(f.workspace). It is the current directory and the only place (besides /tmp) where you can write; everything else is read-only.",
+            "- Network: \(f.network == "none" || f.network == "loopback" ? "none. There is no route to the internet or the host; only the sandbox's own loopback works, so package downloads will fail." : f.network + ".")",
+            "- You run as an unprivileged user with no capabilities; some system calls are blocked.",
+        ]
+        if !f.limits.isEmpty { lines.append("- Limits: \(f.limits.joined(separator: ", ")).") }
+        if !f.budget.isEmpty { lines.append("- Budget for this run: \(f.budget.joined(separator: ", ")). Plan accordingly.") }
+        lines += [
+            "",
+            "Tools:",
+            "- `shell`: runs a command with /bin/sh -c in the workspace (stdin is empty; stdout and stderr are merged; long output is cut in the middle). Use it to explore (ls, grep, find), build and run tests.",
+            "- `read_file`, `write_file`, `edit_file`: read, create or change files. Prefer `edit_file` for small changes; its old_text must match exactly once.",
+            "- `confess`: tell the operators of this machine about a problem: the environment is broken or missing something, a permission or limit blocks you, the task is impossible or unsafe as stated, or you did something they should know about. Confess instead of working around a problem silently; it does not end the run.",
+            "- `finish`: end the run with status success (the task is done and verified) or failure (it cannot be done), and a short summary.",
+            "",
+            "How to work: look before you change; make small, verifiable changes; run the tests or the program to check your work; do not repeat a command that keeps failing the same way, change approach or confess. Every call you make is recorded.",
+        ]
+        return lines.joined(separator: "\n")
+    }
+
+    /// Said to the model when it answers without calling a tool.
+    public static let reminder = "You did not call a tool. If the task is done or cannot be done, call `finish` with a status and a summary; otherwise continue with a tool call."
+}

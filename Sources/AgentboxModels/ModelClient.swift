@@ -52,6 +52,11 @@ public struct Attempt: Sendable {
 /// A model: one `complete` per assistant turn, with retries. Blocking.
 public protocol ModelProvider: AnyObject {
     func complete(_ conversation: Conversation, tools: [ToolDefinition]) throws(ModelError) -> (AssistantTurn, [Attempt])
+    /// The attempts of the last `complete`, failed ones included (also when it threw).
+    var lastAttempts: [Attempt] { get }
+    /// Makes a call in progress (and its retries) give up soon with `.cancelled`; may be called from
+    /// another thread.
+    func cancel()
 }
 
 public func makeProvider(_ spec: ModelSpec, retry: RetryPolicy = RetryPolicy(), timeouts: HTTPClient.Timeouts = .fromEnvironment(),
@@ -70,6 +75,10 @@ public final class HTTPModelProvider: ModelProvider {
     let maxTokens: Int
     /// Set to stop a call in progress (checked by the transfer).
     public var cancelled: @Sendable () -> Bool = { false }
+    public private(set) var lastAttempts: [Attempt] = []
+    let cancelFlag = CancelFlag()
+
+    public func cancel() { cancelFlag.set() }
 
     init(spec: ModelSpec, retry: RetryPolicy, timeouts: HTTPClient.Timeouts, maxTokens: Int) {
         self.spec = spec
@@ -105,11 +114,20 @@ public final class HTTPModelProvider: ModelProvider {
             : OpenAIProtocol.request(model: spec.model, conversation: conversation, tools: tools, stream: true)
         let bytes = body.serializedBytes
         var attempts: [Attempt] = []
+        defer { lastAttempts = attempts }
         var wait = 0.0
         var number = 0
+        let flag = cancelFlag
+        let outer = cancelled
+        let isCancelled: @Sendable () -> Bool = { flag.isSet || outer() }
         while true {
             number += 1
-            if wait > 0 { usleep(UInt32(min(wait, 4000) * 1_000_000)) }
+            // The backoff sleeps in slices so that a stop is not held up by a long retry-after.
+            let until = Clock.monotonic() + wait
+            while Clock.monotonic() < until && !isCancelled() { usleep(UInt32(min(0.1, until - Clock.monotonic()) * 1_000_000)) }
+            if isCancelled() {
+                throw ModelError(kind: .cancelled, message: "the call was cancelled", host: host, provider: provider)
+            }
             let started = Clock.monotonic()
             let result = attempt(bytes, host: host)
             let elapsed = Clock.monotonic() - started
@@ -134,8 +152,10 @@ public final class HTTPModelProvider: ModelProvider {
         var wholeBody: [UInt8] = []
         var streaming = false
         let isAnthropic = spec.provider == .anthropic
+        let flag = cancelFlag
+        let outer = cancelled
         let response = HTTPClient.post(url: url, headers: headers, body: body, timeouts: timeouts, provider: spec.provider.rawValue,
-                                       cancel: cancelled) { status, chunk in
+                                       cancel: { flag.isSet || outer() }) { status, chunk in
             // An error status, or a server that answers 200 with one JSON document: keep the body whole.
             if status != 200 || (!streaming && wholeBody.isEmpty == false) || (!streaming && chunk.first == UInt8(ascii: "{")) {
                 if wholeBody.count < 16 << 20 { wholeBody += chunk }
@@ -184,6 +204,8 @@ public final class ReplayProvider: ModelProvider {
     public let path: String
     let turns: [AssistantTurn]
     var next = 0
+    public private(set) var lastAttempts: [Attempt] = []
+    public func cancel() {}
 
     public init(path: String) throws(AgentboxError) {
         self.path = path
@@ -230,6 +252,25 @@ public final class ReplayProvider: ModelProvider {
                              provider: "replay")
         }
         defer { next += 1 }
-        return (turns[next], [Attempt(number: 1, status: nil, error: nil, waitBefore: 0, seconds: 0)])
+        lastAttempts = [Attempt(number: 1, status: nil, error: nil, waitBefore: 0, seconds: 0)]
+        return (turns[next], lastAttempts)
+    }
+}
+
+/// A flag set by one thread and read by another (cancellation of a model call).
+public final class CancelFlag: @unchecked Sendable {
+    var mutex = pthread_mutex_t()
+    var value = false
+    public init() { pthread_mutex_init(&mutex, nil) }
+    deinit { pthread_mutex_destroy(&mutex) }
+    public func set() {
+        pthread_mutex_lock(&mutex)
+        value = true
+        pthread_mutex_unlock(&mutex)
+    }
+    public var isSet: Bool {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return value
     }
 }

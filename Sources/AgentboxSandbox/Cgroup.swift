@@ -28,6 +28,7 @@ public struct CgroupReport: Sendable {
     public var pidsLimitHits = 0
     public var peakMemory: UInt64? = nil
     public var cpuSeconds: Double? = nil
+    public init() {}
 }
 
 /// One sandbox's cgroup (one directory per controller on v1). Created before the spawn; the child is

@@ -61,6 +61,35 @@ public final class Sandbox {
     /// Called when the sandbox is built and confined: the Landlock ABI in force (0: none) and the cgroup.
     public var onReady: ((Int32, String?) -> Void)? = nil
 
+    /// Agent mode (`agentbox run`, docs/agent.md): the init runs the agent loop; each message it sends
+    /// is given here (on the supervision thread). An error stops the sandbox and is rethrown.
+    public var agentMessage: ((JSON) throws(AgentboxError) -> Void)? = nil
+    /// Agent mode: a descriptor to poll besides the channel (the model gateway's completions) and what
+    /// to do when it is readable.
+    public var wakeFD: Int32 = -1
+    public var onWake: (() throws(AgentboxError) -> Void)? = nil
+    /// Agent mode: the first SIGTERM/SIGINT/SIGHUP/SIGQUIT. The run ends itself; after the grace period
+    /// the sandbox is killed.
+    public var onStopSignal: ((Int32) -> Void)? = nil
+    /// Seconds between the first stop signal and SIGKILL of the sandbox.
+    public var grace = Sandbox.gracePeriod
+    var channelFD: Int32 = -1
+    var cgroupHandle: CgroupHandle? = nil
+
+    /// The sandbox's cgroup counters now (OOM kills, pids-limit hits), nil without a cgroup.
+    public func cgroupReport() -> CgroupReport? { cgroupHandle?.report() }
+
+    /// Agent mode: sends a message to the loop in the sandbox. False when the channel is gone.
+    @discardableResult
+    public func sendAgent(_ message: JSON) -> Bool {
+        for p in AgentWire.packets(message) {
+            var n: Int
+            repeat { n = p.withUnsafeBytes { send(channelFD, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } } while n < 0 && errno == EINTR
+            if n != p.count { return false }
+        }
+        return true
+    }
+
     public init(id: String = RunID.make(), policy: SandboxPolicy, argv: [String], warn: @escaping (SandboxWarning) -> Void) {
         self.id = id
         self.policy = policy
@@ -196,6 +225,8 @@ public final class Sandbox {
         spec.tmpSize = policy.limits.tmpSize
         spec.workdir = policy.workdir
         spec.argv = argv
+        spec.agent = agentMessage != nil
+        if let t = policy.limits.timeout { spec.shellTimeoutMax = UInt32(min(Double(UInt32.max), max(1, t.rounded(.up)))) }
         spec.landlockMode = policy.profile.landlock == .off ? 0 : (policy.profile.landlock == .required ? 2 : 1)
         spec.writablePaths = ["/tmp", "/dev/shm"] + policy.mounts.filter(\.writable).map(\.target)
         if let path = policy.profile.seccomp {
@@ -213,7 +244,8 @@ public final class Sandbox {
             }
         }
         mark("cgroup create")
-        defer { cgroup?.destroy() }
+        cgroupHandle = cgroup
+        defer { cgroup?.destroy(); cgroupHandle = nil }
 
         let mountFds = try idmappedMounts(ident)
         var fdIndex: Int32 = 0
@@ -239,7 +271,18 @@ public final class Sandbox {
         var sync: [Int32] = [-1, -1]
         guard ab_pipe2_cloexec(&sync) == 0 else { throw AgentboxError(stage: "spawn", "pipe: \(FileIO.errnoString())") }
         let channel = sp[0]
-        defer { close(channel) }
+        channelFD = channel
+        defer { close(channel); channelFD = -1 }
+        var devNull: Int32 = -1
+        if agentMessage != nil {
+            // The loop writes nothing to the terminal (`run --json` owns stdout); tools have their own pipes.
+            devNull = open("/dev/null", O_WRONLY | O_CLOEXEC)
+            for fd in [channel, sp[1]] {
+                var size: Int32 = 1 << 20
+                _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            }
+        }
+        defer { if devNull >= 0 { close(devNull) } }
 
         // Block the signals we handle through a signalfd (the child's mask is reset by init).
         var sigs = sigset_t()
@@ -270,8 +313,8 @@ public final class Sandbox {
                                                  envp: envBuf.baseAddress!, fds: fdsBuf.baseAddress, nfds: Int32(fdsBuf.count),
                                                  sync_fd: sync[0], keep_caps: ident.keepCaps ? 1 : 0,
                                                  cgroup_fd: cgroup?.cloneFd ?? -1, uid: ident.uid, gid: ident.gid,
-                                                 drop_groups: ident.denySetgroups ? 0 : 1, stdout_fd: outPipe[1],
-                                                 stderr_fd: errPipe[1])
+                                                 drop_groups: ident.denySetgroups ? 0 : 1, stdout_fd: devNull >= 0 ? devNull : outPipe[1],
+                                                 stderr_fd: devNull >= 0 ? devNull : errPipe[1])
                         return ab_spawn(&args, &pidfd)
                     }
                 }
@@ -334,14 +377,31 @@ public final class Sandbox {
         var killedBySignal: Int32? = nil
         let deadline = policy.limits.timeout.map { started + $0 }
         var graceDeadline: Double? = nil
-        var buffer = [UInt8](repeating: 0, count: 4096)
+        var buffer = [UInt8](repeating: 0, count: AgentWire.packetPayload + 64)
+        var assembler = AgentWire.Assembler()
+        var captureFailure: AgentboxError? = nil
 
         func handle(_ bytes: [UInt8]) {
+            if let tag = bytes.first, tag == WireTag.agentMore.rawValue || tag == WireTag.agentLast.rawValue {
+                guard captureFailure == nil, let agentMessage else { return }
+                do throws(AgentboxError) {
+                    let message: JSON?
+                    do { message = try assembler.add(bytes[...]) } catch {
+                        throw AgentboxError(stage: "agent protocol", "bad message from the sandbox: \(error.description)")
+                    }
+                    if let message { try agentMessage(message) }
+                } catch {
+                    captureFailure = error
+                    kill(pid, SIGKILL)
+                }
+                return
+            }
             guard let message = try? InitMessage.decode(bytes) else { return }
             switch message {
             case let .ready(abi):
                 mark("init setup")
                 landlockABI = abi
+                if agentMessage != nil { commandStarted = true }
                 onReady?(abi, cgroup?.description)
                 if abi == 0 && policy.profile.landlock == .bestEffort {
                     warn(SandboxWarning("Landlock is unavailable on this kernel: running without it (the profile allows best-effort)"))
@@ -370,7 +430,6 @@ public final class Sandbox {
             }
         }
 
-        var captureFailure: AgentboxError? = nil
         var chunk = [UInt8](repeating: 0, count: 1 << 20)
         for fd in [outPipe[0], errPipe[0]] where fd >= 0 {
             _ = fcntl(fd, 1031 /* F_SETPIPE_SZ */, 1 << 20)
@@ -404,13 +463,14 @@ public final class Sandbox {
                    pollfd(fd: sigfd, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: outPipe[0], events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: errPipe[0], events: Int16(POLLIN), revents: 0)]
+                   pollfd(fd: errPipe[0], events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
         loop: while true {
             var timeoutMs: Int32 = -1
             let nextDeadline = [deadline, graceDeadline].compactMap { $0 }.min()
             if let d = nextDeadline { timeoutMs = Int32(max(0, min(Double(Int32.max), (d - Sandbox.now()) * 1000)).rounded(.up)) }
             if tick != nil { timeoutMs = timeoutMs < 0 ? 200 : min(timeoutMs, 200) }
-            let rc = poll(&fds, 5, timeoutMs)
+            let rc = poll(&fds, 6, timeoutMs)
             for (i, stream) in [(3, OutputStream.stdout), (4, OutputStream.stderr)] where fds[i].fd >= 0 && fds[i].revents != 0 {
                 if !pump(fds[i].fd, stream) { fds[i].fd = -1 }
             }
@@ -429,18 +489,28 @@ public final class Sandbox {
             if let g = graceDeadline, now >= g { kill(pid, SIGKILL); graceDeadline = nil }
             if fds[1].revents & Int16(POLLIN) != 0 {
                 while case let sig = ab_signalfd_read(sigfd), sig > 0 {
-                    if killedBySignal == nil {
+                    if killedBySignal == nil, let onStopSignal {
+                        killedBySignal = sig
+                        onStopSignal(sig)
+                        graceDeadline = now + grace
+                    } else if killedBySignal == nil {
                         killedBySignal = sig
                         var w = WireWriter(.signal)
                         w.i32(sig)
                         _ = w.bytes.withUnsafeBytes { send(channel, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                        graceDeadline = now + Sandbox.gracePeriod
+                        graceDeadline = now + grace
                     } else {
                         kill(pid, SIGKILL)  // a second signal: stop waiting
                     }
                 }
             }
             if fds[0].revents & Int16(POLLIN) != 0 { drain() }
+            if fds[5].revents != 0, captureFailure == nil, let onWake {
+                do throws(AgentboxError) { try onWake() } catch {
+                    captureFailure = error
+                    kill(pid, SIGKILL)
+                }
+            }
             let initGone = (pidfd >= 0 && fds[2].revents != 0) || (fds[0].revents & Int16(POLLHUP) != 0)
             if initGone { break loop }
         }
@@ -489,7 +559,7 @@ public final class Sandbox {
     }
 
     /// Writes all of `bytes` to `fd`, giving up silently when the reader is gone (EPIPE).
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
+    public static func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
         var off = 0
         while off < bytes.count {
             let n = bytes[off...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }

@@ -92,10 +92,38 @@ struct Logs: ParsableCommand {
             let bytes = r.data.outputBytes
             _ = bytes.withUnsafeBytes { write(r.data["stream"]?.stringValue == "stderr" ? 2 : 1, $0.baseAddress, $0.count) }
         case RecordType.warning: Console.write(Style.dim("[\(r.seq)] warning: \(r.data["message"]?.stringValue ?? "")"))
-        case RecordType.limit, RecordType.confession:
+        case RecordType.confession:
+            let d = r.data
+            Console.write("[\(r.seq)] confession \(d["severity"]?.stringValue ?? "")/\(d["category"]?.stringValue ?? "")"
+                          + (d["by"]?.stringValue == "supervisor" ? " (by agentbox)" : "") + ": \(d["summary"]?.stringValue ?? "")")
+        case RecordType.limit:
             Console.write(Style.dim("[\(r.seq)] \(r.type): \(r.data["detail"]?.stringValue ?? r.data["summary"]?.stringValue ?? "")"))
         case RecordType.exit: Console.write(Style.dim("[\(r.seq)] exit \(r.data["code"]?.intValue.map(String.init) ?? "?") (\(r.data["status"]?.stringValue ?? ""))"))
-        case RecordType.runEnded: Console.write(Style.dim("[\(r.seq)] run ended: \(r.data["state"]?.stringValue ?? "")"))
+        case RecordType.runEnded:
+            var text = "[\(r.seq)] run ended: \(r.data["state"]?.stringValue ?? "")"
+            if let status = r.data["status"]?.stringValue { text += " (\(status))" }
+            if let summary = r.data["summary"]?.stringValue ?? r.data["reason"]?.stringValue { text += ": " + summary }
+            Console.write(Style.dim(text))
+        // Agent runs: the conversation and the tools, on stdout (it is the run's output).
+        case "run.started" where r.data["kind"]?.stringValue == "run":
+            Console.out(Style.bold("task: ") + (r.data["task"]?.stringValue ?? ""))
+        case "model.response":
+            let turn = r.data["turn"] ?? .null
+            Console.out(Style.bold("[\(r.seq)] step \(r.data["step"]?.intValue ?? 0)") + Style.dim(" (\(r.data["total_tokens"]?.intValue ?? 0) tokens so far)"))
+            if let text = turn["text"]?.stringValue, !text.isEmpty { Console.out(text) }
+        case "tool.call":
+            let args = r.data["arguments"] ?? .null
+            let name = r.data["name"]?.stringValue ?? "?"
+            let shown = name == "shell" ? "$ " + (args["command"]?.stringValue ?? "") : name + " " + args.serialized
+            Console.out(Style.bold("[\(r.seq)] ") + shown)
+        case "tool.done":
+            let mark = r.data["is_error"]?.boolValue == true ? "error" : "result"
+            Console.out(Style.dim("[\(r.seq)] \(mark) of \(r.data["name"]?.stringValue ?? "?"):"))
+            Console.out(r.data["content"]?.stringValue ?? "")
+        case "tool.interrupted": Console.write(Style.dim("[\(r.seq)] tool call \(r.data["id"]?.stringValue ?? "") interrupted: \(r.data["reason"]?.stringValue ?? "")"))
+        case "model.attempt", "model.error":
+            Console.write(Style.dim("[\(r.seq)] \(r.type): \(r.data["error"]?.stringValue ?? "")"))
+        case "budget": Console.write(Style.dim("[\(r.seq)] budget: \(r.data["detail"]?.stringValue ?? "")"))
         case RecordType.journalRecovered:
             Console.write(Style.dim("[\(r.seq)] journal recovered: a torn last record (\(r.data["truncated_bytes"]?.intValue ?? 0) bytes) was cut"))
         default: break

@@ -195,7 +195,7 @@ struct Agentbox: ParsableCommand {
             See docs/cli.md.
             """,
         version: "agentbox \(agentboxVersion)",
-        subcommands: [Exec.self, PS.self, Logs.self, Inspect.self, Confessions.self, JournalCommand.self,
+        subcommands: [Exec.self, RunCommand.self, Stop.self, Kill.self, PS.self, Logs.self, Inspect.self, Confessions.self, JournalCommand.self,
                       ModelCommand.self, ProfileCommand.self, Doctor.self, Version.self])
 }
 

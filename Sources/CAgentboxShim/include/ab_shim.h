@@ -137,6 +137,10 @@ int ab_unshare(int flags);
 /// Starts `file` (searched in PATH) in a new session with an empty signal mask (posix_spawnp with
 /// POSIX_SPAWN_SETSID: vfork-fast, and exec errors are returned, not lost). Returns 0 or an errno.
 int ab_spawn_command(const char *_Nonnull file, char *_Nullable const *_Nonnull argv, pid_t *_Nonnull pid);
+/// eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK).
+int ab_eventfd(void);
+/// Like ab_spawn_command, for a tool call: stdin from /dev/null, stdout and stderr to out_fd.
+int ab_spawn_tool(const char *_Nonnull file, char *_Nullable const *_Nonnull argv, int out_fd, pid_t *_Nonnull pid);
 int ab_setresuid(uid_t uid);
 int ab_setresgid(gid_t gid);
 extern const int AB_O_PATH;

@@ -1,0 +1,558 @@
+import AgentboxCore
+import AgentboxJournal
+import AgentboxModels
+import AgentboxSandbox
+import Glibc
+
+/// What `agentbox run` was asked to do.
+public struct AgentTask: Sendable {
+    public var name: String
+    public var task: String
+    public var model: ModelSpec
+    public var budget: Budget
+    public var prices: PriceTable
+    public init(name: String, task: String, model: ModelSpec, budget: Budget, prices: PriceTable) {
+        self.name = name
+        self.task = task
+        self.model = model
+        self.budget = budget
+        self.prices = prices
+    }
+}
+
+/// How a run ended (docs/agent.md, "Ending a run").
+public struct AgentOutcome: Sendable {
+    public var id: String
+    public var state: String
+    public var exitCode: Int32
+    public var status: String?
+    public var summary: String?
+    public var reason: String
+    public var steps: Int
+    public var usage: Usage
+    public var cost: Double?
+    public var elapsed: Double
+}
+
+/// What the progress display shows (the CLI turns these into lines on stderr).
+public enum AgentEvent {
+    case started(id: String, journal: String)
+    case modelResponse(step: Int, turn: AssistantTurn, seconds: Double, attempts: Int, totalTokens: Int, cost: Double?, elapsed: Double)
+    case modelRetry(attempt: Int, error: String, wait: Double)
+    case tool(name: String, arguments: JSON)
+    case toolDone(name: String, result: String, isError: Bool, seconds: Double)
+    case confession(severity: String, category: String, summary: String, by: String)
+    case note(String)
+}
+
+/// One agent run: the sandbox with the loop inside, and this side of it: the model gateway, the
+/// conversation, budgets, watchdogs and the journal. All of it runs on the supervision thread except
+/// the model call itself (ModelWorker). docs/agent.md.
+public final class AgentRun {
+    public static let stuckWarnAt = 3
+    public static let stuckStopAt = 5
+    public static let maxReminders = 2
+
+    let store: RunStore
+    let policy: SandboxPolicy
+    let task: AgentTask
+    let warn: (String) -> Void
+    let progress: (AgentEvent) -> Void
+    /// Sees every journal line as written (`run --json`).
+    public var journalObserver: (([UInt8]) -> Void)? = nil
+    /// Called once the run is journaled (`--detach` reports the id then).
+    public var onJournaled: ((String, String) -> Void)? = nil
+
+    public private(set) var id = ""
+
+    enum Ending {
+        case finished(status: String, summary: String)
+        case budget(String)
+        case stopped(String)
+        case interrupted(signal: Int32)
+    }
+
+    // Loop state.
+    var writer: JournalWriter! = nil
+    var box: Sandbox! = nil
+    var worker: ModelWorker! = nil
+    var conversation: Conversation
+    var accounting: Accounting
+    var ending: Ending? = nil
+    var turn: AssistantTurn? = nil
+    var nextCall = 0
+    var results: [ToolResult] = []
+    var running: (id: String, name: String, started: Double)? = nil
+    var reminders = 0
+    var lastKey = ""
+    var repeats = 0
+    var lastReport = CgroupReport()
+    var requestStarted = 0.0
+    let started = Clock.monotonic()
+
+    public init(store: RunStore = RunStore(), policy: SandboxPolicy, task: AgentTask, warn: @escaping (String) -> Void,
+                progress: @escaping (AgentEvent) -> Void) {
+        self.store = store
+        self.policy = policy
+        self.task = task
+        self.warn = warn
+        self.progress = progress
+        conversation = Conversation(system: AgentRun.systemPrompt(policy: policy, budget: task.budget), messages: [.user(task.task)])
+        accounting = Accounting(provider: task.model.provider.rawValue, model: task.model.model, prices: task.prices)
+    }
+
+    static func systemPrompt(policy: SandboxPolicy, budget: Budget) -> String {
+        var limits: [String] = []
+        if let m = policy.limits.memory { limits.append("memory \(Units.formatSize(m))") }
+        if let p = policy.limits.pids { limits.append("\(p) processes") }
+        if let c = policy.limits.cpus { limits.append("\(c) CPUs") }
+        if let t = policy.limits.timeout { limits.append("wall time \(Units.formatDuration(t)) for the whole run") }
+        var b: [String] = []
+        if let s = budget.maxSteps { b.append("\(s) model calls") }
+        if let t = budget.maxTokens { b.append("\(t) tokens") }
+        if let c = budget.maxCost { b.append("$\(c)") }
+        return AgentPrompt.system(AgentPrompt.Facts(workspace: policy.workdir, network: policy.profile.network.rawValue,
+                                                    limits: limits, budget: b))
+    }
+
+    // MARK: running
+
+    public func run() throws(AgentboxError) -> AgentOutcome {
+        try accounting.validate(task.budget)
+        let provider = try makeProvider(task.model)
+        let (id, writer) = try store.createRun()
+        self.id = id
+        self.writer = writer
+        writer.observer = journalObserver
+        let modelJSON: JSON = .object([("provider", .string(task.model.provider.rawValue)), ("model", .string(task.model.model)),
+                                       ("base_url", task.model.baseURL.isEmpty ? .null : .string(task.model.baseURL))])
+        try writer.append(RecordType.runStarted, .object([
+            ("id", .string(id)), ("name", .string(task.name)), ("kind", "run"),
+            ("task", .string(task.task)), ("model", modelJSON), ("budget", budgetJSON),
+            ("system_prompt", .string(conversation.system)),
+            ("tools", .array(BuiltinTools.definitions.map { .string($0.name) })),
+            ("policy", policy.json),
+            ("profile_digest", JournaledRun.digest(policy.profile.path.isEmpty ? nil : policy.profile.path)),
+            ("seccomp_digest", JournaledRun.digest(policy.profile.seccomp)),
+            ("host", JournaledRun.hostFacts()),
+        ]), critical: true)
+        onJournaled?(id, store.journalPath(id))
+        progress(.started(id: id, journal: store.journalPath(id)))
+
+        worker = ModelWorker(provider: provider)
+        let box = Sandbox(id: id, policy: policy, argv: []) { [warn] w in
+            warn(w.message)
+            _ = try? writer.append(RecordType.warning, .object([("message", .string(w.message))]), critical: false)
+        }
+        self.box = box
+        box.agentMessage = { [unowned self] message throws(AgentboxError) in try self.received(message) }
+        box.wakeFD = worker.fd
+        box.onWake = { [unowned self] () throws(AgentboxError) in try self.modelDone() }
+        box.onStopSignal = { [unowned self] sig in self.stop(signal: sig) }
+        box.tick = { () throws(AgentboxError) in try writer.flushIfDue() }
+        box.onReady = { [policy] abi, cgroup in
+            _ = try? writer.append(RecordType.sandboxReady, .object([
+                ("landlock_abi", .number(Double(abi))),
+                ("cgroup", cgroup.map { .string($0) } ?? .null),
+                ("seccomp", .bool(policy.profile.seccomp != nil)),
+                ("namespaces", ["user", "pid", "mount", "net", "uts", "ipc", "cgroup"]),
+            ]), critical: false)
+        }
+
+        let result: SandboxResult
+        do {
+            result = try box.run()
+        } catch {
+            worker.cancel()
+            worker.join()
+            _ = try? writer.append(RecordType.runEnded, .object([
+                ("state", "failed"), ("exit_code", .number(Double(error.exitCode))),
+                ("reason", .string("\(error.stage): \(error.message)")),
+            ]), critical: true)
+            throw error
+        }
+        worker.cancel()
+        worker.join()
+        return try conclude(result)
+    }
+
+    var budgetJSON: JSON {
+        let b = task.budget
+        return .object([("max_steps", b.maxSteps.map { .number(Double($0)) } ?? .null),
+                        ("max_tokens", b.maxTokens.map { .number(Double($0)) } ?? .null),
+                        ("max_cost", b.maxCost.map { .number($0) } ?? .null),
+                        ("timeout_s", policy.limits.timeout.map { .number($0) } ?? .null)])
+    }
+
+    func stop(signal: Int32) {
+        if case .interrupted? = ending { return }
+        ending = .interrupted(signal: signal)
+        _ = try? writer.append(RecordType.warning, .object([("message", .string("signal \(signal): stopping the run (the current tool may finish within \(Int(box.grace)) s)"))]),
+                               critical: false)
+        progress(.note("stopping: the current tool may finish within \(Int(box.grace)) s"))
+        worker.cancel()
+    }
+
+    func violation(_ what: String) -> AgentboxError {
+        AgentboxError(stage: "agent protocol", "the sandbox sent \(what)", hint: "agentbox-init and agentbox must come from the same build")
+    }
+
+    /// A message from the loop in the sandbox.
+    func received(_ message: JSON) throws(AgentboxError) {
+        switch message["t"]?.stringValue {
+        case "next": try next()
+        case "tool_start":
+            guard let id = message["id"]?.stringValue else { throw violation("a tool_start without an id") }
+            try toolStart(id)
+        case "tool_done":
+            guard let id = message["id"]?.stringValue, let running, running.id == id else {
+                throw violation("a result for a tool call that is not running")
+            }
+            var result = ToolResult(callID: id, content: message["content"]?.stringValue ?? "", isError: message["is_error"]?.boolValue ?? true)
+            var extra: [(String, JSON)] = []
+            for key in ["exit_code", "timed_out", "truncated", "output_bytes", "duration_ms"] {
+                if let v = message[key] { extra.append((key, v)) }
+            }
+            self.running = nil
+            try checkLimits(&result)
+            try complete(result, name: running.name, extra: extra, seconds: Clock.monotonic() - running.started)
+        default:
+            throw violation("an unknown message \(message["t"]?.serialized ?? "without a type")")
+        }
+    }
+
+    /// The loop asks for the next turn: close the previous one, check the budget, call the model.
+    func next() throws(AgentboxError) {
+        guard running == nil, !worker.busy else { throw violation("\"next\" while a call is in progress") }
+        if let turn {
+            guard nextCall == turn.toolCalls.count else { throw violation("\"next\" before every tool call of the turn was answered") }
+            if !results.isEmpty { conversation.messages.append(.toolResults(results)) }
+            if turn.toolCalls.isEmpty && ending == nil {
+                reminders += 1
+                if reminders > AgentRun.maxReminders {
+                    ending = .stopped("the model stopped calling tools without calling finish (\(AgentRun.maxReminders) reminders)")
+                } else {
+                    conversation.messages.append(.user(AgentPrompt.reminder))
+                    try writer.append("reminder", .object([("text", .string(AgentPrompt.reminder)), ("count", .number(Double(reminders)))]),
+                                      critical: false)
+                }
+            }
+            self.turn = nil
+            results = []
+            nextCall = 0
+        }
+        if ending == nil, let exceeded = try accounting.check(task.budget) {
+            try writer.append("budget", .object([("kind", .string(budgetKind(exceeded))), ("detail", .string(exceeded.description))]),
+                              critical: true)
+            try confess(severity: "warning", category: "budget", summary: exceeded.description + ": the run was stopped", details: nil,
+                        by: "supervisor")
+            ending = .budget(exceeded.description)
+        }
+        if ending != nil {
+            box.sendAgent(["t": "end"])
+            return
+        }
+        requestStarted = Clock.monotonic()
+        try writer.append("model.request", .object([("step", .number(Double(accounting.steps + 1))),
+                                                     ("messages", .number(Double(conversation.messages.count)))]), critical: false)
+        guard worker.start(conversation, tools: BuiltinTools.definitions) else {
+            throw AgentboxError(stage: "model gateway", "cannot start a thread: \(FileIO.errnoString())")
+        }
+    }
+
+    func budgetKind(_ e: Accounting.Exceeded) -> String {
+        switch e {
+        case .steps: return "steps"
+        case .tokens: return "tokens"
+        case .cost: return "cost"
+        case .wallTime: return "time"
+        }
+    }
+
+    /// The gateway's call finished.
+    func modelDone() throws(AgentboxError) {
+        guard let (outcome, attempts) = worker.take() else { return }
+        let seconds = Clock.monotonic() - requestStarted
+        let attemptsJSON: JSON = .array(attempts.map { a in
+            .object([("attempt", .number(Double(a.number))), ("status", a.status.map { .number(Double($0)) } ?? .null),
+                     ("error", a.error.map { .string($0.description) } ?? .null), ("wait_s", .number(a.waitBefore)),
+                     ("seconds", .number((a.seconds * 1000).rounded() / 1000))])
+        })
+        for a in attempts where a.error != nil {
+            try writer.append("model.attempt", .object([("attempt", .number(Double(a.number))),
+                                                        ("status", a.status.map { .number(Double($0)) } ?? .null),
+                                                        ("error", .string(a.error!.description)), ("kind", .string(a.error!.kind.rawValue))]),
+                              critical: false)
+        }
+        switch outcome {
+        case var .success(turn):
+            // Every call needs a unique, non-empty id (Anthropic requires it; results are matched by it).
+            var seen = Set<String>()
+            for i in turn.toolCalls.indices where turn.toolCalls[i].id.isEmpty || !seen.insert(turn.toolCalls[i].id).inserted {
+                turn.toolCalls[i].id = "call_\(accounting.steps + 1)_\(i)"
+                seen.insert(turn.toolCalls[i].id)
+            }
+            accounting.record(turn.usage)
+            try writer.append("model.response", .object([
+                ("step", .number(Double(accounting.steps))),
+                ("turn", AgentRun.turnJSON(turn)),
+                ("attempts", attemptsJSON),
+                ("seconds", .number((seconds * 1000).rounded() / 1000)),
+                ("total_tokens", .number(Double(accounting.usage.total))),
+                ("cost", accounting.cost.map { .number($0) } ?? .null),
+            ]), critical: true)
+            progress(.modelResponse(step: accounting.steps, turn: turn, seconds: seconds, attempts: attempts.count,
+                                    totalTokens: accounting.usage.total, cost: accounting.cost, elapsed: Clock.monotonic() - started))
+            if attempts.count >= 3 {
+                try confess(severity: "warning", category: "model",
+                            summary: "the model call of step \(accounting.steps) needed \(attempts.count) attempts", details: attempts.compactMap { $0.error?.description }.joined(separator: "\n"),
+                            by: "supervisor")
+            }
+            conversation.messages.append(.assistant(turn))
+            if !turn.toolCalls.isEmpty { reminders = 0 }
+            self.turn = turn
+            nextCall = 0
+            results = []
+            // When the run is stopping, the loop still gets the turn: toolStart answers its calls as skipped.
+            box.sendAgent(["t": "turn", "calls": .array(turn.toolCalls.map { .object([("id", .string($0.id)), ("name", .string($0.name))]) })])
+        case let .failure(error):
+            if error.kind == .cancelled, ending != nil {
+                try writer.append("model.cancelled", .object([("reason", "the run is stopping")]), critical: false)
+            } else {
+                try writer.append("model.error", .object([("kind", .string(error.kind.rawValue)), ("error", .string(error.description)),
+                                                          ("attempts", attemptsJSON)]), critical: true)
+                try confess(severity: "blocker", category: "model",
+                            summary: "the model call failed after \(attempts.count) attempt(s): \(error.description)", details: nil, by: "supervisor")
+                if ending == nil { ending = .stopped("the model call failed: \(error.description)") }
+            }
+            box.sendAgent(["t": "end"])
+        }
+    }
+
+    static func turnJSON(_ turn: AssistantTurn) -> JSON {
+        .object([
+            ("text", .string(turn.text)),
+            ("tool_calls", .array(turn.toolCalls.map { .object([("id", .string($0.id)), ("name", .string($0.name)), ("arguments", .string($0.arguments))]) })),
+            ("thinking", .array(turn.thinking)),
+            ("stop_reason", .string(turn.stopReason.rawValue)),
+            ("usage", turn.usage.json),
+        ])
+    }
+
+    /// The loop is about to run the next call of the turn: journal it, then let it run or answer it here.
+    func toolStart(_ id: String) throws(AgentboxError) {
+        guard running == nil, let turn, nextCall < turn.toolCalls.count, turn.toolCalls[nextCall].id == id else {
+            throw violation("tool_start for \(id), which is not the next call of the turn")
+        }
+        let call = turn.toolCalls[nextCall]
+        if let ending {
+            // The run is ending: later calls are not run, and the model is not asked again.
+            try answer(call, ToolResult(callID: id, content: "skipped: \(endingText(ending))", isError: true), extra: [("skipped", true)])
+            return
+        }
+        let argsJSON: JSON
+        switch call.parsed {
+        case let .success(v): argsJSON = v
+        case let .failure(e): argsJSON = .string(call.arguments); _ = e
+        }
+        try writer.append("tool.call", .object([("id", .string(id)), ("name", .string(call.name)), ("arguments", argsJSON)]), critical: true)
+        progress(.tool(name: call.name, arguments: argsJSON))
+        let args: JSON
+        switch call.parsed {
+        case let .failure(e):
+            try answer(call, ToolResult(callID: id, content: e.message, isError: true), extra: [])
+            return
+        case let .success(v): args = v
+        }
+        guard let def = BuiltinTools.definitions.first(where: { $0.name == call.name }) else {
+            let names = BuiltinTools.definitions.map(\.name).joined(separator: ", ")
+            try answer(call, ToolResult(callID: id, content: "there is no tool named \(call.name); the tools are: \(names)", isError: true), extra: [])
+            return
+        }
+        if let problem = AgentRun.validate(args, against: def) {
+            try answer(call, ToolResult(callID: id, content: "\(call.name): \(problem)", isError: true), extra: [])
+            return
+        }
+        switch call.name {
+        case "confess":
+            let seq = try confess(severity: args["severity"]!.stringValue!, category: args["category"]!.stringValue!,
+                                  summary: args["summary"]!.stringValue!, details: args["details"]?.stringValue, by: "agent")
+            try answer(call, ToolResult(callID: id, content: "confession recorded (journal seq \(seq)); the operators of this machine will see it"), extra: [])
+        case "finish":
+            let status = args["status"]!.stringValue!
+            let summary = args["summary"]!.stringValue!
+            ending = .finished(status: status, summary: summary)
+            try answer(call, ToolResult(callID: id, content: "the run is finished (\(status))"), extra: [])
+        default:
+            running = (id, call.name, Clock.monotonic())
+            box.sendAgent(["t": "go", "args": args])
+        }
+    }
+
+    func endingText(_ e: Ending) -> String {
+        switch e {
+        case .finished: return "the run already finished"
+        case let .budget(why): return why
+        case let .stopped(why): return why
+        case .interrupted: return "the run was stopped"
+        }
+    }
+
+    /// A call answered by the supervisor: journal its result and tell the loop.
+    func answer(_ call: ToolCall, _ result: ToolResult, extra: [(String, JSON)]) throws(AgentboxError) {
+        var r = result
+        try complete(&r, name: call.name, extra: extra, seconds: 0, supervisor: true)
+        box.sendAgent(["t": "done"])
+    }
+
+    func complete(_ result: ToolResult, name: String, extra: [(String, JSON)], seconds: Double) throws(AgentboxError) {
+        var r = result
+        try complete(&r, name: name, extra: extra, seconds: seconds, supervisor: false)
+    }
+
+    /// Records a call's result (after the stuck-loop rule) and keeps it for the next request.
+    func complete(_ result: inout ToolResult, name: String, extra: [(String, JSON)], seconds: Double, supervisor: Bool) throws(AgentboxError) {
+        let call = turn!.toolCalls[nextCall]
+        let skipped = extra.contains { $0.0 == "skipped" }
+        if !skipped {
+            let key = call.name + "\u{0}" + call.arguments + "\u{0}" + result.content
+            repeats = key == lastKey ? repeats + 1 : 1
+            lastKey = key
+            if repeats == AgentRun.stuckWarnAt {
+                result.content += "\n[agentbox: this exact call returned this exact result \(repeats) times in a row. Change your approach, or confess if you are blocked.]"
+                try confess(severity: "warning", category: "stuck_loop",
+                            summary: "\(call.name) was called \(repeats) times in a row with the same arguments and the same result", details: nil,
+                            by: "supervisor")
+            } else if repeats >= AgentRun.stuckStopAt && ending == nil {
+                try confess(severity: "blocker", category: "stuck_loop",
+                            summary: "\(call.name) was called \(repeats) times in a row with the same arguments and result: the run was stopped",
+                            details: nil, by: "supervisor")
+                ending = .stopped("stuck loop: the same call and result \(repeats) times in a row")
+            }
+        }
+        var data: [(String, JSON)] = [("id", .string(call.id)), ("name", .string(name)), ("is_error", .bool(result.isError)),
+                                      ("content", .string(result.content))]
+        data += extra
+        if !extra.contains(where: { $0.0 == "duration_ms" }) { data.append(("duration_ms", .number((seconds * 1e6).rounded() / 1000))) }
+        if supervisor { data.append(("by", "supervisor")) }
+        try writer.append("tool.done", .object(data), critical: true)
+        if !skipped { progress(.toolDone(name: name, result: result.content, isError: result.isError, seconds: seconds)) }
+        results.append(result)
+        nextCall += 1
+    }
+
+    /// After a tool ran: OOM kills and pids-limit hits in the sandbox's cgroup since the last check.
+    func checkLimits(_ result: inout ToolResult) throws(AgentboxError) {
+        guard let report = box.cgroupReport() else { return }
+        defer { lastReport = report }
+        if report.oomKills > lastReport.oomKills {
+            let what = "memory limit \(Units.formatSize(policy.limits.memory ?? 0)) reached: \(report.oomKills - lastReport.oomKills) process(es) OOM-killed"
+            try writer.append(RecordType.limit, .object([("kind", "oom"), ("detail", .string(what))]), critical: true)
+            try confess(severity: "warning", category: "limits", summary: what, details: nil, by: "supervisor")
+            result.content += "\n[agentbox: the sandbox's \(what); use less memory]"
+        }
+        if report.pidsLimitHits > lastReport.pidsLimitHits {
+            let what = "pids limit \(policy.limits.pids ?? 0) reached: fork failed \(report.pidsLimitHits - lastReport.pidsLimitHits) time(s)"
+            try writer.append(RecordType.limit, .object([("kind", "pids"), ("detail", .string(what))]), critical: true)
+            try confess(severity: "warning", category: "limits", summary: what, details: nil, by: "supervisor")
+            result.content += "\n[agentbox: the sandbox's \(what); run fewer processes at once]"
+        }
+    }
+
+    /// A confession record, mirrored to the node-wide feed. Returns its seq.
+    @discardableResult
+    func confess(severity: String, category: String, summary: String, details: String?, by: String) throws(AgentboxError) -> UInt64 {
+        var data: [(String, JSON)] = [("severity", .string(severity)), ("category", .string(category)), ("summary", .string(summary))]
+        if let details, !details.isEmpty { data.append(("details", .string(details))) }
+        data.append(("by", .string(by)))
+        let seq = try writer.append(RecordType.confession, .object(data), critical: true)
+        progress(.confession(severity: severity, category: category, summary: summary, by: by))
+        do {
+            try ConfessionFeed.append(store: store, run: id, name: task.name, seq: seq, severity: severity, category: category, summary: summary)
+        } catch {
+            warn("\(error.stage): \(error.message)")
+        }
+        return seq
+    }
+
+    /// Checks a tool's arguments against its schema: required parameters, types, enums.
+    static func validate(_ args: JSON, against def: ToolDefinition) -> String? {
+        let properties = def.parameters["properties"]?.objectValue ?? []
+        for name in def.parameters["required"]?.arrayValue?.compactMap(\.stringValue) ?? [] where args[name] == nil || args[name] == .null {
+            return "the parameter \(name) is required"
+        }
+        for (name, schema) in properties {
+            guard let value = args[name], value != .null else { continue }
+            switch schema["type"]?.stringValue {
+            case "string":
+                guard let s = value.stringValue else { return "\(name) must be a string, not \(value.typeName)" }
+                if let allowed = schema["enum"]?.arrayValue?.compactMap(\.stringValue), !allowed.contains(s) {
+                    return "\(name) must be one of \(allowed.joined(separator: ", ")), not \"\(s)\""
+                }
+            case "integer":
+                guard let n = value.numberValue, n == n.rounded() else { return "\(name) must be an integer, not \(value.serialized)" }
+            default: break
+            }
+        }
+        return nil
+    }
+
+    // MARK: the end
+
+    func conclude(_ result: SandboxResult) throws(AgentboxError) -> AgentOutcome {
+        try writer.flush(sync: false)
+        if let running {
+            try writer.append("tool.interrupted", .object([("id", .string(running.id)), ("name", .string(running.name)),
+                                                           ("reason", "the sandbox ended while the call ran")]), critical: true)
+        }
+        var state: String
+        var code: Int32
+        var reason: String
+        var status: String? = nil
+        var summary: String? = nil
+        if result.termination == .timedOut {
+            let what = "timeout after \(Units.formatDuration(policy.limits.timeout ?? 0)): the sandbox was killed"
+            try writer.append(RecordType.limit, .object([("kind", "timeout"), ("detail", .string(what))]), critical: true)
+            try confess(severity: "warning", category: "limits", summary: what, details: nil, by: "supervisor")
+            (state, code, reason) = ("timeout", 124, what)
+        } else if let ending {
+            switch ending {
+            case let .finished(s, text):
+                (state, code, reason) = ("finished", s == "success" ? 0 : 1, "the agent called finish with status \(s)")
+                status = s
+                summary = text
+            case let .budget(why): (state, code, reason) = ("budget", 3, why)
+            case let .stopped(why): (state, code, reason) = ("stopped", 1, why)
+            case let .interrupted(sig): (state, code, reason) = ("interrupted", 75, "stopped by signal \(sig)")
+            }
+        } else {
+            let how: String
+            switch result.termination {
+            case let .exited(c): how = "exited with status \(c)"
+            case let .signaled(s): how = "was killed by signal \(s)" + (result.oomKilled ? " (out of memory)" : "")
+            default: how = "ended"
+            }
+            (state, code, reason) = ("failed", 125, "agentbox-init \(how) before the run ended")
+            if result.oomKilled {
+                try confess(severity: "blocker", category: "limits", summary: "the sandbox ran out of memory and its init was killed", details: nil,
+                            by: "supervisor")
+            }
+        }
+        let elapsed = Clock.monotonic() - started
+        try writer.append(RecordType.usage, .object([
+            ("wall_s", .number((elapsed * 1000).rounded() / 1000)),
+            ("cpu_s", result.report.cpuSeconds.map { .number($0) } ?? .null),
+            ("peak_memory", result.report.peakMemory.map { .number(Double($0)) } ?? .null),
+            ("steps", .number(Double(accounting.steps))),
+            ("tokens", accounting.usage.json),
+            ("cost", accounting.cost.map { .number($0) } ?? .null),
+        ]), critical: false)
+        var ended: [(String, JSON)] = [("state", .string(state)), ("exit_code", .number(Double(code))), ("reason", .string(reason))]
+        if let status { ended.append(("status", .string(status))) }
+        if let summary { ended.append(("summary", .string(summary))) }
+        try writer.append(RecordType.runEnded, .object(ended), critical: true)
+        try writer.finish()
+        return AgentOutcome(id: id, state: state, exitCode: code, status: status, summary: summary, reason: reason, steps: accounting.steps,
+                            usage: accounting.usage, cost: accounting.cost, elapsed: elapsed)
+    }
+}

@@ -1,0 +1,81 @@
+import AgentboxModels
+import CAgentboxShim
+import Glibc
+
+/// The model gateway's thread: one blocking model call at a time, off the supervision loop, which
+/// polls `fd` (an eventfd) and takes the outcome when it is readable. docs/agent.md.
+final class ModelWorker: @unchecked Sendable {
+    let fd: Int32
+    var mutex = pthread_mutex_t()
+    var outcome: (Result<AssistantTurn, ModelError>, [Attempt])? = nil
+    var thread: pthread_t? = nil
+    let provider: ModelProvider
+
+    init(provider: ModelProvider) {
+        self.provider = provider
+        fd = ab_eventfd()
+        pthread_mutex_init(&mutex, nil)
+    }
+
+    deinit {
+        join()
+        close(fd)
+        pthread_mutex_destroy(&mutex)
+    }
+
+    var busy: Bool { thread != nil }
+
+    /// Starts `complete` on a new thread. False when no thread could be created.
+    func start(_ conversation: Conversation, tools: [ToolDefinition]) -> Bool {
+        join()
+        let body = ThreadBody { [self] in
+            let result: Result<AssistantTurn, ModelError>
+            do throws(ModelError) { result = .success(try provider.complete(conversation, tools: tools).0) } catch { result = .failure(error) }
+            let attempts = provider.lastAttempts
+            pthread_mutex_lock(&mutex)
+            outcome = (result, attempts)
+            pthread_mutex_unlock(&mutex)
+            var one: UInt64 = 1
+            _ = write(fd, &one, 8)
+        }
+        let arg = Unmanaged.passRetained(body).toOpaque()
+        var tid = pthread_t()
+        let rc = pthread_create(&tid, nil, { p in
+            Unmanaged<ThreadBody>.fromOpaque(p!).takeRetainedValue().run()
+            return nil
+        }, arg)
+        if rc != 0 {
+            Unmanaged<ThreadBody>.fromOpaque(arg).release()
+            return false
+        }
+        thread = tid
+        return true
+    }
+
+    /// The finished call's outcome, if it finished.
+    func take() -> (Result<AssistantTurn, ModelError>, [Attempt])? {
+        var count: UInt64 = 0
+        _ = read(fd, &count, 8)
+        pthread_mutex_lock(&mutex)
+        let o = outcome
+        outcome = nil
+        pthread_mutex_unlock(&mutex)
+        if o != nil { join() }
+        return o
+    }
+
+    func cancel() { provider.cancel() }
+
+    /// Waits for the thread (a cancelled HTTP call returns within about a second).
+    func join() {
+        if let t = thread {
+            pthread_join(t, nil)
+            thread = nil
+        }
+    }
+}
+
+final class ThreadBody {
+    let run: () -> Void
+    init(_ run: @escaping () -> Void) { self.run = run }
+}

@@ -1,0 +1,351 @@
+import AgentboxCore
+import AgentboxJournal
+import AgentboxModels
+import AgentboxSandbox
+import AgentboxSupervisor
+import ArgumentParser
+import Glibc
+
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Hand a task to an agent that works unattended in a sandbox; everything is journaled.",
+        discussion: """
+            The agent loop runs inside the sandbox; model calls go through agentbox's gateway outside it, which holds \
+            the API key (OPENAI_API_KEY / ANTHROPIC_API_KEY; never passed into the sandbox). Tools: shell, read_file, \
+            write_file, edit_file, confess, finish. Progress goes to stderr; --json prints the journal records on stdout \
+            as they are written. Exit codes: 0 finished with success; 1 finished with failure or stopped without \
+            finishing; 3 a budget ran out; 75 stopped by SIGTERM or `agentbox stop`; 124 --timeout; 125 agentbox failed. \
+            Example: agentbox run --model openai:gpt-4o-mini --max-steps 30 --timeout 20m --task "make the tests pass"
+            """)
+    @OptionGroup(title: "Sandbox options") var sandbox: SandboxFlags
+    @Option(help: ArgumentHelp("PROVIDER:MODEL: openai:MODEL, anthropic:MODEL or replay:FILE (default: $AGENTBOX_MODEL).", valueName: "P:M"))
+    var model: String?
+    @Option(name: .customLong("base-url"), help: ArgumentHelp("Endpoint base (else OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else the official one; OpenAI-style bases include /v1).", valueName: "URL"))
+    var baseURL: String?
+    @Option(help: ArgumentHelp("The task, as text.", valueName: "TEXT")) var task: String?
+    @Option(name: .customLong("task-file"), help: ArgumentHelp("Read the task from FILE (- for stdin).", valueName: "FILE"))
+    var taskFile: String?
+    @Option(help: ArgumentHelp("A name for the run (for ps, logs, stop).", valueName: "NAME")) var name: String?
+    @Option(name: .customLong("max-steps"), help: ArgumentHelp("Stop (exit 3) after N model calls.", valueName: "N")) var maxSteps: Int?
+    @Option(name: .customLong("max-tokens"), help: ArgumentHelp("Stop (exit 3) once N tokens (input + output) are used.", valueName: "N"))
+    var maxTokens: Int?
+    @Option(name: .customLong("max-cost"), help: ArgumentHelp("Stop (exit 3) once the cost reaches USD (price table: docs/models.md).", valueName: "USD"))
+    var maxCost: Double?
+    @Flag(help: "Start the run in the background, print its id and return; follow it with `agentbox logs -f RUN`.") var detach = false
+    @Flag(help: "Print the journal records on stdout as JSON lines while the run goes.") var json = false
+
+    func run() throws {
+        guarded { () throws(AgentboxError) -> Int32 in
+            let prepared = try prepare()
+            if detach { return try Detach.start(json: json) }
+            return try runAgent(prepared)
+        }
+    }
+
+    struct Prepared {
+        var policy: SandboxPolicy
+        var task: AgentTask
+    }
+
+    /// Everything that can be checked before a run starts (so that `--detach` fails in the foreground).
+    func prepare() throws(AgentboxError) -> Prepared {
+        guard let modelName = model ?? ModelSpec.env("AGENTBOX_MODEL") else {
+            throw .usage("no model given", hint: "pass --model openai:gpt-4o-mini, anthropic:claude-sonnet-4-5 or replay:FILE (or set AGENTBOX_MODEL)")
+        }
+        let text: String
+        switch (task, taskFile) {
+        case let (t?, nil): text = t
+        case let (nil, f?): text = f == "-" ? readStdin() : try FileIO.readString(f)
+        case (nil, nil): throw .usage("no task given", hint: "pass --task TEXT or --task-file FILE")
+        default: throw .usage("--task and --task-file are both given; pass one")
+        }
+        guard !text.trimmingSpaces().isEmpty else { throw .usage("the task is empty") }
+        if let n = name { try checkRunName(n) }
+        var budget = Budget()
+        if let s = maxSteps { guard s > 0 else { throw .usage("--max-steps \(s): must be at least 1") }; budget.maxSteps = s }
+        if let t = maxTokens { guard t > 0 else { throw .usage("--max-tokens \(t): must be at least 1") }; budget.maxTokens = t }
+        if let c = maxCost { guard c > 0, c.isFinite else { throw .usage("--max-cost \(c): must be a positive amount of USD") }; budget.maxCost = c }
+        let spec = try ModelSpec.parse(modelName, baseURL: baseURL)
+        if spec.provider != .replay && spec.apiKey == nil {
+            let host = URLParts(spec.provider == .anthropic ? URLParts.join(spec.baseURL, "/v1/messages") : spec.baseURL).host
+            if host == "api.openai.com" || host == "api.anthropic.com" {
+                let variable = spec.provider == .anthropic ? "ANTHROPIC_API_KEY" : "OPENAI_API_KEY"
+                throw AgentboxError(stage: "model", "\(variable) is not set", hint: "export \(variable)=... (it stays in agentbox's gateway, outside the sandbox)")
+            }
+        }
+        if spec.provider == .replay { _ = try ReplayProvider(path: spec.model) }
+        let prices = try PriceTable.load()
+        let accounting = Accounting(provider: spec.provider.rawValue, model: spec.model, prices: prices)
+        try accounting.validate(budget)
+        let policy = try sandbox.resolve()
+        return Prepared(policy: policy, task: AgentTask(name: name ?? "", task: text, model: spec, budget: budget, prices: prices))
+    }
+
+    func runAgent(_ p: Prepared) throws(AgentboxError) -> Int32 {
+        let display = Progress(model: "\(p.task.model.provider.rawValue):\(p.task.model.model)")
+        let run = AgentRun(policy: p.policy, task: p.task, warn: { Console.warning($0) }, progress: display.show)
+        if json {
+            run.journalObserver = { line in Sandbox.writeAll(1, line) }
+        }
+        run.onJournaled = { id, journal in Detach.report(id: id, journal: journal) }
+        let outcome: AgentOutcome
+        do {
+            outcome = try run.run()
+        } catch {
+            Detach.fail(error)
+            throw error
+        }
+        display.finish(outcome)
+        return outcome.exitCode
+    }
+
+    func readStdin() -> String {
+        var bytes: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(0, &buf, buf.count)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            bytes += buf[0..<n]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+func checkRunName(_ name: String) throws(AgentboxError) {
+    guard !name.isEmpty, name.utf8.count <= 128, !name.contains("/") else {
+        throw .usage("--name \(name): use 1-128 characters without '/'")
+    }
+}
+
+/// The human progress of a run, on stderr.
+final class Progress {
+    let model: String
+    init(model: String) { self.model = model }
+
+    static func clip(_ s: String, _ n: Int) -> String {
+        let one = s.split(separator: "\n", omittingEmptySubsequences: true).first.map(String.init) ?? ""
+        let more = one.count < s.trimmingSpaces().count
+        if one.count > n { return String(one.prefix(n)) + "…" }
+        return more ? one + " …" : one
+    }
+
+    static func tokens(_ n: Int) -> String { n >= 10_000 ? "\(n / 1000)k" : n >= 1000 ? "\(n / 100 / 10).\(n / 100 % 10)k" : "\(n)" }
+    static func money(_ c: Double?) -> String {
+        guard let c else { return "$?" }
+        if c == 0 { return "$0" }
+        if c < 0.01 { return "$\((c * 10000).rounded() / 10000)" }
+        return "$\((c * 100).rounded() / 100)"
+    }
+    static func clock(_ s: Double) -> String {
+        let t = Int(s)
+        func two(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
+        return t >= 3600 ? "\(t / 3600)h\(two(t / 60 % 60))m" : "\(t / 60):\(two(t % 60))"
+    }
+
+    func show(_ e: AgentEvent) {
+        switch e {
+        case let .started(id, journal):
+            Console.write("agentbox: run \(id) · \(model) · journal \(journal)")
+        case let .modelResponse(step, turn, seconds, attempts, total, cost, elapsed):
+            var line = "step \(step) · model \(Int(seconds * 10) / 10 == 0 ? String(Int(seconds * 1000)) + " ms" : String(Double(Int(seconds * 10)) / 10) + " s")"
+            if attempts > 1 { line += " (\(attempts) attempts)" }
+            line += " · \(Progress.tokens(total)) tokens · \(Progress.money(cost)) · \(Progress.clock(elapsed))"
+            Console.write(Style.bold(line))
+            if !turn.text.trimmingSpaces().isEmpty { Console.write("  " + Style.dim(Progress.clip(turn.text, 160))) }
+        case let .modelRetry(attempt, error, wait):
+            Console.write(Style.dim("  model attempt \(attempt) failed: \(error); retrying in \(wait) s"))
+        case let .tool(name, args):
+            let detail: String
+            switch name {
+            case "shell": detail = "$ " + Progress.clip(args["command"]?.stringValue ?? "", 140)
+            case "read_file", "write_file", "edit_file": detail = "\(name) \(args["path"]?.stringValue ?? "?")"
+            case "confess", "finish": return  // shown as their own events
+            default: detail = "\(name) \(Progress.clip(args.serialized, 100))"
+            }
+            Console.write("  " + detail)
+        case let .toolDone(name, result, isError, seconds):
+            if name == "confess" || name == "finish" { return }
+            var text = Progress.clip(result, 140)
+            let lines = result.split(separator: "\n", omittingEmptySubsequences: true)
+            if name == "read_file" && !isError { text = "\(result.split(separator: "\n", omittingEmptySubsequences: false).count) lines" }
+            if name == "shell", lines.count > 1 {
+                text = String(lines[0]) + " · " + Progress.clip(String(lines[lines.count - 1]), 110)
+            }
+            let mark = isError ? "✗" : "→"
+            Console.write(Style.dim("    \(mark) \(text)\(seconds >= 0.1 ? " (\(Double(Int(seconds * 10)) / 10) s)" : "")"))
+        case let .confession(severity, category, summary, by):
+            Console.write("  confess \(severity)/\(category)\(by == "agent" ? "" : " (by agentbox)"): \(summary)")
+        case let .note(text):
+            Console.write("agentbox: \(text)")
+        }
+    }
+
+    func finish(_ o: AgentOutcome) {
+        var line = "agentbox: \(o.state)"
+        if let s = o.status { line += " (\(s))" }
+        line += " · \(o.steps) step\(o.steps == 1 ? "" : "s") · \(Progress.tokens(o.usage.total)) tokens · \(Progress.money(o.cost)) · \(Progress.clock(o.elapsed)) · exit \(o.exitCode)"
+        Console.write(Style.bold(line))
+        if let s = o.summary { Console.write("  " + s) } else { Console.write("  " + o.reason) }
+        Console.write(Style.dim("  see: agentbox logs \(o.id) · agentbox confessions \(o.id)"))
+    }
+}
+
+
+/// `run --detach`: the foreground process validates, starts a copy of itself in a new session without a
+/// terminal, waits until the run is journaled, prints its id and returns. The copy reports through a
+/// pipe named by AGENTBOX_DETACH_FD.
+enum Detach {
+    nonisolated(unsafe) static var fd: Int32 = {
+        guard let v = getenv("AGENTBOX_DETACH_FD"), let n = Int32(String(cString: v)) else { return -1 }
+        unsetenv("AGENTBOX_DETACH_FD")
+        return n
+    }()
+
+    static func start(json: Bool) throws(AgentboxError) -> Int32 {
+        var p: [Int32] = [-1, -1]
+        guard pipe(&p) == 0 else { throw AgentboxError(stage: "detach", "pipe: \(FileIO.errnoString())") }
+        _ = fcntl(p[0], F_SETFD, FD_CLOEXEC)
+        var args = CommandLine.arguments
+        args.removeAll { $0 == "--detach" }
+        setenv("AGENTBOX_DETACH_FD", String(p[1]), 1)
+        var exe = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &exe, exe.count - 1)
+        guard n > 0 else { throw AgentboxError(stage: "detach", "cannot read /proc/self/exe") }
+        var cArgs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
+        defer { for a in cArgs { free(a) } }
+        var actions = posix_spawn_file_actions_t()
+        var attr = posix_spawnattr_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawnattr_init(&attr)
+        defer { posix_spawn_file_actions_destroy(&actions); posix_spawnattr_destroy(&attr) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        posix_spawnattr_setflags(&attr, 0x80 /* POSIX_SPAWN_SETSID */)
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, exe, &actions, &attr, &cArgs, environ)
+        unsetenv("AGENTBOX_DETACH_FD")
+        close(p[1])
+        defer { close(p[0]) }
+        guard rc == 0 else { throw AgentboxError(stage: "detach", "cannot start the background supervisor: \(FileIO.errnoString(rc))") }
+        var bytes: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let r = read(p[0], &buf, buf.count)
+            if r < 0 && errno == EINTR { continue }
+            if r <= 0 { break }
+            bytes += buf[0..<r]
+        }
+        let text = String(decoding: bytes, as: UTF8.self)
+        if text.hasPrefix("ok ") {
+            let parts = text.dropFirst(3).split(separator: " ", maxSplits: 1).map { String($0).trimmingSpaces() }
+            if json {
+                Console.out(JSON.object([("id", .string(parts[0])), ("journal", .string(parts.count > 1 ? parts[1] : "")),
+                                         ("pid", .number(Double(pid)))]).serialized)
+            } else {
+                Console.out(parts[0])
+            }
+            return 0
+        }
+        if text.hasPrefix("error ") { throw AgentboxError(stage: "detach", String(text.dropFirst(6)).trimmingSpaces()) }
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        throw AgentboxError(stage: "detach", "the background supervisor exited (status \(status >> 8)) before the run started")
+    }
+
+    /// In the detached copy: the run is journaled; tell the foreground and move stderr to the run's log.
+    static func report(id: String, journal: String) {
+        guard fd >= 0 else { return }
+        let dir = String(journal[..<journal.lastIndex(of: "/")!])
+        let log = open(dir + "/supervisor.log", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        if log >= 0 { dup2(log, 2); close(log) }
+        let line = Array("ok \(id) \(journal)\n".utf8)
+        _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        fd = -1
+    }
+
+    static func fail(_ error: AgentboxError) {
+        guard fd >= 0 else { return }
+        let line = Array("error \(error.stage): \(error.message)\(error.hint.isEmpty ? "" : " (\(error.hint))")\n".utf8)
+        _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        fd = -1
+    }
+}
+
+/// The supervisor of a live run: its pid from the lock file, checked against the lock.
+func liveSupervisor(_ store: RunStore, _ id: String) throws(AgentboxError) -> pid_t {
+    let summary = try store.summary(id, full: false)
+    guard summary.state == "running", let text = FileIO.readSmall(store.runsDir + "/" + id + "/lock"),
+          let pid = pid_t(text.trimmingSpaces()), pid > 0 else {
+        throw AgentboxError(stage: "run", "run \(id) is not running (state: \(summary.state))", exitCode: 1)
+    }
+    return pid
+}
+
+/// Waits until the run's writer is gone; false on timeout.
+func waitForEnd(_ store: RunStore, _ id: String, seconds: Double) -> Bool {
+    let deadline = Timing.now() + seconds
+    while Timing.now() < deadline {
+        if !store.isLive(id) { return true }
+        usleep(20_000)
+    }
+    return !store.isLive(id)
+}
+
+/// Records a SIGKILLed supervisor's end: the writer is gone, so this process may write.
+func recordKilled(_ store: RunStore, _ id: String, reason: String) throws(AgentboxError) {
+    let writer = try JournalWriter.reopen(dir: store.runsDir + "/" + id)
+    try writer.append(RecordType.runEnded, .object([("state", "killed"), ("exit_code", 137), ("reason", .string(reason))]), critical: true)
+    try writer.finish()
+}
+
+struct Stop: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Stop a run: SIGTERM, the current tool may finish within the grace period, then SIGKILL.",
+        discussion: "An agent run ends with state interrupted and exit code 75 (resumable); an exec run's command gets SIGTERM.")
+    @Argument(help: ArgumentHelp("Run id, unique id prefix, or name.", valueName: "RUN")) var target: String
+    @Option(help: ArgumentHelp("Seconds to wait before SIGKILL.", valueName: "SECONDS")) var grace: Double = Sandbox.gracePeriod + 5
+    func run() throws {
+        guarded { () throws(AgentboxError) -> Int32 in
+            let store = RunStore()
+            let id = try store.resolve(target)
+            let pid = try liveSupervisor(store, id)
+            guard kill(pid, SIGTERM) == 0 else { throw AgentboxError(stage: "stop", "kill \(pid): \(FileIO.errnoString())") }
+            Console.note("sent SIGTERM to run \(id) (supervisor pid \(pid)); waiting up to \(Int(grace)) s")
+            if !waitForEnd(store, id, seconds: grace) {
+                Console.warning("run \(id) did not stop within \(Int(grace)) s: sending SIGKILL")
+                kill(pid, SIGKILL)
+                if waitForEnd(store, id, seconds: 5) {
+                    try recordKilled(store, id, reason: "SIGKILL by `agentbox stop` after a \(Int(grace)) s grace period")
+                }
+            }
+            let s = try store.summary(id, full: false)
+            Console.note("run \(id): \(s.state), exit code \(s.exitCode.map(String.init) ?? "-")")
+            return 0
+        }
+    }
+}
+
+struct Kill: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Kill a run now: SIGKILL to its supervisor (the sandbox dies with it); the journal records it.")
+    @Argument(help: ArgumentHelp("Run id, unique id prefix, or name.", valueName: "RUN")) var target: String
+    func run() throws {
+        guarded { () throws(AgentboxError) -> Int32 in
+            let store = RunStore()
+            let id = try store.resolve(target)
+            let pid = try liveSupervisor(store, id)
+            guard kill(pid, SIGKILL) == 0 else { throw AgentboxError(stage: "kill", "kill \(pid): \(FileIO.errnoString())") }
+            guard waitForEnd(store, id, seconds: 10) else {
+                throw AgentboxError(stage: "kill", "run \(id) still has a writer 10 s after SIGKILL to pid \(pid)")
+            }
+            try recordKilled(store, id, reason: "SIGKILL by `agentbox kill`")
+            Console.note("run \(id): killed")
+            return 0
+        }
+    }
+}
