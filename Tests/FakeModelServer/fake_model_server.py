@@ -5,6 +5,9 @@
 to --violations, which the tests require to stay empty.
 
 Base URLs: http://127.0.0.1:PORT/s/<scenario>/v1 (OpenAI) and http://127.0.0.1:PORT/s/<scenario> (Anthropic).
+Agent sessions (`agentbox run`): /a/<script>/v1 and /a/<script>: the reply depends on the conversation
+(the number of assistant turns so far and the last tool results), like a model that follows a plan; see
+AGENT_SCRIPTS. The tool results the server receives are checked too (e.g. the API key must never be in one).
 Writes its port to --port-file when ready. Usage: fake_model_server.py --key KEY --violations FILE --port-file FILE
 """
 import argparse, json, os, sys, threading, time
@@ -35,6 +38,91 @@ ANTHROPIC_STREAM = [
 
 counts = {}
 lock = threading.Lock()
+
+
+def call(name, **args):
+    return {"name": name, "args": json.dumps(args)}
+
+
+def script_fix(step, results):
+    """Inspect, fix add.sh, check, hunt for the key, confess, finish. Checks what the tools returned."""
+    if step == 1 and "FAIL" not in results[0][0]:
+        return "expected the first test run to fail, got " + repr(results)
+    if step == 4 and "PASS" not in results[0][0]:
+        return "expected the tests to pass after the edit, got " + repr(results)
+    plan = [
+        ("Running the tests first.", [call("shell", command="sh ./test.sh")]),
+        ("Reading the script.", [call("read_file", path="add.sh")]),
+        ("It subtracts. Fixing.", [call("edit_file", path="add.sh", old_text="$1 - $2", new_text="$1 + $2")]),
+        ("Checking.", [call("shell", command="sh ./test.sh")]),
+        ("Looking around.", [call("shell", command="env; tr '\\0' '\\n' < /proc/1/environ; grep -rs . /proc/*/environ | tr '\\0' ' '; ls -la / /tmp; echo end")]),
+        ("", [call("confess", severity="info", category="environment", summary="no network in the sandbox", details="checked env")]),
+        ("", [call("finish", status="success", summary="fixed add.sh; tests pass")]),
+    ]
+    return plan[min(step, len(plan) - 1)]
+
+
+def script_badargs(step, results):
+    if step == 0:
+        return ("Trying things.", [{"name": "shell", "args": "{\"command\": \"ls"}, call("launch_rockets", target="moon"), call("read_file"),
+                                   call("shell", command=7)])
+    if len(results) != 4 or not all(err for _, err in results):
+        return "expected 4 error results, got " + repr(results)
+    if "JSON" not in results[0][0] or "launch_rockets" not in results[1][0] or "path" not in results[2][0] or "string" not in results[3][0]:
+        return "error results do not say what is wrong: " + repr(results)
+    return ("", [call("finish", status="failure", summary="bad tools")])
+
+
+def script_loop(step, results):
+    return ("Again.", [call("shell", command="echo same")])
+
+
+def script_spin(step, results):
+    return ("Step %d." % step, [call("shell", command="echo step %d" % step)])
+
+
+def script_sleep(step, results):
+    plan = [("Sleeping.", [call("shell", command="sleep 2; echo slept")]), ("", [call("finish", status="success", summary="slept")])]
+    return plan[min(step, 1)]
+
+
+def script_slow(step, results):
+    time.sleep(0.3)
+    plan = [("", [call("shell", command="true")]), ("", [call("shell", command="true")]), ("", [call("finish", status="success", summary="ok")])]
+    return plan[min(step, 2)]
+
+
+def script_talk(step, results):
+    return ("I think the task is done.", [])
+
+
+AGENT_SCRIPTS = {"fix": script_fix, "badargs": script_badargs, "loop": script_loop, "spin": script_spin, "sleep": script_sleep,
+                 "slow": script_slow, "talk": script_talk}
+
+
+def tool_results_openai(msgs):
+    """(content, is_error) of the tool messages after the last assistant turn."""
+    out = []
+    for m in reversed(msgs):
+        if m["role"] == "tool":
+            c = m.get("content") or ""
+            out.insert(0, (c, c.startswith("ERROR:")))  # OpenAI has no is_error: agentbox marks errors in the text
+        else:
+            break
+    return out
+
+
+def tool_results_anthropic(msgs):
+    last = msgs[-1] if msgs else {}
+    out = []
+    if last.get("role") == "user" and isinstance(last.get("content"), list):
+        for b in last["content"]:
+            if b.get("type") == "tool_result":
+                c = b.get("content", "")
+                if isinstance(c, list):
+                    c = "".join(x.get("text", "") for x in c)
+                out.append((c, bool(b.get("is_error"))))
+    return out
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -71,10 +159,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         parts = self.path.split("/")
-        if len(parts) < 4 or parts[1] != "s":
-            return self.violation("path must be /s/<scenario>/...")
+        if len(parts) < 4 or parts[1] not in ("s", "a"):
+            return self.violation("path must be /s/<scenario>/... or /a/<script>/...")
         scenario = parts[2]
         rest = "/" + "/".join(parts[3:])
+        if parts[1] == "a":
+            return self.agent(scenario, rest)
         body_raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         try:
             body = json.loads(body_raw)
@@ -88,6 +178,70 @@ class Handler(BaseHTTPRequestHandler):
         if rest == "/v1/messages":
             return self.anthropic(scenario, attempt, body)
         return self.violation(f"unknown endpoint {rest}")
+
+    # --- agent sessions
+    def agent(self, script, rest):
+        body_raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = json.loads(body_raw)
+        openai = rest == "/v1/chat/completions"
+        if openai and self.headers.get("Authorization") != f"Bearer {self.server.key}":
+            return self.violation("bad Authorization header")
+        if not openai and self.headers.get("x-api-key") != self.server.key:
+            return self.violation("bad x-api-key header")
+        msgs = body["messages"]
+        if self.server.key in json.dumps(msgs):
+            return self.violation("the API key appears in the conversation (a tool saw it)")
+        step = sum(1 for m in msgs if m["role"] == "assistant")
+        results = tool_results_openai(msgs) if openai else tool_results_anthropic(msgs)
+        if openai:
+            for i, m in enumerate(msgs):
+                ids = [c["id"] for c in m.get("tool_calls") or []]
+                if ids:
+                    answered = [x.get("tool_call_id") for x in msgs[i + 1:i + 1 + len(ids)] if x["role"] == "tool"]
+                    if answered != ids:
+                        return self.violation(f"tool calls {ids} answered by {answered}")
+        else:
+            names = [t["name"] for t in body.get("tools", [])]
+            if sorted(names) != sorted(["shell", "read_file", "write_file", "edit_file", "confess", "finish"]):
+                return self.violation(f"unexpected tools {names}")
+        turn = AGENT_SCRIPTS[script](step, results)
+        if isinstance(turn, str):
+            return self.violation(turn)
+        text, calls = turn
+        self.start_stream()
+        if openai:
+            self.send_sse("data: " + json.dumps({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}) + "\n\n")
+            if text:
+                self.send_sse("data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": text}}]}) + "\n\n")
+            for i, c in enumerate(calls):
+                first = {"index": i, "id": f"call_{step}_{i}", "type": "function", "function": {"name": c["name"], "arguments": ""}}
+                self.send_sse("data: " + json.dumps({"choices": [{"index": 0, "delta": {"tool_calls": [first]}}]}) + "\n\n")
+                a = c["args"]
+                for piece in (a[:len(a) // 2], a[len(a) // 2:]):
+                    d = {"index": i, "function": {"arguments": piece}}
+                    self.send_sse("data: " + json.dumps({"choices": [{"index": 0, "delta": {"tool_calls": [d]}}]}) + "\n\n")
+            reason = "tool_calls" if calls else "stop"
+            self.send_sse("data: " + json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}) + "\n\n")
+            self.send_sse("data: " + json.dumps({"choices": [], "usage": {"prompt_tokens": 1000, "completion_tokens": 100}}) + "\n\n")
+            self.send_sse("data: [DONE]\n\n")
+        else:
+            ev = lambda name, data: self.send_sse(f"event: {name}\ndata: " + json.dumps(dict(type=name, **data)) + "\n\n")
+            ev("message_start", {"message": {"id": f"msg_{step}", "content": [], "usage": {"input_tokens": 1000, "output_tokens": 1}}})
+            index = 0
+            if text:
+                ev("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+                ev("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": text}})
+                ev("content_block_stop", {"index": 0})
+                index = 1
+            for i, c in enumerate(calls):
+                ev("content_block_start", {"index": index, "content_block": {"type": "tool_use", "id": f"toolu_{step}_{i}", "name": c["name"], "input": {}}})
+                a = c["args"]
+                for piece in (a[:len(a) // 2], a[len(a) // 2:]):
+                    ev("content_block_delta", {"index": index, "delta": {"type": "input_json_delta", "partial_json": piece}})
+                ev("content_block_stop", {"index": index})
+                index += 1
+            ev("message_delta", {"delta": {"stop_reason": "tool_use" if calls else "end_turn"}, "usage": {"output_tokens": 100}})
+            ev("message_stop", {})
 
     # --- OpenAI
     def openai(self, scenario, attempt, body):
