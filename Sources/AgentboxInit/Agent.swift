@@ -161,7 +161,8 @@ final class AgentLoop {
                 status = s
                 drainUntil = min(drainUntil ?? .infinity, monotonic() + 0.2)
             }
-            if fds[2].revents & Int16(POLLIN) != 0 { if (try? readChannel()) == nil { fds[2].fd = -1 } }
+            if fds[2].revents & Int16(POLLIN) != 0 { if (try? readChannel()) == nil { exit(125) } }
+            if fds[2].revents & Int16(POLLHUP | POLLERR) != 0 { exit(125) }  // the supervisor is gone: PID 1 leaves, all die
             if fds[0].revents != 0 {
                 var eof = false
                 while true {

@@ -194,6 +194,11 @@ func confine(_ spec: SetupSpec) throws(SetupFailure) -> Int32 {
     }
     // Not dumpable: the command (same uid) cannot ptrace PID 1 or read its memory.
     _ = ab_set_dumpable(0)
+    // A credential change clears the parent-death signal: arm it again (the supervisor's death must
+    // kill the sandbox), then check that the supervisor is still there.
+    try check(ab_set_pdeathsig(SIGKILL), "arm the parent-death signal")
+    var pfd = pollfd(fd: channel, events: 0, revents: 0)
+    if poll(&pfd, 1, 0) == 1 && pfd.revents & Int16(POLLHUP | POLLERR) != 0 { exit(125) }
     return abi
 }
 

@@ -10,6 +10,7 @@
 #include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
+#include <poll.h>
 #include <sched.h>
 #include <spawn.h>
 #include <signal.h>
@@ -183,6 +184,13 @@ static void child_main(const struct ab_spawn_args *a) {
     if (a->drop_groups && setgroups(0, NULL) < 0) child_fail("setgroups");
     if (setresgid(a->gid, a->gid, a->gid) < 0) child_fail("setresgid");
     if (setresuid(a->uid, a->uid, a->uid) < 0) child_fail("setresuid");
+    // Changing credentials cleared the parent-death signal: arm it again, then make sure the parent did
+    // not die in between (its end of the control channel would have hung up).
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) child_fail("prctl(PR_SET_PDEATHSIG)");
+    if (a->nfds > 0) {
+        struct pollfd pfd = {.fd = a->fds[0], .events = 0, .revents = 0};
+        if (poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLERR))) _exit(125);
+    }
     if (a->stdout_fd >= 0 && dup2(a->stdout_fd, 1) < 0) child_fail("dup2 stdout");
     if (a->stderr_fd >= 0 && dup2(a->stderr_fd, 2) < 0) child_fail("dup2 stderr");
     // Move the fds we hand over out of the way of their targets, then into place at 3, 4, ...
