@@ -64,6 +64,8 @@ public final class AgentRun {
     public var onJournaled: ((String, String) -> Void)? = nil
 
     public private(set) var id = ""
+    /// Seconds a stopped run's current tool may take before the sandbox is killed.
+    public var grace = Sandbox.gracePeriod
 
     enum Ending {
         case finished(status: String, summary: String)
@@ -145,6 +147,7 @@ public final class AgentRun {
             _ = try? writer.append(RecordType.warning, .object([("message", .string(w.message))]), critical: false)
         }
         self.box = box
+        box.grace = grace
         box.agentMessage = { [unowned self] message throws(AgentboxError) in try self.received(message) }
         box.wakeFD = worker.fd
         box.onWake = { [unowned self] () throws(AgentboxError) in try self.modelDone() }

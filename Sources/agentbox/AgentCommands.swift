@@ -85,6 +85,7 @@ struct RunCommand: ParsableCommand {
     func runAgent(_ p: Prepared) throws(AgentboxError) -> Int32 {
         let display = Progress(model: "\(p.task.model.provider.rawValue):\(p.task.model.model)")
         let run = AgentRun(policy: p.policy, task: p.task, warn: { Console.warning($0) }, progress: display.show)
+        if let g = ModelSpec.env("AGENTBOX_GRACE").flatMap(Double.init), g >= 0 { run.grace = g }
         if json {
             run.journalObserver = { line in Sandbox.writeAll(1, line) }
         }
@@ -209,6 +210,17 @@ enum Detach {
         _ = fcntl(p[0], F_SETFD, FD_CLOEXEC)
         var args = CommandLine.arguments
         args.removeAll { $0 == "--detach" }
+        // The background copy must not keep anything of ours open (a caller waiting for our stdout's
+        // EOF would wait for the whole run): everything but 0-2 and the report pipe closes on exec.
+        if let dir = opendir("/proc/self/fd") {
+            var fds: [Int32] = []
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                if let fd = Int32(name), fd > 2, fd != p[1] { fds.append(fd) }
+            }
+            closedir(dir)
+            for fd in fds { _ = fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC) }
+        }
         setenv("AGENTBOX_DETACH_FD", String(p[1]), 1)
         var exe = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/self/exe", &exe, exe.count - 1)

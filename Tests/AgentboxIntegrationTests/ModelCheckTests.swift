@@ -38,6 +38,11 @@ final class FakeModelServer: @unchecked Sendable {
         "\(tls ? "https" : "http")://127.0.0.1:\(port)/s/\(scenario)" + (openai ? "/v1" : "")
     }
 
+    /// An agent session (`agentbox run`) following the server's script `script`.
+    func agent(_ script: String, openai: Bool = true) -> String {
+        "\(tls ? "https" : "http")://127.0.0.1:\(port)/a/\(script)" + (openai ? "/v1" : "")
+    }
+
     var violationLog: String { (try? String(contentsOfFile: violations, encoding: .utf8)) ?? "" }
 }
 

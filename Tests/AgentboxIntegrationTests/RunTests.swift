@@ -1,0 +1,292 @@
+import Foundation
+import Testing
+
+/// `agentbox run` end to end: the loop in a real sandbox, the gateway talking to the fake model server
+/// (both protocols, scripted sessions in Tests/FakeModelServer), the journal, stop/kill/detach.
+@Suite(.serialized) struct RunTests {
+    static let server = try! FakeModelServer()
+
+    func home() -> String {
+        let dir = "/tmp/agentbox-home-\(UUID().uuidString.prefix(8))"
+        try! FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
+    /// A workspace with a broken add.sh and its test (examples/hello-project with the bug put back).
+    func brokenProject(owner: TestUser? = nil) -> String {
+        let ws = TestEnv.workspace(owner: owner)
+        _ = shell("cp '\(TestEnv.repoRoot)'/examples/hello-project/*.sh '\(ws)'/ && sed -i 's/+ \\$2/- $2/' '\(ws)/add.sh'")
+        if let owner { _ = shell("chown -R \(owner.uid):\(owner.gid) '\(ws)'") }
+        return ws
+    }
+
+    var env: [String: String] { ["OPENAI_API_KEY": FakeModelServer.key, "ANTHROPIC_API_KEY": FakeModelServer.key] }
+
+    func agentRun(_ script: String, openai: Bool = true, home h: String, cwd: String? = nil, extra: [String] = [],
+                  env more: [String: String] = [:]) -> RunResult {
+        var e = env
+        e["AGENTBOX_HOME"] = h
+        for (k, v) in more { e[k] = v }
+        let model = openai ? "openai:gpt-4o" : "anthropic:claude-sonnet-4-5"
+        return run([TestEnv.agentbox, "run", "--model", model, "--base-url", Self.server.agent(script, openai: openai),
+                    "--task", "fix the tests"] + extra, cwd: cwd ?? TestEnv.workspace(), env: e)
+    }
+
+    func ab(_ args: [String], home: String, env more: [String: String] = [:]) -> RunResult {
+        run([TestEnv.agentbox] + args, cwd: "/tmp", env: ["AGENTBOX_HOME": home].merging(more) { $1 })
+    }
+
+    func records(_ ref: String, home: String) -> [[String: Any]] {
+        ab(["logs", ref, "--json"], home: home).out.split(separator: "\n")
+            .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
+
+    func inspect(_ ref: String, home: String) -> [String: Any] {
+        (try? JSONSerialization.jsonObject(with: Data(ab(["inspect", ref, "--json"], home: home).out.utf8)) as? [String: Any]) ?? [:]
+    }
+
+    func types(_ rs: [[String: Any]]) -> [String] { rs.compactMap { $0["type"] as? String } }
+    func data(_ r: [String: Any]) -> [String: Any] { r["data"] as? [String: Any] ?? [:] }
+
+    var violations: Comment { Comment(rawValue: Self.server.violationLog) }
+
+    @Test(arguments: [true, false])
+    func agentInspectsEditsTestsConfessesAndFinishes(openai: Bool) throws {
+        let h = home()
+        let ws = brokenProject()
+        let r = agentRun("fix", openai: openai, home: h, cwd: ws, extra: ["--name", "fixer"])
+        #expect(r.code == 0, "\(r)")
+        #expect(Self.server.violationLog.isEmpty, violations)
+        #expect(try String(contentsOfFile: ws + "/add.sh", encoding: .utf8).contains("$1 + $2"), "the edit landed in the workspace")
+        #expect(r.err.contains("finished (success)") && r.err.contains("step 7"), "progress on stderr: \(r.err)")
+
+        let rs = records("fixer", home: h)
+        let t = types(rs)
+        #expect(t.first == "journal.opened" && t.last == "run.ended")
+        #expect(rs.map { $0["seq"] as? Int ?? 0 } == Array(1...rs.count))
+        #expect(t.filter { $0 == "model.response" }.count == 7)
+        // Each step: the model's response is on record before its tool call, and the call before its result.
+        var lastResponse = 0, lastCall = 0
+        for rec in rs {
+            let seq = rec["seq"] as? Int ?? 0
+            switch rec["type"] as? String {
+            case "model.response": lastResponse = seq
+            case "tool.call":
+                #expect(lastResponse > lastCall, "a tool call follows its model response")
+                lastCall = seq
+            case "tool.done": #expect(lastCall > 0 && lastCall < seq)
+            default: break
+            }
+        }
+        let confessions = rs.filter { $0["type"] as? String == "confession" }.map(data)
+        #expect(confessions.contains { $0["category"] as? String == "environment" && $0["by"] as? String == "agent" })
+        let ended = data(rs.last!)
+        #expect(ended["state"] as? String == "finished" && ended["status"] as? String == "success" && ended["exit_code"] as? Int == 0)
+        // The key stays in the gateway: not in the journal (which holds every tool output), nor in the
+        // env the sandbox got (the fake server also refuses any conversation that contains it).
+        let journal = try String(contentsOfFile: inspect("fixer", home: h)["journal"] as? String ?? "", encoding: .utf8)
+        #expect(!journal.contains(FakeModelServer.key))
+        #expect(journal.contains("PATH=") && journal.contains("end"), "the env-dumping step really ran")
+        let i = inspect("fixer", home: h)
+        #expect(i["kind"] as? String == "run" && i["state"] as? String == "finished" && i["exit_code"] as? Int == 0)
+        #expect((i["usage"] as? [String: Any])?["steps"] as? Int == 7)
+        let feed = ab(["confessions", "fixer", "--json"], home: h)
+        #expect(feed.out.contains("no network in the sandbox"), "\(feed)")
+        #expect(ab(["journal", "verify", "fixer"], home: h).code == 0)
+        let logs = ab(["logs", "fixer"], home: h)
+        #expect(logs.out.contains("$ sh ./test.sh") && logs.out.contains("PASS: 2 + 3 = 5"), "\(logs)")
+    }
+
+    @Test(arguments: [true, false])
+    func malformedToolCallsGoBackToTheModelAsErrors(openai: Bool) {
+        let h = home()
+        let r = agentRun("badargs", openai: openai, home: h, extra: ["--name", "bad"])
+        #expect(r.code == 1, "finish with failure: exit 1: \(r)")
+        #expect(Self.server.violationLog.isEmpty, violations)
+        let rs = records("bad", home: h)
+        let errors = rs.filter { $0["type"] as? String == "tool.done" && data($0)["is_error"] as? Bool == true }
+        #expect(errors.count == 4, "\(errors)")
+        #expect(data(rs.last!)["status"] as? String == "failure")
+    }
+
+    @Test func aStuckLoopIsConfessedThenStopped() {
+        let h = home()
+        let r = agentRun("loop", home: h, extra: ["--name", "loop"])
+        #expect(r.code == 1, "\(r)")
+        let cs = records("loop", home: h).filter { $0["type"] as? String == "confession" }.map(data)
+        #expect(cs.map { $0["severity"] as? String ?? "" } == ["warning", "blocker"], "\(cs)")
+        #expect(cs.allSatisfy { $0["category"] as? String == "stuck_loop" && $0["by"] as? String == "supervisor" })
+        #expect(inspect("loop", home: h)["state"] as? String == "stopped")
+        #expect(records("loop", home: h).filter { $0["type"] as? String == "model.response" }.count == 5)
+    }
+
+    @Test func aModelThatStopsCallingToolsIsRemindedThenStopped() {
+        let h = home()
+        let r = agentRun("talk", home: h, extra: ["--name", "talk"])
+        #expect(r.code == 1, "\(r)")
+        #expect(types(records("talk", home: h)).filter { $0 == "reminder" }.count == 2)
+    }
+
+    @Test(arguments: [(["--max-steps", "2"], "steps"), (["--max-tokens", "1500"], "tokens"), (["--max-cost", "0.005"], "cost")])
+    func budgetsStopTheRunWithExit3(options: [String], kind: String) {
+        let h = home()
+        let r = agentRun("spin", home: h, extra: ["--name", "b"] + options)
+        #expect(r.code == 3, "\(r)")
+        let rs = records("b", home: h)
+        #expect(rs.contains { $0["type"] as? String == "budget" && data($0)["kind"] as? String == kind })
+        #expect(rs.contains { $0["type"] as? String == "confession" && data($0)["category"] as? String == "budget" })
+        #expect(inspect("b", home: h)["state"] as? String == "budget")
+    }
+
+    @Test func aCostBudgetForAModelWithoutAPriceIsRefusedBeforeStarting() {
+        let h = home()
+        let r = run([TestEnv.agentbox, "run", "--model", "openai:my-local-model", "--base-url", Self.server.agent("spin"),
+                     "--max-cost", "1", "--task", "x"], cwd: TestEnv.workspace(), env: env.merging(["AGENTBOX_HOME": h]) { $1 })
+        #expect(r.code == 125 && r.err.contains("no price for openai:my-local-model"), "\(r)")
+        #expect(ab(["ps", "--all", "--json"], home: h).out.isEmpty, "nothing was started")
+    }
+
+    @Test func theWallClockTimeoutEndsTheRunWith124() {
+        let h = home()
+        let r = agentRun("spin", home: h, extra: ["--name", "t", "--timeout", "1s"])
+        #expect(r.code == 124, "\(r)")
+        let rs = records("t", home: h)
+        #expect(rs.contains { $0["type"] as? String == "limit" && data($0)["kind"] as? String == "timeout" })
+        #expect(inspect("t", home: h)["state"] as? String == "timeout")
+    }
+
+    @Test func aModelThatKeepsFailingIsConfessedAndStopsTheRun() {
+        let h = home()
+        var e = env
+        e["AGENTBOX_HOME"] = h
+        let r = run([TestEnv.agentbox, "run", "--model", "openai:gpt-4o", "--base-url", Self.server.base("auth"), "--name", "m", "--task", "x"],
+                    cwd: TestEnv.workspace(), env: e)
+        #expect(r.code == 1 && r.err.contains("401"), "\(r)")
+        let cs = records("m", home: h).filter { $0["type"] as? String == "confession" }.map(data)
+        #expect(cs.contains { $0["severity"] as? String == "blocker" && $0["category"] as? String == "model" }, "\(cs)")
+    }
+
+    @Test func optionsAreCheckedBeforeAnythingStarts() {
+        let h = home()
+        let noTask = ab(["run", "--model", "replay:/nonexistent"], home: h)
+        #expect(noTask.code == 125 && noTask.err.contains("no task given"), "\(noTask)")
+        let both = ab(["run", "--model", "openai:gpt-4o", "--task", "a", "--task-file", "/etc/hostname"], home: h)
+        #expect(both.code == 125 && both.err.contains("both"), "\(both)")
+        let noKey = ab(["run", "--model", "openai:gpt-4o", "--task", "a"], home: h)
+        #expect(noKey.code == 125 && noKey.err.contains("OPENAI_API_KEY is not set"), "\(noKey)")
+        let badReplay = ab(["run", "--model", "replay:/etc/hostname", "--task", "a"], home: h)
+        #expect(badReplay.code == 125 && badReplay.err.contains("replay"), "\(badReplay)")
+        #expect(ab(["ps", "--all", "--json"], home: h).out.isEmpty)
+    }
+
+    @Test func jsonStreamsTheJournalRecordsOnStdout() {
+        let h = home()
+        let r = agentRun("sleep", home: h, extra: ["--json"])
+        #expect(r.code == 0, "\(r)")
+        let lines = r.out.split(separator: "\n").map { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        #expect(!lines.isEmpty && lines.allSatisfy { $0 != nil }, "stdout is only JSON lines: \(r.out)")
+        #expect(lines.last??["type"] as? String == "run.ended")
+    }
+
+    /// Waits until the run's journal has a record of `type`.
+    func waitFor(_ type: String, run ref: String, home h: String) -> Bool {
+        eventually(15) { types(records(ref, home: h)).contains(type) }
+    }
+
+    @Test func detachReturnsTheIdAndTheRunGoesOn() {
+        let h = home()
+        let r = agentRun("sleep", home: h, extra: ["--detach", "--name", "bg"])
+        #expect(r.code == 0, "\(r)")
+        let id = r.out.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(id.count == 12, "the id alone on stdout: \(r)")
+        #expect(inspect(id, home: h)["state"] as? String == "running", "\(r)")
+        let follow = ab(["logs", "-f", id], home: h)
+        #expect(follow.code == 0 && follow.out.contains("slept"), "\(follow)")
+        let i = inspect("bg", home: h)
+        #expect(i["state"] as? String == "finished" && i["exit_code"] as? Int == 0, "\(i)")
+    }
+
+    @Test func stopLetsTheCurrentToolFinishThenEndsWith75() {
+        let h = home()
+        let id = agentRun("sleep", home: h, extra: ["--detach"]).out.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(waitFor("tool.call", run: id, home: h))
+        let stop = ab(["stop", id], home: h)
+        #expect(stop.code == 0, "\(stop)")
+        let i = inspect(id, home: h)
+        #expect(i["state"] as? String == "interrupted" && i["exit_code"] as? Int == 75, "\(i)")
+        let rs = records(id, home: h)
+        #expect(rs.contains { $0["type"] as? String == "tool.done" && (data($0)["content"] as? String ?? "").contains("slept") },
+                "the tool in flight finished within the grace period")
+        #expect(!types(rs).contains("tool.interrupted"))
+    }
+
+    @Test func stopKillsAToolThatOutlivesTheGracePeriod() {
+        let h = home()
+        let id = agentRun("sleep", home: h, extra: ["--detach"], env: ["AGENTBOX_GRACE": "0.3"]).out
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(waitFor("tool.call", run: id, home: h))
+        #expect(ab(["stop", id], home: h).code == 0)
+        let rs = records(id, home: h)
+        #expect(types(rs).contains("tool.interrupted"), "\(types(rs))")
+        #expect(inspect(id, home: h)["exit_code"] as? Int == 75)
+        #expect(!hostHasProcess(withMarker: "sleep 2; echo slept"))
+    }
+
+    @Test func killEndsTheRunNowAndRecordsIt() {
+        let h = home()
+        let id = agentRun("sleep", home: h, extra: ["--detach"]).out.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(waitFor("tool.call", run: id, home: h))
+        #expect(hostHasProcess(withMarker: "sleep 2; echo slept"))
+        let k = ab(["kill", id], home: h)
+        #expect(k.code == 0, "\(k)")
+        #expect(eventually(2) { !hostHasProcess(withMarker: "sleep 2; echo slept") }, "the sandbox died with its supervisor")
+        let i = inspect(id, home: h)
+        #expect(i["state"] as? String == "killed" && i["exit_code"] as? Int == 137, "\(i)")
+        #expect(ab(["journal", "verify", id], home: h).code == 0)
+        let again = ab(["stop", id], home: h)
+        #expect(again.code == 1 && again.err.contains("not running"), "\(again)")
+    }
+
+    @Test func aKilledSupervisorLeavesNothingRunningAndAnInterruptedJournal() throws {
+        let h = home()
+        var e = env
+        e["AGENTBOX_HOME"] = h
+        let p = try startAgentbox(["run", "--model", "openai:gpt-4o", "--base-url", Self.server.agent("sleep"), "--name", "victim",
+                                   "--task", "x"], env: e, stderr: FileHandle.nullDevice)
+        #expect(waitFor("tool.call", run: "victim", home: h))
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        #expect(eventually(2) { !hostHasProcess(withMarker: "sleep 2; echo slept") })
+        let i = inspect("victim", home: h)
+        #expect(i["state"] as? String == "interrupted", "\(i)")
+        let rs = records("victim", home: h)
+        #expect(types(rs).last == "tool.call", "the call in flight is the last thing on record")
+        #expect(ab(["journal", "verify", "victim"], home: h).code == 0)
+    }
+
+    @Test func theDemoProjectIsFixedByItsReplaySession() throws {
+        let h = home()
+        let ws = TestEnv.workspace()
+        _ = shell("cp -r '\(TestEnv.repoRoot)'/examples/fix-the-test/project/. '\(ws)'/")
+        let r = run([TestEnv.agentbox, "run", "--model", "replay:\(TestEnv.repoRoot)/examples/fix-the-test/replay.json",
+                     "--env", "PYTHONDONTWRITEBYTECODE=1", "--task", "make the tests pass"], cwd: ws, env: ["AGENTBOX_HOME": h])
+        #expect(r.code == 0, "\(r)")
+        #expect(try String(contentsOfFile: ws + "/calc.py", encoding: .utf8).contains("return a + b"))
+        #expect(shell("cd '\(ws)' && python3 -m unittest -q").code == 0, "the project's tests pass afterwards")
+    }
+
+    @Test func rootlessRunWorksAndFilesBelongToTheUser() throws {
+        guard let user = TestUser.shared else { return }
+        let h = "/tmp/agentbox-home-user-\(UUID().uuidString.prefix(6))"
+        let ws = brokenProject(owner: user)
+        let replay = ws + ".replay.json"
+        try #"{"turns": [{"tool_calls": [{"name": "write_file", "arguments": {"path": "sub/new.txt", "content": "hi"}}]}, {"tool_calls": [{"name": "shell", "arguments": {"command": "id -u > uid.txt"}}]}, {"tool_calls": [{"name": "finish", "arguments": {"status": "success", "summary": "ok"}}]}]}"#
+            .write(toFile: replay, atomically: true, encoding: .utf8)
+        _ = shell("chmod a+r '\(replay)'")
+        let r = run([TestEnv.agentbox, "run", "--model", "replay:\(replay)", "--task", "x"], cwd: ws, user: user, env: ["AGENTBOX_HOME": h])
+        #expect(r.code == 0, "\(r)")
+        var st = stat()
+        #expect(stat(ws + "/sub/new.txt", &st) == 0 && st.st_uid == user.uid, "created files belong to the user")
+        #expect((try? String(contentsOfFile: ws + "/uid.txt", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) == "\(user.uid)")
+    }
+}
