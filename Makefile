@@ -67,6 +67,8 @@ bench: release bench-deps
 	@bash bench/sandbox.sh $(RELEASE_BIN)/agentbox
 	@echo
 	@bash bench/journal.sh $(RELEASE_BIN)/agentbox
+	@echo
+	@bash bench/agent.sh $(RELEASE_BIN)/agentbox
 
 clean:
 	rm -rf .build

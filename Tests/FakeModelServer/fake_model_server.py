@@ -92,12 +92,19 @@ def script_slow(step, results):
     return plan[min(step, 2)]
 
 
+def script_idle(step, results):
+    """A model that takes 20 s to answer the first call: runs that sit idle (memory benchmark)."""
+    if step == 0:
+        time.sleep(20)
+    return ("", [call("finish", status="success", summary="idle")])
+
+
 def script_talk(step, results):
     return ("I think the task is done.", [])
 
 
 AGENT_SCRIPTS = {"fix": script_fix, "badargs": script_badargs, "loop": script_loop, "spin": script_spin, "sleep": script_sleep,
-                 "slow": script_slow, "talk": script_talk}
+                 "slow": script_slow, "talk": script_talk, "idle": script_idle}
 
 
 def tool_results_openai(msgs):
