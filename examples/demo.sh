@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `make demo`: run agentbox's main job on this machine, offline, in a real sandbox.
-# Until the agent loop lands (issue "agent run"), the demo runs a project's tests with `agentbox exec`
-# and shows what the sandbox prevents.
+# `make demo`: run agentbox's main job on this machine, offline, in a real sandbox: an agent (the
+# offline `replay` model playing examples/fix-the-test/replay.json) fixes a project whose test fails,
+# with everything journaled; then `agentbox exec` shows what the sandbox prevents.
 set -uo pipefail
 arg=${1:-agentbox}
 if [ -e "$arg" ]; then AGENTBOX=$(readlink -f "$arg"); else AGENTBOX=$(command -v "$arg"); fi
@@ -18,6 +18,29 @@ step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 
 step agentbox doctor
 "$AGENTBOX" doctor
+
+export AGENTBOX_HOME="$ws/.agentbox-home"   # keep the demo's journals with the demo
+agent_ws="$ws/fix-the-test"
+mkdir -p "$agent_ws" && cp -r "$here/fix-the-test/project/." "$agent_ws/"
+[ "$(id -u)" = 0 ] && chown -R nobody: "$agent_ws" 2>/dev/null
+step "cd fix-the-test && python3 -m unittest -q   # the project's test fails"
+(cd "$agent_ws" && python3 -m unittest -q 2>&1 | tail -n 4)
+step "agentbox run --name fix-calc --model replay:examples/fix-the-test/replay.json --memory 512M --timeout 5m --task '...'"
+(cd "$agent_ws" && "$AGENTBOX" run --name fix-calc --model "replay:$here/fix-the-test/replay.json" \
+   --env PYTHONDONTWRITEBYTECODE=1 --memory 512M --pids 128 --timeout 5m --max-steps 20 \
+   --task "The unit tests of this project fail. Find out why, fix the code (not the tests), run the tests, and finish.")
+rc=$?; echo "exit: $rc"; expect $rc 0
+step "diff -u project/calc.py fix-the-test/calc.py   # what the agent changed"
+diff -u "$here/fix-the-test/project/calc.py" "$agent_ws/calc.py"
+step "cd fix-the-test && python3 -m unittest -q   # the tests pass now"
+(cd "$agent_ws" && PYTHONDONTWRITEBYTECODE=1 python3 -m unittest -q 2>&1 | tail -n 2)
+rc=$?; expect $rc 0
+step "agentbox logs fix-calc   # the journal: every model turn, tool call and result"
+"$AGENTBOX" logs fix-calc 2>&1 | head -n 60
+step "agentbox confessions; agentbox inspect fix-calc; agentbox journal verify fix-calc"
+"$AGENTBOX" confessions
+"$AGENTBOX" inspect fix-calc
+"$AGENTBOX" journal verify fix-calc || failed=1
 
 step agentbox exec --memory 256M --pids 64 --timeout 30s -- sh ./test.sh
 "$AGENTBOX" exec --memory 256M --pids 64 --timeout 30s -- sh ./test.sh
@@ -47,7 +70,6 @@ else
   echo "(skipped: needs root or a delegated cgroup for a real memory limit; see agentbox doctor)"
 fi
 
-export AGENTBOX_HOME="$ws/.agentbox-home"   # keep the demo's journals with the demo
 step "agentbox exec --name demo-tests --memory 32M -- sh -c 'sh ./test.sh; tail /dev/zero'   # a journaled run"
 "$AGENTBOX" exec --name demo-tests --memory 32M -- sh -c 'sh ./test.sh; tail /dev/zero'
 rc=$?; echo "exit: $rc"
