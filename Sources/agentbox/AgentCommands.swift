@@ -61,6 +61,9 @@ struct RunCommand: ParsableCommand {
         default: throw .usage("--task and --task-file are both given; pass one")
         }
         guard !text.trimmingSpaces().isEmpty else { throw .usage("the task is empty") }
+        if detach && taskFile == "-" {
+            throw .usage("--detach with --task-file -: a detached run has no stdin", hint: "write the task to a file and pass --task-file FILE")
+        }
         if let n = name { try checkRunName(n) }
         var budget = Budget()
         if let s = maxSteps { guard s > 0 else { throw .usage("--max-steps \(s): must be at least 1") }; budget.maxSteps = s }

@@ -290,3 +290,95 @@ import Testing
         #expect((try? String(contentsOfFile: ws + "/uid.txt", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) == "\(user.uid)")
     }
 }
+
+/// Tool behaviour inside a real sandbox, driven by replay sessions (no server needed).
+@Suite struct RunToolTests {
+    func replayRun(_ turns: String, options: [String] = [], cwd: String = TestEnv.workspace()) throws -> (RunResult, [[String: Any]]) {
+        let h = "/tmp/agentbox-home-\(UUID().uuidString.prefix(8))"
+        let file = "/tmp/agentbox-replay-\(UUID().uuidString.prefix(8)).json"
+        try "{\"turns\": [\(turns), {\"tool_calls\": [{\"name\": \"finish\", \"arguments\": {\"status\": \"success\", \"summary\": \"ok\"}}]}]}"
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        let r = run([TestEnv.agentbox, "run", "--model", "replay:\(file)", "--name", "t", "--task", "x"] + options, cwd: cwd,
+                    env: ["AGENTBOX_HOME": h])
+        let records = run([TestEnv.agentbox, "logs", "t", "--json"], env: ["AGENTBOX_HOME": h]).out.split(separator: "\n")
+            .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        return (r, records)
+    }
+
+    func results(_ rs: [[String: Any]]) -> [[String: Any]] {
+        rs.filter { $0["type"] as? String == "tool.done" }.map { $0["data"] as? [String: Any] ?? [:] }
+    }
+
+    @Test func shellOutputIsCappedHeadAndTailAndSlowCommandsTimeOut() throws {
+        let (r, rs) = try replayRun("""
+            {"tool_calls": [{"name": "shell", "arguments": {"command": "echo FIRST; head -c 1000000 /dev/zero | tr '\\\\0' x; echo; echo LAST"}}]},
+            {"tool_calls": [{"name": "shell", "arguments": {"command": "sleep 30", "timeout_s": 1}}]},
+            {"tool_calls": [{"name": "shell", "arguments": {"command": "exit 7"}}]}
+            """)
+        #expect(r.code == 0, "\(r)")
+        let res = results(rs)
+        let big = res[0]
+        let content = big["content"] as? String ?? ""
+        #expect(big["truncated"] as? Bool == true && big["output_bytes"] as? Int == 1_000_012, "\(big)")
+        #expect(content.contains("FIRST") && content.contains("LAST") && content.contains("bytes cut by agentbox"))
+        #expect(content.utf8.count < 40_000, "capped: \(content.utf8.count) bytes")
+        #expect(res[1]["timed_out"] as? Bool == true && res[1]["is_error"] as? Bool == true, "\(res[1])")
+        #expect((res[1]["duration_ms"] as? Double ?? 99_999) < 10_000)
+        #expect(res[2]["exit_code"] as? Int == 7 && (res[2]["content"] as? String ?? "").hasPrefix("exit code 7"))
+    }
+
+    @Test func fileToolsWorkAndFailClearly() throws {
+        let ws = TestEnv.workspace()
+        try "a = 1\nb = 1\n".write(toFile: ws + "/f.txt", atomically: true, encoding: .utf8)
+        let (r, rs) = try replayRun("""
+            {"tool_calls": [{"name": "read_file", "arguments": {"path": "missing.txt"}},
+                            {"name": "edit_file", "arguments": {"path": "f.txt", "old_text": " = 1", "new_text": " = 2"}},
+                            {"name": "edit_file", "arguments": {"path": "f.txt", "old_text": "a = 1", "new_text": "a = 2"}},
+                            {"name": "write_file", "arguments": {"path": "d/e/new.txt", "content": "hi"}},
+                            {"name": "write_file", "arguments": {"path": "/usr/evil", "content": "x"}},
+                            {"name": "read_file", "arguments": {"path": "f.txt", "offset": 2, "limit": 1}}]}
+            """, cwd: ws)
+        #expect(r.code == 0, "\(r)")
+        let res = results(rs)
+        #expect(res[0]["is_error"] as? Bool == true && (res[0]["content"] as? String ?? "").contains("No such file"), "\(res[0])")
+        #expect(res[1]["is_error"] as? Bool == true && (res[1]["content"] as? String ?? "").contains("appears 2 times"), "\(res[1])")
+        #expect(res[2]["is_error"] as? Bool == false)
+        #expect(res[3]["is_error"] as? Bool == false)
+        #expect(res[4]["is_error"] as? Bool == true && (res[4]["content"] as? String ?? "").contains("/usr/evil"), "\(res[4])")
+        #expect((res[5]["content"] as? String ?? "").hasPrefix("b = 1\n"), "\(res[5])")
+        #expect(try String(contentsOfFile: ws + "/f.txt", encoding: .utf8) == "a = 2\nb = 1\n")
+        #expect(try String(contentsOfFile: ws + "/d/e/new.txt", encoding: .utf8) == "hi")
+        #expect(!FileManager.default.fileExists(atPath: "/usr/evil"))
+    }
+
+    @Test func anOOMKillDuringAToolIsConfessedAndToldToTheModel() throws {
+        guard TestEnv.isRoot else { return }  // a real memory limit needs a cgroup
+        let (r, rs) = try replayRun("""
+            {"tool_calls": [{"name": "shell", "arguments": {"command": "tail /dev/zero"}}]}
+            """, options: ["--memory", "64M"])
+        #expect(r.code == 0, "the run goes on after the tool's OOM kill: \(r)")
+        let res = results(rs)
+        #expect((res[0]["content"] as? String ?? "").contains("OOM-killed"), "\(res[0])")
+        let c = rs.filter { $0["type"] as? String == "confession" }.map { $0["data"] as? [String: Any] ?? [:] }
+        #expect(c.contains { $0["category"] as? String == "limits" && $0["by"] as? String == "supervisor" }, "\(c)")
+        #expect(rs.contains { $0["type"] as? String == "limit" })
+    }
+
+    @Test func manyRunsAtOnceDoNotInterfere() throws {
+        let h = "/tmp/agentbox-home-\(UUID().uuidString.prefix(8))"
+        let file = "/tmp/agentbox-replay-\(UUID().uuidString.prefix(8)).json"
+        try #"{"turns": [{"tool_calls": [{"name": "shell", "arguments": {"command": "echo $$ > pid.txt; sleep 0.2"}}]}, {"tool_calls": [{"name": "finish", "arguments": {"status": "success", "summary": "ok"}}]}]}"#
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        let workspaces = (0..<10).map { _ in TestEnv.workspace() }
+        var procs: [Process] = []
+        for ws in workspaces {
+            procs.append(try startAgentbox(["run", "--model", "replay:\(file)", "--task", "x"], cwd: ws, env: ["AGENTBOX_HOME": h],
+                                           stderr: FileHandle.nullDevice))
+        }
+        for p in procs { p.waitUntilExit() }
+        #expect(procs.allSatisfy { $0.terminationStatus == 0 })
+        for ws in workspaces { #expect(FileManager.default.fileExists(atPath: ws + "/pid.txt"), "each run wrote its own workspace") }
+        let ps = run([TestEnv.agentbox, "ps", "--all", "--json"], env: ["AGENTBOX_HOME": h]).out.split(separator: "\n")
+        #expect(ps.count == 10)
+    }
+}
