@@ -117,6 +117,8 @@ public struct RunSummary: Sendable {
     public var endedAt: String?
     public var workspace: String?
     public var argv: [String] = []
+    /// An agent run's task.
+    public var task: String?
     public var usage: JSON = .null
     public var isolation: JSON = .null
     public var records: Int?
@@ -138,6 +140,7 @@ public struct RunSummary: Sendable {
                 startedAt = r.ts
                 workspace = r.data["policy"]?["workspace"]?.stringValue
                 argv = r.data["argv"]?.arrayValue?.compactMap(\.stringValue) ?? []
+                task = r.data["task"]?.stringValue
             case RecordType.sandboxReady: isolation = r.data
             case RecordType.usage: usage = r.data
             case RecordType.exit: exitCode = r.data["code"]?.intValue
@@ -173,6 +176,7 @@ public struct RunSummary: Sendable {
         fields.append(("journal", .string(journal)))
         fields.append(("workspace", str(workspace)))
         fields.append(("argv", .array(argv.map { JSON.string($0) })))
+        if kind == "run" { fields.append(("task", str(task))) }
         fields.append(("started_at", str(startedAt)))
         fields.append(("ended_at", str(endedAt)))
         fields.append(("usage", usage))

@@ -38,7 +38,6 @@ public struct AgentOutcome: Sendable {
 public enum AgentEvent {
     case started(id: String, journal: String)
     case modelResponse(step: Int, turn: AssistantTurn, seconds: Double, attempts: Int, totalTokens: Int, cost: Double?, elapsed: Double)
-    case modelRetry(attempt: Int, error: String, wait: Double)
     case tool(name: String, arguments: JSON)
     case toolDone(name: String, result: String, isError: Bool, seconds: Double)
     case confession(severity: String, category: String, summary: String, by: String)
@@ -353,15 +352,13 @@ public final class AgentRun {
             try answer(call, ToolResult(callID: id, content: "skipped: \(endingText(ending))", isError: true), extra: [("skipped", true)])
             return
         }
+        let parsed = call.parsed
         let argsJSON: JSON
-        switch call.parsed {
-        case let .success(v): argsJSON = v
-        case let .failure(e): argsJSON = .string(call.arguments); _ = e
-        }
+        if case let .success(v) = parsed { argsJSON = v } else { argsJSON = .string(call.arguments) }
         try writer.append("tool.call", .object([("id", .string(id)), ("name", .string(call.name)), ("arguments", argsJSON)]), critical: true)
         progress(.tool(name: call.name, arguments: argsJSON))
         let args: JSON
-        switch call.parsed {
+        switch parsed {
         case let .failure(e):
             try answer(call, ToolResult(callID: id, content: e.message, isError: true), extra: [])
             return
@@ -403,18 +400,13 @@ public final class AgentRun {
 
     /// A call answered by the supervisor: journal its result and tell the loop.
     func answer(_ call: ToolCall, _ result: ToolResult, extra: [(String, JSON)]) throws(AgentboxError) {
-        var r = result
-        try complete(&r, name: call.name, extra: extra, seconds: 0, supervisor: true)
+        try complete(result, name: call.name, extra: extra, seconds: 0, supervisor: true)
         box.sendAgent(["t": "done"])
     }
 
-    func complete(_ result: ToolResult, name: String, extra: [(String, JSON)], seconds: Double) throws(AgentboxError) {
-        var r = result
-        try complete(&r, name: name, extra: extra, seconds: seconds, supervisor: false)
-    }
-
     /// Records a call's result (after the stuck-loop rule) and keeps it for the next request.
-    func complete(_ result: inout ToolResult, name: String, extra: [(String, JSON)], seconds: Double, supervisor: Bool) throws(AgentboxError) {
+    func complete(_ given: ToolResult, name: String, extra: [(String, JSON)], seconds: Double, supervisor: Bool = false) throws(AgentboxError) {
+        var result = given
         let call = turn!.toolCalls[nextCall]
         let skipped = extra.contains { $0.0 == "skipped" }
         if !skipped {

@@ -158,8 +158,6 @@ final class Progress {
             line += " · \(Progress.tokens(total)) tokens · \(Progress.money(cost)) · \(Progress.clock(elapsed))"
             Console.write(Style.bold(line))
             if !turn.text.trimmingSpaces().isEmpty { Console.write("  " + Style.dim(Progress.clip(turn.text, 160))) }
-        case let .modelRetry(attempt, error, wait):
-            Console.write(Style.dim("  model attempt \(attempt) failed: \(error); retrying in \(wait) s"))
         case let .tool(name, args):
             let detail: String
             switch name {
