@@ -26,6 +26,8 @@ mkdir -p "$agent_ws" && cp -r "$here/fix-the-test/project/." "$agent_ws/"
 step "cd fix-the-test && python3 -m unittest -q   # the project's test fails"
 (cd "$agent_ws" && python3 -m unittest -q 2>&1 | tail -n 4)
 step "agentbox run --name fix-calc --model replay:examples/fix-the-test/replay.json --memory 512M --timeout 5m --task '...'"
+# PYTHONDONTWRITEBYTECODE: the replayed edit lands within the same second as Python's bytecode cache and
+# keeps the file's size, which Python's cache check cannot tell apart; a real model is never that fast.
 (cd "$agent_ws" && "$AGENTBOX" run --name fix-calc --model "replay:$here/fix-the-test/replay.json" \
    --env PYTHONDONTWRITEBYTECODE=1 --memory 512M --pids 128 --timeout 5m --max-steps 20 \
    --task "The unit tests of this project fail. Find out why, fix the code (not the tests), run the tests, and finish.")
