@@ -151,7 +151,10 @@ public final class AgentRun {
         box.wakeFD = worker.fd
         box.onWake = { [unowned self] () throws(AgentboxError) in try self.modelDone() }
         box.onStopSignal = { [unowned self] sig in self.stop(signal: sig) }
-        box.tick = { () throws(AgentboxError) in try writer.flushIfDue() }
+        box.tick = { [unowned self] () throws(AgentboxError) in
+            try writer.flushIfDue()
+            self.heartbeat()
+        }
         box.onReady = { [policy] abi, cgroup in
             _ = try? writer.append(RecordType.sandboxReady, .object([
                 ("landlock_abi", .number(Double(abi))),
@@ -176,6 +179,22 @@ public final class AgentRun {
         worker.cancel()
         worker.join()
         return try conclude(result)
+    }
+
+    /// Long work shows progress: a line every 30 s while a tool runs or the model is thinking.
+    static let heartbeatInterval = 30.0
+    var lastHeartbeat = 0.0
+
+    func heartbeat() {
+        let now = Clock.monotonic()
+        let since: Double
+        let what: String
+        if let running { since = running.started; what = "\(running.name) still running" } else if worker?.busy == true {
+            since = requestStarted; what = "waiting for the model"
+        } else { return }
+        guard now - since >= AgentRun.heartbeatInterval, now - lastHeartbeat >= AgentRun.heartbeatInterval else { return }
+        lastHeartbeat = now
+        progress(.note("\(what) (\(Int(now - since)) s)"))
     }
 
     var budgetJSON: JSON {
