@@ -38,7 +38,7 @@ let package = Package(
         .executableTarget(name: "AgentboxInit", dependencies: ["AgentboxCore", "CAgentboxShim", "CCap"],
                           linkerSettings: [.unsafeFlags(["-static-executable"])]),
         .executableTarget(name: "agentbox", dependencies: [
-            "AgentboxCore", "AgentboxSandbox", "AgentboxJournal", "AgentboxSupervisor", "AgentboxModels",
+            "AgentboxCore", "AgentboxSandbox", "AgentboxJournal", "AgentboxSupervisor", "AgentboxModels", "CAgentboxShim",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // `make bench` micro-benchmarks (journal throughput); not installed.

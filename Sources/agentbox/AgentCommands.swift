@@ -4,6 +4,7 @@ import AgentboxModels
 import AgentboxSandbox
 import AgentboxSupervisor
 import ArgumentParser
+import CAgentboxShim
 import Glibc
 
 struct RunCommand: ParsableCommand {
@@ -289,14 +290,31 @@ enum Detach {
     }
 }
 
-/// The supervisor of a live run: its pid from the lock file, checked against the lock.
-func liveSupervisor(_ store: RunStore, _ id: String) throws(AgentboxError) -> pid_t {
+/// The supervisor of a live run, as a pidfd: the pid comes from the run's lock file, and the kernel's
+/// lock table (/proc/locks) must show that very process holding that lock after the pidfd is open, so
+/// a pid reused by an unrelated process is never signalled.
+func liveSupervisor(_ store: RunStore, _ id: String) throws(AgentboxError) -> (pid: pid_t, fd: Int32) {
     let summary = try store.summary(id, full: false)
-    guard summary.state == "running", let text = FileIO.readSmall(store.runsDir + "/" + id + "/lock"),
-          let pid = pid_t(text.trimmingSpaces()), pid > 0 else {
+    let lockPath = store.runsDir + "/" + id + "/lock"
+    guard summary.state == "running", let text = FileIO.readSmall(lockPath), let pid = pid_t(text.trimmingSpaces()), pid > 0 else {
         throw AgentboxError(stage: "run", "run \(id) is not running (state: \(summary.state))", exitCode: 1)
     }
-    return pid
+    let fd = ab_pidfd_open(pid)
+    var st = stat()
+    guard fd >= 0, stat(lockPath, &st) == 0 else {
+        throw AgentboxError(stage: "run", "run \(id) is not running (its supervisor, pid \(pid), is gone)", exitCode: 1)
+    }
+    // /proc/locks: "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"
+    let holds = (FileIO.readSmall("/proc/locks") ?? "").split(separator: "\n").contains { line in
+        let f = line.split(separator: " ", omittingEmptySubsequences: true)
+        guard f.count >= 6, f[1] == "FLOCK", pid_t(f[4]) == pid else { return false }
+        return f[5].split(separator: ":").last.flatMap { UInt64($0) } == UInt64(st.st_ino)
+    }
+    guard holds else {
+        close(fd)
+        throw AgentboxError(stage: "run", "run \(id) is not running (pid \(pid) does not hold its lock)", exitCode: 1)
+    }
+    return (pid, fd)
 }
 
 /// Waits until the run's writer is gone; false on timeout.
@@ -326,12 +344,13 @@ struct Stop: ParsableCommand {
         guarded { () throws(AgentboxError) -> Int32 in
             let store = RunStore()
             let id = try store.resolve(target)
-            let pid = try liveSupervisor(store, id)
-            guard kill(pid, SIGTERM) == 0 else { throw AgentboxError(stage: "stop", "kill \(pid): \(FileIO.errnoString())") }
+            let (pid, pidfd) = try liveSupervisor(store, id)
+            defer { close(pidfd) }
+            guard ab_pidfd_send_signal(pidfd, SIGTERM) == 0 else { throw AgentboxError(stage: "stop", "kill \(pid): \(FileIO.errnoString())") }
             Console.note("sent SIGTERM to run \(id) (supervisor pid \(pid)); waiting up to \(Int(grace)) s")
             if !waitForEnd(store, id, seconds: grace) {
                 Console.warning("run \(id) did not stop within \(Int(grace)) s: sending SIGKILL")
-                kill(pid, SIGKILL)
+                _ = ab_pidfd_send_signal(pidfd, SIGKILL)
                 if waitForEnd(store, id, seconds: 5) {
                     try recordKilled(store, id, reason: "SIGKILL by `agentbox stop` after a \(Int(grace)) s grace period")
                 }
@@ -351,8 +370,9 @@ struct Kill: ParsableCommand {
         guarded { () throws(AgentboxError) -> Int32 in
             let store = RunStore()
             let id = try store.resolve(target)
-            let pid = try liveSupervisor(store, id)
-            guard kill(pid, SIGKILL) == 0 else { throw AgentboxError(stage: "kill", "kill \(pid): \(FileIO.errnoString())") }
+            let (pid, pidfd) = try liveSupervisor(store, id)
+            defer { close(pidfd) }
+            guard ab_pidfd_send_signal(pidfd, SIGKILL) == 0 else { throw AgentboxError(stage: "kill", "kill \(pid): \(FileIO.errnoString())") }
             guard waitForEnd(store, id, seconds: 10) else {
                 throw AgentboxError(stage: "kill", "run \(id) still has a writer 10 s after SIGKILL to pid \(pid)")
             }

@@ -247,6 +247,16 @@ import Testing
         #expect(again.code == 1 && again.err.contains("not running"), "\(again)")
     }
 
+    @Test func stopWorksForAJournaledExecToo() throws {
+        let h = home()
+        let p = try startAgentbox(["exec", "--name", "sleeper", "--", "sleep", "30"], env: ["AGENTBOX_HOME": h], stderr: FileHandle.nullDevice)
+        #expect(waitFor("sandbox.ready", run: "sleeper", home: h))
+        let stop = ab(["stop", "sleeper"], home: h)
+        p.waitUntilExit()
+        #expect(stop.code == 0 && p.terminationStatus == 143, "SIGTERM reached the command: \(stop)")
+        #expect(inspect("sleeper", home: h)["exit_code"] as? Int == 143)
+    }
+
     @Test func aKilledSupervisorLeavesNothingRunningAndAnInterruptedJournal() throws {
         let h = home()
         var e = env
