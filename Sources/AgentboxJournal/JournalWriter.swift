@@ -35,6 +35,8 @@ public final class JournalWriter {
     }
 
     deinit {
+        // A writer dropped without `finish()` (an error path) still leaves what it was given on disk.
+        if failure == nil && (!pending.isEmpty || unsyncedSince != nil) { try? flush(sync: true) }
         close(fd)
         close(lockFd)
     }

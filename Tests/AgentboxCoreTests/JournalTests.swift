@@ -21,6 +21,16 @@ import Testing
         return dir + "/journal.jsonl"
     }
 
+    @Test func aWriterDroppedWithoutFinishStillWritesWhatItWasGiven() throws {
+        let dir = tempDir()
+        do {
+            let w = try JournalWriter.create(dir: dir)
+            try w.append(RecordType.warning, ["message": "batched, never flushed by the caller"], critical: false)
+        }
+        let scan = try JournalReader.scan(path: dir + "/journal.jsonl")
+        #expect(scan.intact && scan.records.map(\.type) == [RecordType.journalOpened, RecordType.warning])
+    }
+
     @Test func writesAndVerifiesSequenceAndChecksums() throws {
         let path = try writeSample(tempDir())
         let scan = try JournalReader.scan(path: path)
