@@ -141,7 +141,7 @@ public enum PolicyResolver {
             mounts.append(entry)
         }
         for path in profile.system {
-            if let link = host.symlinkText(path), !path.dropFirst().contains("/") {
+            if let link = host.symlinkText(path), !path.utf8.dropFirst().contains(UInt8(ascii: "/")) {
                 add(MountEntry(.symlink, source: link, target: path))
             } else if let c = host.canonical(path) {
                 add(MountEntry(.bindRO, source: c, target: c))

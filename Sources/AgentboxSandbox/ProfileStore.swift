@@ -16,7 +16,7 @@ public enum ProfileStore {
             dirs.append(exeDir + "/sandbox-profiles")
             // A build tree: .build/<triple>/<config>/agentbox -> the repository's sandbox-profiles/.
             var dir = exeDir
-            for _ in 0..<(exeDir.contains("/.build/") ? 4 : 0) {
+            for _ in 0..<(exeDir.split(separator: "/").contains(".build") ? 4 : 0) {
                 dir = String(dir[..<(dir.lastIndex(of: "/") ?? dir.startIndex)])
                 if dir.isEmpty { break }
                 dirs.append(dir + "/sandbox-profiles")
@@ -42,7 +42,7 @@ public enum ProfileStore {
 
     /// The file a profile name or path refers to.
     public static func locate(_ nameOrPath: String) throws(AgentboxError) -> String {
-        if nameOrPath.contains("/") || nameOrPath.hasSuffix(".json") {
+        if nameOrPath.utf8.contains(UInt8(ascii: "/")) || nameOrPath.hasSuffix(".json") {
             guard FileIO.exists(nameOrPath) else {
                 throw AgentboxError(stage: "profile", "\(nameOrPath): no such file")
             }
@@ -70,7 +70,7 @@ public enum ProfileStore {
                 throw AgentboxError(stage: "profile", "\(path): extends: \(error.message)", hint: error.hint)
             }
         }
-        let name = nameOrPath.contains("/") || nameOrPath.hasSuffix(".json")
+        let name = nameOrPath.utf8.contains(UInt8(ascii: "/")) || nameOrPath.hasSuffix(".json")
             ? String(path.split(separator: "/").last!.dropLast(path.hasSuffix(".json") ? 5 : 0)) : nameOrPath
         do {
             var profile = try Profile.parse(text, name: name, file: path, base: base)
