@@ -54,8 +54,13 @@ public enum ToolText {
                      cut: bytes.count - 2 * (limit / 2), limit: limit), true)
     }
 
-    /// The kept head and tail of a larger output, `cut` bytes having been dropped between them.
+    /// The kept head and tail of a larger output, `cut` bytes having been dropped between them; the
+    /// marker between them says how many bytes were dropped in all.
     public static func join(head: [UInt8], tail: [UInt8], cut: Int, limit: Int) -> String {
+        join(head: head, tail: tail, cut: cut) { "[... \($0) bytes cut by agentbox: output kept to the first and last \(limit / 2) bytes ...]" }
+    }
+
+    public static func join(head: [UInt8], tail: [UInt8], cut: Int, marker: (Int) -> String) -> String {
         // A character split by the cut is dropped whole: continuation bytes at the start of the tail,
         // and an incomplete sequence at the end of the head.
         var headEnd = head.count
@@ -71,8 +76,7 @@ public enum ToolText {
         var tailStart = 0
         while tailStart < tail.count && tailStart < 3 && tail[tailStart] & 0xC0 == 0x80 { tailStart += 1 }
         let dropped = cut + (head.count - headEnd) + tailStart
-        return String(decoding: head[..<headEnd], as: UTF8.self)
-            + "\n[... \(dropped) bytes cut by agentbox: output kept to the first and last \(limit / 2) bytes ...]\n"
+        return String(decoding: head[..<headEnd], as: UTF8.self) + "\n" + marker(dropped) + "\n"
             + String(decoding: tail[tailStart...], as: UTF8.self)
     }
 

@@ -90,6 +90,10 @@ public final class AgentRun {
     var lastReport = CgroupReport()
     var requestStarted = 0.0
     let started = Clock.monotonic()
+    /// Long runs: old tool results are shortened before a request once the conversation passes this
+    /// many bytes (`AGENTBOX_CONTEXT_BYTES`, default 400 kB, about 100k tokens).
+    public var compactor = Compactor(limit: ModelSpec.env("AGENTBOX_CONTEXT_BYTES").flatMap { Int($0) }.map { max(10_000, $0) } ?? 400_000)
+    var retriedContext = false
 
     public init(store: RunStore = RunStore(), policy: SandboxPolicy, task: AgentTask, warn: @escaping (String) -> Void,
                 progress: @escaping (AgentEvent) -> Void) {
@@ -273,6 +277,27 @@ public final class AgentRun {
             box.sendAgent(["t": "end"])
             return
         }
+        try compact(compactor, reason: "size")
+        retriedContext = false
+        try request()
+    }
+
+    /// Applies a compaction rule and journals what it shortened; false when nothing could be.
+    @discardableResult
+    func compact(_ rule: Compactor, force: Bool = false, reason: String) throws(AgentboxError) -> Bool {
+        let before = Compactor.size(conversation)
+        let elided = rule.compact(&conversation, force: force)
+        guard !elided.isEmpty else { return false }
+        try writer.append("context.compacted", .object([
+            ("reason", .string(reason)), ("bytes_before", .number(Double(before))),
+            ("bytes_after", .number(Double(Compactor.size(conversation)))), ("limit", .number(Double(rule.limit))),
+            ("target", .number(Double(rule.target))), ("elided", .array(elided.map { .string($0) })),
+        ]), critical: false)
+        progress(.note("conversation compacted (\(reason)): \(elided.count) old tool result(s) shortened, \(before / 1000) kB -> \(Compactor.size(conversation) / 1000) kB"))
+        return true
+    }
+
+    func request() throws(AgentboxError) {
         requestStarted = Clock.monotonic()
         try writer.append("model.request", .object([("step", .number(Double(accounting.steps + 1))),
                                                      ("messages", .number(Double(conversation.messages.count)))]), critical: false)
@@ -337,6 +362,16 @@ public final class AgentRun {
             // When the run is stopping, the loop still gets the turn: toolStart answers its calls as skipped.
             box.sendAgent(["t": "turn", "calls": .array(turn.toolCalls.map { .object([("id", .string($0.id)), ("name", .string($0.name))]) })])
         case let .failure(error):
+            if error.kind == .contextLength, ending == nil, !retriedContext {
+                // Too long for the model after all: shorten harder (to half) and ask once more.
+                retriedContext = true
+                var rule = compactor
+                rule.target = Compactor.size(conversation) / 2
+                if try compact(rule, force: true, reason: "the model's context length was exceeded") {
+                    try request()
+                    return
+                }
+            }
             if error.kind == .cancelled, ending != nil {
                 try writer.append("model.cancelled", .object([("reason", "the run is stopping")]), critical: false)
             } else {
@@ -428,19 +463,16 @@ public final class AgentRun {
         var result = given
         let call = turn!.toolCalls[nextCall]
         let skipped = extra.contains { $0.0 == "skipped" }
+        var stuck: (severity: String, summary: String)? = nil
         if !skipped {
             let key = call.name + "\u{0}" + call.arguments + "\u{0}" + result.content
             repeats = key == lastKey ? repeats + 1 : 1
             lastKey = key
             if repeats == AgentRun.stuckWarnAt {
                 result.content += "\n[agentbox: this exact call returned this exact result \(repeats) times in a row. Change your approach, or confess if you are blocked.]"
-                try confess(severity: "warning", category: "stuck_loop",
-                            summary: "\(call.name) was called \(repeats) times in a row with the same arguments and the same result", details: nil,
-                            by: "supervisor")
+                stuck = ("warning", "\(call.name) was called \(repeats) times in a row with the same arguments and the same result")
             } else if repeats >= AgentRun.stuckStopAt && ending == nil {
-                try confess(severity: "blocker", category: "stuck_loop",
-                            summary: "\(call.name) was called \(repeats) times in a row with the same arguments and result: the run was stopped",
-                            details: nil, by: "supervisor")
+                stuck = ("blocker", "\(call.name) was called \(repeats) times in a row with the same arguments and result: the run was stopped")
                 ending = .stopped("stuck loop: the same call and result \(repeats) times in a row")
             }
         }
@@ -453,6 +485,7 @@ public final class AgentRun {
         if !skipped { progress(.toolDone(name: name, result: result.content, isError: result.isError, seconds: seconds)) }
         results.append(result)
         nextCall += 1
+        if let stuck { try confess(severity: stuck.severity, category: "stuck_loop", summary: stuck.summary, details: nil, by: "supervisor") }
     }
 
     /// After a tool ran: OOM kills and pids-limit hits in the sandbox's cgroup since the last check.

@@ -166,6 +166,28 @@ import Testing
         #expect(cs.contains { $0["severity"] as? String == "blocker" && $0["category"] as? String == "model" }, "\(cs)")
     }
 
+    @Test func longConversationsAreCompactedBeforeEachRequest() {
+        let h = home()
+        let r = agentRun("big", home: h, extra: ["--name", "big"], env: ["AGENTBOX_CONTEXT_BYTES": "60000"])
+        #expect(r.code == 0, "\(r)")
+        #expect(Self.server.violationLog.isEmpty, violations)
+        let compactions = records("big", home: h).filter { $0["type"] as? String == "context.compacted" }
+        #expect(!compactions.isEmpty)
+        // The journal keeps every result whole: only what is sent to the model is shortened.
+        let whole = records("big", home: h).filter { $0["type"] as? String == "tool.done" && data($0)["name"] as? String == "shell" }
+            .allSatisfy { (data($0)["content"] as? String ?? "").utf8.count >= 30_000 }
+        #expect(whole)
+    }
+
+    @Test func aContextLengthErrorIsAnsweredByCompactingAndAskingAgain() {
+        let h = home()
+        let r = agentRun("ctx", home: h, extra: ["--name", "ctx"])
+        #expect(r.code == 0, "\(r)")
+        let rs = records("ctx", home: h)
+        #expect(rs.contains { $0["type"] as? String == "context.compacted" && (data($0)["reason"] as? String ?? "").contains("context length") })
+        #expect(!types(rs).contains("model.error"))
+    }
+
     @Test func optionsAreCheckedBeforeAnythingStarts() {
         let h = home()
         let noTask = ab(["run", "--model", "replay:/nonexistent"], home: h)

@@ -376,3 +376,38 @@ extension Result {
         #expect(r.transportError?.kind == .timeout, "\(String(describing: r.transportError))")
     }
 }
+
+@Suite struct CompactorTests {
+    func conversation(results: Int, size: Int) -> Conversation {
+        var c = Conversation(system: "sys", messages: [.user("task")])
+        for i in 0..<results {
+            c.messages.append(.assistant(AssistantTurn(toolCalls: [ToolCall(id: "c\(i)", name: "shell", arguments: "{}")])))
+            c.messages.append(.toolResults([ToolResult(callID: "c\(i)", content: String(repeating: "x", count: size))]))
+        }
+        return c
+    }
+
+    @Test func underTheLimitNothingChanges() {
+        var c = conversation(results: 3, size: 1000)
+        #expect(Compactor(limit: 10_000).compact(&c).isEmpty)
+    }
+
+    @Test func oldestResultsAreShortenedFirstAndTheLatestTurnsAreKept() {
+        var c = conversation(results: 6, size: 20_000)
+        let rule = Compactor(limit: 100_000, target: 60_000)
+        let elided = rule.compact(&c)
+        #expect(elided == ["c0", "c1", "c2", "c3"], "oldest first, until under the target")
+        #expect(Compactor.size(c) <= 60_000)
+        if case let .toolResults(r) = c.messages[2] { #expect(r[0].content.contains("elided by agentbox") && r[0].content.utf8.count < 2_000) }
+        if case let .toolResults(r) = c.messages[12] { #expect(r[0].content.utf8.count == 20_000, "the last turn is whole") }
+        var again = c
+        #expect(rule.compact(&again).isEmpty, "idempotent once under the limit")
+        var c2 = conversation(results: 6, size: 20_000)
+        #expect(rule.compact(&c2) == elided, "deterministic")
+    }
+
+    @Test func protectedTurnsStayWholeEvenWhenForced() {
+        var c = conversation(results: 2, size: 50_000)
+        #expect(Compactor(limit: 1, target: 1).compact(&c, force: true).isEmpty)
+    }
+}

@@ -103,6 +103,27 @@ def script_idle(step, results):
     return ("", [call("finish", status="success", summary="idle")])
 
 
+def script_big(step, results, msgs):
+    """Six tool calls with 30 kB results each; then the oldest must have been shortened by agentbox and
+    the whole conversation must have stayed small (AGENTBOX_CONTEXT_BYTES=60000 in the test)."""
+    if step < 6:
+        return ("", [call("shell", command="head -c 30000 /dev/zero | tr '\\0' a; echo %d" % step)])
+    size = len(json.dumps(msgs))
+    text = json.dumps(msgs[:4])
+    if "elided by agentbox" not in text or size > 90000:
+        return f"the conversation was not compacted: {size} bytes"
+    return ("", [call("finish", status="success", summary="compacted")])
+
+
+def script_ctx(step, results, msgs):
+    """A model with a small context: any request over 100 kB is refused like OpenAI refuses it."""
+    if len(json.dumps(msgs)) > 100000:
+        return {"status": 400, "body": {"error": {"message": "This model's maximum context length is 1000 tokens", "type": "invalid_request_error", "code": "context_length_exceeded"}}}
+    if step < 5:
+        return ("", [call("shell", command="head -c 30000 /dev/zero | tr '\\0' b; echo %d" % step)])
+    return ("", [call("finish", status="success", summary="fits")])
+
+
 def script_talk(step, results):
     return ("I think the task is done.", [])
 
@@ -217,6 +238,10 @@ class Handler(BaseHTTPRequestHandler):
                 return self.violation(f"unexpected tools {names}")
         if script == "fix":
             turn = script_fix(step, results, self.server.server_address[1])
+        elif script in ("big", "ctx"):
+            turn = (script_big if script == "big" else script_ctx)(step, results, msgs)
+            if isinstance(turn, dict):
+                return self.answer(turn["status"], turn["body"])
         else:
             turn = AGENT_SCRIPTS[script](step, results)
         if isinstance(turn, str):
