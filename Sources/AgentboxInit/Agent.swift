@@ -105,9 +105,9 @@ final class AgentLoop {
     func execute(_ name: String, _ args: JSON) -> [(String, JSON)] {
         switch name {
         case "shell": return shell(args)
-        case "read_file": return readFile(args)
-        case "write_file": return writeFile(args)
-        case "edit_file": return editFile(args)
+        case "read_file": return inChild(name) { readFile(args) }
+        case "write_file": return inChild(name) { writeFile(args) }
+        case "edit_file": return inChild(name) { editFile(args) }
         default: return failure("\(name) is not a tool the sandbox runs")
         }
     }
@@ -220,6 +220,61 @@ final class AgentLoop {
     }
 
     // MARK: files
+
+    /// Seconds a file tool may take (a hung filesystem must not stall the loop).
+    static let fileToolTimeout = 60.0
+
+    /// Runs a file tool in a forked child process (like every tool call, a process of the sandbox), with
+    /// a timeout; the child sends its result back through a pipe. The init stays small and responsive.
+    func inChild(_ tool: String, _ body: () -> [(String, JSON)]) -> [(String, JSON)] {
+        var p: [Int32] = [-1, -1]
+        guard ab_pipe2_cloexec(&p) == 0 else { return failure("\(tool): pipe: \(FileIO.errnoString())") }
+        let pid = fork()
+        if pid < 0 {
+            close(p[0]); close(p[1])
+            return failure("\(tool): fork: \(FileIO.errnoString())")
+        }
+        if pid == 0 {
+            close(p[0])
+            let bytes = JSON.object(body()).serializedBytes
+            var off = 0
+            while off < bytes.count {
+                let n = bytes[off...].withUnsafeBytes { write(p[1], $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { _exit(1) }
+                off += n
+            }
+            _exit(0)
+        }
+        close(p[1])
+        defer { close(p[0]) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 64 << 10)
+        let deadline = monotonic() + AgentLoop.fileToolTimeout
+        var fds = [pollfd(fd: p[0], events: Int16(POLLIN), revents: 0), pollfd(fd: channel, events: 0, revents: 0)]
+        var timedOut = false
+        while true {
+            let left = deadline - monotonic()
+            if left <= 0 { timedOut = true; break }
+            let rc = poll(&fds, 2, Int32((left * 1000).rounded(.up)))
+            if rc < 0 && errno != EINTR { break }
+            if fds[1].revents & Int16(POLLHUP | POLLERR) != 0 { exit(125) }  // the supervisor is gone
+            if fds[0].revents == 0 { continue }
+            let n = buf.withUnsafeMutableBytes { read(p[0], $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        if timedOut { kill(pid, SIGKILL) }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        if timedOut { return failure("\(tool): no answer within \(Int(AgentLoop.fileToolTimeout)) s (is the filesystem hung?); the operation was killed") }
+        guard let json = try? JSON.parse(bytes: out), let fields = json.objectValue else {
+            let how = (status & 0x7f) == 0 ? "exited with status \((status >> 8) & 0xff)" : "was killed by signal \(status & 0x7f)"
+            return failure("\(tool): the tool's process \(how) without a result" + ((status & 0x7f) == 9 ? " (out of memory?)" : ""))
+        }
+        return fields
+    }
 
     static let readLimitLines = 2000
     static let readLimitBytes = 64 << 10
