@@ -44,6 +44,40 @@ final class AgentLoop {
         }
     }
 
+    /// Output pipes of `shell` calls whose background processes still hold them open: drained and
+    /// discarded while the loop waits, so a server started with `&` does not die of SIGPIPE on its next
+    /// log line. At most `maxSinks`; beyond that the oldest is closed.
+    var sinks: [Int32] = []
+    static let maxSinks = 64
+    var scratch = [UInt8](repeating: 0, count: 64 << 10)
+
+    /// poll(2) on `fds` and on the sinks, which it drains; returns poll's result.
+    func poll(_ fds: inout [pollfd], _ timeoutMs: Int32) -> Int32 {
+        var all = fds + sinks.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        let rc = Glibc.poll(&all, nfds_t(all.count), timeoutMs)
+        for i in fds.indices { fds[i].revents = all[i].revents }
+        if rc > 0 {
+            for p in all[fds.count...] where p.revents != 0 {
+                while true {
+                    let n = scratch.withUnsafeMutableBytes { read(p.fd, $0.baseAddress, $0.count) }
+                    if n > 0 { continue }
+                    if n < 0 && errno == EINTR { continue }
+                    if n == 0 || errno != EAGAIN {
+                        close(p.fd)
+                        sinks.removeAll { $0 == p.fd }
+                    }
+                    break
+                }
+            }
+        }
+        return rc
+    }
+
+    func sink(_ fd: Int32) {
+        if sinks.count >= AgentLoop.maxSinks { close(sinks.removeFirst()) }
+        sinks.append(fd)
+    }
+
     /// Reaps every exited process; returns the wait status of `child` if it was among them.
     func reap(child: pid_t = -2) -> Int32? {
         while ab_signalfd_read(sigfd) > 0 {}
@@ -61,7 +95,7 @@ final class AgentLoop {
     func awaitReply() throws(ChannelClosed) -> JSON {
         var fds = [pollfd(fd: channel, events: Int16(POLLIN), revents: 0), pollfd(fd: sigfd, events: Int16(POLLIN), revents: 0)]
         while inbox.isEmpty {
-            let rc = poll(&fds, 2, -1)
+            let rc = poll(&fds, -1)
             if rc < 0 { if errno == EINTR { continue }; throw ChannelClosed() }
             if fds[1].revents != 0 { _ = reap() }
             if fds[0].revents & Int16(POLLIN) != 0 { try readChannel() } else if fds[0].revents != 0 { throw ChannelClosed() }
@@ -129,8 +163,10 @@ final class AgentLoop {
         var pid: pid_t = 0
         let rc = ab_spawn_tool("/bin/sh", &cArgs, pipe[1], &pid)
         close(pipe[1])
-        defer { close(pipe[0]) }
-        if rc != 0 { return failure("shell: cannot start /bin/sh: \(FileIO.errnoString(rc))") }
+        if rc != 0 {
+            close(pipe[0])
+            return failure("shell: cannot start /bin/sh: \(FileIO.errnoString(rc))")
+        }
         _ = fcntl(pipe[0], F_SETFL, fcntl(pipe[0], F_GETFL) | O_NONBLOCK)
 
         let half = Int(spec.outputLimit) / 2
@@ -155,7 +191,7 @@ final class AgentLoop {
                 drainUntil = now + 0.2
                 continue
             }
-            let rc = poll(&fds, 3, Int32(((limit - now) * 1000).rounded(.up)))
+            let rc = poll(&fds, Int32(((limit - now) * 1000).rounded(.up)))
             if rc < 0 && errno != EINTR { break }
             if fds[1].revents != 0, let s = reap(child: pid) {
                 status = s
@@ -195,6 +231,8 @@ final class AgentLoop {
             if waitpid(pid, &s, 0) == pid { status = s }
         }
         if timedOut { var s: Int32 = 0; _ = waitpid(pid, &s, 0) }
+        // Background processes may still hold the output open: keep draining it, or close it at EOF.
+        if fds[0].fd >= 0 { sink(pipe[0]) } else { close(pipe[0]) }
         if tail.count > half { tail.removeFirst(tail.count - half) }
         var text: String
         var truncated = false
@@ -256,7 +294,7 @@ final class AgentLoop {
         while true {
             let left = deadline - monotonic()
             if left <= 0 { timedOut = true; break }
-            let rc = poll(&fds, 2, Int32((left * 1000).rounded(.up)))
+            let rc = poll(&fds, Int32((left * 1000).rounded(.up)))
             if rc < 0 && errno != EINTR { break }
             if fds[1].revents & Int16(POLLHUP | POLLERR) != 0 { exit(125) }  // the supervisor is gone
             if fds[0].revents == 0 { continue }

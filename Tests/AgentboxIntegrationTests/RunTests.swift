@@ -359,6 +359,18 @@ import Testing
         #expect(res[2]["exit_code"] as? Int == 7 && (res[2]["content"] as? String ?? "").hasPrefix("exit code 7"))
     }
 
+    @Test func backgroundProcessesOfAToolCallKeepRunningWhileTheyWrite() throws {
+        let (r, rs) = try replayRun(#"""
+            {"tool_calls": [{"name": "shell", "arguments": {"command": "(while true; do echo tick; sleep 0.05; done) & echo $! > bg.pid; echo started"}}]},
+            {"tool_calls": [{"name": "shell", "arguments": {"command": "sleep 1; kill -0 $(cat bg.pid) && echo alive"}}]}
+            """#)
+        #expect(r.code == 0, "\(r)")
+        let res = results(rs)
+        #expect((res[0]["content"] as? String ?? "").contains("started"))
+        #expect((res[1]["content"] as? String ?? "").contains("alive"), "the writer did not die of SIGPIPE: \(res[1])")
+        #expect((res[0]["duration_ms"] as? Double ?? 99_999) < 2_000, "the call returned without waiting for the background process")
+    }
+
     @Test func fileToolsWorkAndFailClearly() throws {
         let ws = TestEnv.workspace()
         try "a = 1\nb = 1\n".write(toFile: ws + "/f.txt", atomically: true, encoding: .utf8)
