@@ -132,7 +132,7 @@ public final class AgentRun {
         let modelJSON: JSON = .object([("provider", .string(task.model.provider.rawValue)), ("model", .string(task.model.model)),
                                        ("base_url", task.model.baseURL.isEmpty ? .null : .string(task.model.baseURL))])
         try writer.append(RecordType.runStarted, .object([
-            ("id", .string(id)), ("name", .string(task.name)), ("kind", "run"),
+            ("id", .string(id)), ("name", task.name.isEmpty ? .null : .string(task.name)), ("kind", "run"),
             ("task", .string(task.task)), ("model", modelJSON), ("budget", budgetJSON),
             ("system_prompt", .string(conversation.system)),
             ("tools", .array(BuiltinTools.definitions.map { .string($0.name) })),
@@ -515,7 +515,7 @@ public final class AgentRun {
         let seq = try writer.append(RecordType.confession, .object(data), critical: true)
         progress(.confession(severity: severity, category: category, summary: summary, by: by))
         do {
-            try ConfessionFeed.append(store: store, run: id, name: task.name, seq: seq, severity: severity, category: category, summary: summary)
+            try ConfessionFeed.append(store: store, run: id, name: task.name.isEmpty ? nil : task.name, seq: seq, severity: severity, category: category, summary: summary)
         } catch {
             warn("\(error.stage): \(error.message)")
         }

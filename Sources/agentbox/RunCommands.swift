@@ -12,8 +12,8 @@ enum Style {
         guard on else { return s }
         switch s {
         case "running": return "\u{1B}[36m\(s)\u{1B}[0m"
-        case "exited": return "\u{1B}[32m\(s)\u{1B}[0m"
-        case "interrupted", "timeout", "damaged", "failed": return "\u{1B}[33m\(s)\u{1B}[0m"
+        case "exited", "finished": return "\u{1B}[32m\(s)\u{1B}[0m"
+        case "interrupted", "timeout", "damaged", "failed", "stopped", "budget", "killed": return "\u{1B}[33m\(s)\u{1B}[0m"
         default: return s
         }
     }
@@ -44,10 +44,13 @@ struct PS: ParsableCommand {
                 for r in rows { Console.out(r.json.serialized) }
                 return 0
             }
-            Console.out(Style.bold("ID            NAME                  STATE         AGE   EXIT"))
+            Console.out(Style.bold("ID            NAME                  STATE         AGE   EXIT  WHAT"))
             for r in rows {
                 let name = (r.name ?? "-").padding(20)
-                Console.out("\(r.id.padding(12))  \(name)  \(Style.state(r.state.padding(12)))  \(age(r.startedAt).padding(5)) \(r.exitCode.map(String.init) ?? "-")")
+                let exit = (r.exitCode.map { String($0) } ?? "-").padding(5)
+                var what = r.kind == "run" ? "run: " + (r.task ?? "") : r.argv.joined(separator: " ")
+                what = String((what.split(separator: "\n").first ?? "").prefix(50))
+                Console.out("\(r.id.padding(12))  \(name)  \(Style.state(r.state.padding(12)))  \(age(r.startedAt).padding(5)) \(exit) \(what)")
             }
             if rows.isEmpty && !all { Console.note("no running runs (`agentbox ps --all` shows ended ones)") }
             return 0
