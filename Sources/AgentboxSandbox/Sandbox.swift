@@ -275,7 +275,8 @@ public final class Sandbox {
         defer { close(channel); channelFD = -1 }
         var devNull: Int32 = -1
         if agentMessage != nil {
-            // The loop writes nothing to the terminal (`run --json` owns stdout); tools have their own pipes.
+            // `run --json` owns stdout: the init's goes to /dev/null (tools have their own pipes); its stderr
+            // stays agentbox's, where a crash of the init would be seen.
             devNull = open("/dev/null", O_WRONLY | O_CLOEXEC)
             for fd in [channel, sp[1]] {
                 var size: Int32 = 1 << 20
@@ -314,7 +315,7 @@ public final class Sandbox {
                                                  sync_fd: sync[0], keep_caps: ident.keepCaps ? 1 : 0,
                                                  cgroup_fd: cgroup?.cloneFd ?? -1, uid: ident.uid, gid: ident.gid,
                                                  drop_groups: ident.denySetgroups ? 0 : 1, stdout_fd: devNull >= 0 ? devNull : outPipe[1],
-                                                 stderr_fd: devNull >= 0 ? devNull : errPipe[1])
+                                                 stderr_fd: errPipe[1])
                         return ab_spawn(&args, &pidfd)
                     }
                 }
