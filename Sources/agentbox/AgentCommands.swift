@@ -334,6 +334,36 @@ func recordKilled(_ store: RunStore, _ id: String, reason: String) throws(Agentb
     try writer.finish()
 }
 
+/// A live run's supervisor, signalled through a pidfd (see `liveSupervisor`).
+struct Supervisor {
+    let store = RunStore()
+    let id: String
+    let pid: pid_t
+    let pidfd: Int32
+
+    init(_ target: String) throws(AgentboxError) {
+        id = try store.resolve(target)
+        (pid, pidfd) = try liveSupervisor(store, id)
+    }
+
+    func signal(_ sig: Int32) throws(AgentboxError) {
+        guard ab_pidfd_send_signal(pidfd, sig) == 0 else {
+            throw AgentboxError(stage: "signal", "signal \(sig) to pid \(pid): \(FileIO.errnoString())")
+        }
+    }
+
+    /// SIGKILL, then the end record the dead writer could not write.
+    func kill(reason: String) throws(AgentboxError) {
+        try signal(SIGKILL)
+        guard waitForEnd(store, id, seconds: 10) else {
+            throw AgentboxError(stage: "kill", "run \(id) still has a writer 10 s after SIGKILL to pid \(pid)")
+        }
+        try recordKilled(store, id, reason: reason)
+    }
+
+    func close() { Glibc.close(pidfd) }
+}
+
 struct Stop: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Stop a run: SIGTERM, the current tool may finish within the grace period, then SIGKILL.",
@@ -342,21 +372,16 @@ struct Stop: ParsableCommand {
     @Option(help: ArgumentHelp("Seconds to wait before SIGKILL.", valueName: "SECONDS")) var grace: Double = Sandbox.gracePeriod + 5
     func run() throws {
         guarded { () throws(AgentboxError) -> Int32 in
-            let store = RunStore()
-            let id = try store.resolve(target)
-            let (pid, pidfd) = try liveSupervisor(store, id)
-            defer { close(pidfd) }
-            guard ab_pidfd_send_signal(pidfd, SIGTERM) == 0 else { throw AgentboxError(stage: "stop", "kill \(pid): \(FileIO.errnoString())") }
-            Console.note("sent SIGTERM to run \(id) (supervisor pid \(pid)); waiting up to \(Int(grace)) s")
-            if !waitForEnd(store, id, seconds: grace) {
-                Console.warning("run \(id) did not stop within \(Int(grace)) s: sending SIGKILL")
-                _ = ab_pidfd_send_signal(pidfd, SIGKILL)
-                if waitForEnd(store, id, seconds: 5) {
-                    try recordKilled(store, id, reason: "SIGKILL by `agentbox stop` after a \(Int(grace)) s grace period")
-                }
+            let s = try Supervisor(target)
+            defer { s.close() }
+            try s.signal(SIGTERM)
+            Console.note("sent SIGTERM to run \(s.id) (supervisor pid \(s.pid)); waiting up to \(Int(grace)) s")
+            if !waitForEnd(s.store, s.id, seconds: grace) {
+                Console.warning("run \(s.id) did not stop within \(Int(grace)) s: sending SIGKILL")
+                try s.kill(reason: "SIGKILL by `agentbox stop` after a \(Int(grace)) s grace period")
             }
-            let s = try store.summary(id, full: false)
-            Console.note("run \(id): \(s.state), exit code \(s.exitCode.map(String.init) ?? "-")")
+            let summary = try s.store.summary(s.id, full: false)
+            Console.note("run \(s.id): \(summary.state), exit code \(summary.exitCode.map { String($0) } ?? "-")")
             return 0
         }
     }
@@ -368,16 +393,10 @@ struct Kill: ParsableCommand {
     @Argument(help: ArgumentHelp("Run id, unique id prefix, or name.", valueName: "RUN")) var target: String
     func run() throws {
         guarded { () throws(AgentboxError) -> Int32 in
-            let store = RunStore()
-            let id = try store.resolve(target)
-            let (pid, pidfd) = try liveSupervisor(store, id)
-            defer { close(pidfd) }
-            guard ab_pidfd_send_signal(pidfd, SIGKILL) == 0 else { throw AgentboxError(stage: "kill", "kill \(pid): \(FileIO.errnoString())") }
-            guard waitForEnd(store, id, seconds: 10) else {
-                throw AgentboxError(stage: "kill", "run \(id) still has a writer 10 s after SIGKILL to pid \(pid)")
-            }
-            try recordKilled(store, id, reason: "SIGKILL by `agentbox kill`")
-            Console.note("run \(id): killed")
+            let s = try Supervisor(target)
+            defer { s.close() }
+            try s.kill(reason: "SIGKILL by `agentbox kill`")
+            Console.note("run \(s.id): killed")
             return 0
         }
     }
