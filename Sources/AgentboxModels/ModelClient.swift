@@ -54,6 +54,9 @@ public protocol ModelProvider: AnyObject {
     func complete(_ conversation: Conversation, tools: [ToolDefinition]) throws(ModelError) -> (AssistantTurn, [Attempt])
     /// The attempts of the last `complete`, failed ones included (also when it threw).
     var lastAttempts: [Attempt] { get }
+    /// The size and CRC-32C of the last request body sent (nil: no HTTP request, e.g. replay). The journal
+    /// records them so a conversation rebuilt from it can be checked against what was really sent.
+    var lastRequest: (bytes: Int, crc32c: UInt32)? { get }
     /// Makes a call in progress (and its retries) give up soon with `.cancelled`; may be called from
     /// another thread.
     func cancel()
@@ -76,6 +79,7 @@ public final class HTTPModelProvider: ModelProvider {
     /// Set to stop a call in progress (checked by the transfer).
     public var cancelled: @Sendable () -> Bool = { false }
     public private(set) var lastAttempts: [Attempt] = []
+    public private(set) var lastRequest: (bytes: Int, crc32c: UInt32)? = nil
     let cancelFlag = CancelFlag()
 
     public func cancel() { cancelFlag.set() }
@@ -113,6 +117,7 @@ public final class HTTPModelProvider: ModelProvider {
             ? try AnthropicProtocol.request(model: spec.model, conversation: conversation, tools: tools, stream: true, maxTokens: maxTokens)
             : OpenAIProtocol.request(model: spec.model, conversation: conversation, tools: tools, stream: true)
         let bytes = body.serializedBytes
+        lastRequest = (bytes.count, CRC32C.checksum(bytes))
         var attempts: [Attempt] = []
         defer { lastAttempts = attempts }
         var wait = 0.0
@@ -205,6 +210,7 @@ public final class ReplayProvider: ModelProvider {
     let turns: [AssistantTurn]
     var next = 0
     public private(set) var lastAttempts: [Attempt] = []
+    public var lastRequest: (bytes: Int, crc32c: UInt32)? { nil }
     public func cancel() {}
 
     public init(path: String) throws(AgentboxError) {

@@ -317,7 +317,9 @@ public final class AgentRun {
 
     /// The gateway's call finished.
     func modelDone() throws(AgentboxError) {
-        guard let (outcome, attempts) = worker.take() else { return }
+        guard let outcome = worker.collect() else { return }
+        let attempts = outcome.attempts
+        let requestDigest: JSON = outcome.request.map { .object([("bytes", .number(Double($0.bytes))), ("crc32c", .string(CRC32C.hex($0.crc32c)))]) } ?? .null
         let seconds = Clock.monotonic() - requestStarted
         let attemptsJSON: JSON = .array(attempts.map { a in
             .object([("attempt", .number(Double(a.number))), ("status", a.status.map { .number(Double($0)) } ?? .null),
@@ -330,7 +332,7 @@ public final class AgentRun {
                                                         ("error", .string(a.error!.description)), ("kind", .string(a.error!.kind.rawValue))]),
                               critical: false)
         }
-        switch outcome {
+        switch outcome.result {
         case var .success(turn):
             // Every call needs a unique, non-empty id (Anthropic requires it; results are matched by it).
             var seen = Set<String>()
@@ -343,6 +345,7 @@ public final class AgentRun {
                 ("step", .number(Double(accounting.steps))),
                 ("turn", AgentRun.turnJSON(turn)),
                 ("attempts", attemptsJSON),
+                ("request", requestDigest),
                 ("seconds", .number((seconds * 1000).rounded() / 1000)),
                 ("total_tokens", .number(Double(accounting.usage.total))),
                 ("cost", accounting.cost.map { .number($0) } ?? .null),
@@ -376,7 +379,7 @@ public final class AgentRun {
                 try writer.append("model.cancelled", .object([("reason", "the run is stopping")]), critical: false)
             } else {
                 try writer.append("model.error", .object([("kind", .string(error.kind.rawValue)), ("error", .string(error.description)),
-                                                          ("attempts", attemptsJSON)]), critical: true)
+                                                          ("attempts", attemptsJSON), ("request", requestDigest)]), critical: true)
                 try confess(severity: "blocker", category: "model",
                             summary: "the model call failed after \(attempts.count) attempt(s): \(error.description)", details: nil, by: "supervisor")
                 if ending == nil { ending = .stopped("the model call failed: \(error.description)") }

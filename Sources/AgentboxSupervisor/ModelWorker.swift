@@ -7,7 +7,13 @@ import Glibc
 final class ModelWorker: @unchecked Sendable {
     let fd: Int32
     var mutex = pthread_mutex_t()
-    var outcome: (Result<AssistantTurn, ModelError>, [Attempt])? = nil
+    var outcome: Outcome? = nil
+
+    struct Outcome {
+        var result: Result<AssistantTurn, ModelError>
+        var attempts: [Attempt]
+        var request: (bytes: Int, crc32c: UInt32)?
+    }
     var thread: pthread_t? = nil
     let provider: ModelProvider
 
@@ -31,9 +37,9 @@ final class ModelWorker: @unchecked Sendable {
         let body = ThreadBody { [self] in
             let result: Result<AssistantTurn, ModelError>
             do throws(ModelError) { result = .success(try provider.complete(conversation, tools: tools).0) } catch { result = .failure(error) }
-            let attempts = provider.lastAttempts
+            let done = Outcome(result: result, attempts: provider.lastAttempts, request: provider.lastRequest)
             pthread_mutex_lock(&mutex)
-            outcome = (result, attempts)
+            outcome = done
             pthread_mutex_unlock(&mutex)
             var one: UInt64 = 1
             _ = write(fd, &one, 8)
@@ -53,7 +59,7 @@ final class ModelWorker: @unchecked Sendable {
     }
 
     /// The finished call's outcome, if it finished.
-    func take() -> (Result<AssistantTurn, ModelError>, [Attempt])? {
+    func collect() -> Outcome? {
         var count: UInt64 = 0
         _ = read(fd, &count, 8)
         pthread_mutex_lock(&mutex)

@@ -80,6 +80,9 @@ import Testing
         }
         let confessions = rs.filter { $0["type"] as? String == "confession" }.map(data)
         #expect(confessions.contains { $0["category"] as? String == "environment" && $0["by"] as? String == "agent" })
+        // Each response names the exact request it answered (size and CRC-32C of the body sent).
+        let requests = rs.filter { $0["type"] as? String == "model.response" }.map { data($0)["request"] as? [String: Any] ?? [:] }
+        #expect(requests.allSatisfy { ($0["bytes"] as? Int ?? 0) > 1000 && ($0["crc32c"] as? String ?? "").count == 8 }, "\(requests)")
         let ended = data(rs.last!)
         #expect(ended["state"] as? String == "finished" && ended["status"] as? String == "success" && ended["exit_code"] as? Int == 0)
         // The key stays in the gateway: not in the journal (which holds every tool output), nor in the
