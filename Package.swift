@@ -45,7 +45,7 @@ let package = Package(
         .executableTarget(name: "agentbox-bench", dependencies: ["AgentboxCore", "AgentboxJournal", "AgentboxModels"]),
         .testTarget(name: "AgentboxCoreTests", dependencies: ["AgentboxCore", "AgentboxSandbox", "AgentboxJournal"]),
         .testTarget(name: "AgentboxModelsTests", dependencies: ["AgentboxCore", "AgentboxModels"]),
-        .testTarget(name: "AgentboxIntegrationTests", dependencies: ["AgentboxCore"]),
+        .testTarget(name: "AgentboxIntegrationTests", dependencies: ["AgentboxCore", "AgentboxJournal", "AgentboxModels", "AgentboxSupervisor"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -53,12 +53,9 @@ public struct Compactor: Sendable {
             guard case var .toolResults(results) = c.messages[i] else { continue }
             var changed = false
             for j in results.indices where total > target && results[j].content.utf8.count > floor {
-                let bytes = Array(results[j].content.utf8)
-                let cut = bytes.count - keepHead - keepTail
-                let shortened = ToolText.join(head: Array(bytes[..<keepHead]), tail: Array(bytes[(bytes.count - keepTail)...]), cut: cut) {
-                    "[... \($0) bytes of this old result elided by agentbox to keep the conversation within the model's context; run the tool again if you need them ...]"
-                }
-                total -= bytes.count - shortened.utf8.count
+                let before = results[j].content.utf8.count
+                let shortened = shorten(results[j].content)
+                total -= before - shortened.utf8.count
                 results[j].content = shortened
                 elided.append(results[j].callID)
                 changed = true
@@ -66,6 +63,16 @@ public struct Compactor: Sendable {
             if changed { c.messages[i] = .toolResults(results) }
         }
         return elided
+    }
+
+    /// One result as compaction shortens it: its first `keepHead` and last `keepTail` bytes and a marker.
+    public func shorten(_ content: String) -> String {
+        let bytes = Array(content.utf8)
+        guard bytes.count > keepHead + keepTail else { return content }
+        return ToolText.join(head: Array(bytes[..<keepHead]), tail: Array(bytes[(bytes.count - keepTail)...]),
+                             cut: bytes.count - keepHead - keepTail) {
+            "[... \($0) bytes of this old result elided by agentbox to keep the conversation within the model's context; run the tool again if you need them ...]"
+        }
     }
 }
 

@@ -91,6 +91,14 @@ public final class HTTPModelProvider: ModelProvider {
         self.maxTokens = maxTokens
     }
 
+    /// The exact request body of a call (also what a run rebuilt from its journal is checked against).
+    public static func body(spec: ModelSpec, conversation: Conversation, tools: [ToolDefinition], maxTokens: Int = 8192) throws(ModelError) -> [UInt8] {
+        let body: JSON = spec.provider == .anthropic
+            ? try AnthropicProtocol.request(model: spec.model, conversation: conversation, tools: tools, stream: true, maxTokens: maxTokens)
+            : OpenAIProtocol.request(model: spec.model, conversation: conversation, tools: tools, stream: true)
+        return body.serializedBytes
+    }
+
     var url: String {
         spec.provider == .anthropic ? URLParts.join(spec.baseURL, "/v1/messages") : URLParts.join(spec.baseURL, "/chat/completions")
     }
@@ -113,10 +121,7 @@ public final class HTTPModelProvider: ModelProvider {
             let variable = spec.provider == .anthropic ? "ANTHROPIC_API_KEY" : "OPENAI_API_KEY"
             throw ModelError(kind: .auth, message: "\(variable) is not set", host: host, provider: provider)
         }
-        let body: JSON = spec.provider == .anthropic
-            ? try AnthropicProtocol.request(model: spec.model, conversation: conversation, tools: tools, stream: true, maxTokens: maxTokens)
-            : OpenAIProtocol.request(model: spec.model, conversation: conversation, tools: tools, stream: true)
-        let bytes = body.serializedBytes
+        let bytes = try HTTPModelProvider.body(spec: spec, conversation: conversation, tools: tools, maxTokens: maxTokens)
         lastRequest = (bytes.count, CRC32C.checksum(bytes))
         var attempts: [Attempt] = []
         defer { lastAttempts = attempts }

@@ -1,3 +1,7 @@
+import AgentboxJournal
+import AgentboxModels
+import AgentboxSupervisor
+import AgentboxCore
 import Foundation
 import Testing
 
@@ -100,11 +104,35 @@ import Testing
         #expect(logs.out.contains("$ sh ./test.sh") && logs.out.contains("PASS: 2 + 3 = 5"), "\(logs)")
     }
 
+    /// The journal alone rebuilds every request byte for byte (what `resume` relies on): the conversation
+    /// rebuilt from the records, encoded again, has the size and CRC-32C the gateway recorded.
+    func expectRequestsRebuild(_ ref: String, home h: String, model: String) throws {
+        let path = inspect(ref, home: h)["journal"] as? String ?? ""
+        let scan = try JournalReader.scan(path: path)
+        let requests = try JournalConversation.requests(scan.records)
+        #expect(!requests.isEmpty)
+        let spec = try ModelSpec.parse(model)
+        for r in requests {
+            let body = try HTTPModelProvider.body(spec: spec, conversation: r.conversation, tools: BuiltinTools.definitions)
+            #expect(r.recorded?.bytes == body.count && r.recorded?.crc32c == CRC32C.checksum(body), "step \(r.step) differs")
+        }
+    }
+
     @Test(arguments: [true, false])
-    func malformedToolCallsGoBackToTheModelAsErrors(openai: Bool) {
+    func theJournalRebuildsEveryRequestExactly(openai: Bool) throws {
+        let h = home()
+        let ws = brokenProject()
+        let r = agentRun("fix", openai: openai, home: h, cwd: ws, extra: ["--name", "again"])
+        #expect(r.code == 0, "\(r)")
+        try expectRequestsRebuild("again", home: h, model: openai ? "openai:gpt-4o" : "anthropic:claude-sonnet-4-5")
+    }
+
+    @Test(arguments: [true, false])
+    func malformedToolCallsGoBackToTheModelAsErrors(openai: Bool) throws {
         let h = home()
         let r = agentRun("badargs", openai: openai, home: h, extra: ["--name", "bad"])
         #expect(r.code == 1, "finish with failure: exit 1: \(r)")
+        try expectRequestsRebuild("bad", home: h, model: openai ? "openai:gpt-4o" : "anthropic:claude-sonnet-4-5")
         #expect(Self.server.violationLog.isEmpty, violations)
         let rs = records("bad", home: h)
         let errors = rs.filter { $0["type"] as? String == "tool.done" && data($0)["is_error"] as? Bool == true }
@@ -123,10 +151,11 @@ import Testing
         #expect(records("loop", home: h).filter { $0["type"] as? String == "model.response" }.count == 5)
     }
 
-    @Test func aModelThatStopsCallingToolsIsRemindedThenStopped() {
+    @Test func aModelThatStopsCallingToolsIsRemindedThenStopped() throws {
         let h = home()
         let r = agentRun("talk", home: h, extra: ["--name", "talk"])
         #expect(r.code == 1, "\(r)")
+        try expectRequestsRebuild("talk", home: h, model: "openai:gpt-4o")
         #expect(types(records("talk", home: h)).filter { $0 == "reminder" }.count == 2)
     }
 
@@ -169,10 +198,11 @@ import Testing
         #expect(cs.contains { $0["severity"] as? String == "blocker" && $0["category"] as? String == "model" }, "\(cs)")
     }
 
-    @Test func longConversationsAreCompactedBeforeEachRequest() {
+    @Test func longConversationsAreCompactedBeforeEachRequest() throws {
         let h = home()
         let r = agentRun("big", home: h, extra: ["--name", "big"], env: ["AGENTBOX_CONTEXT_BYTES": "60000"])
         #expect(r.code == 0, "\(r)")
+        try expectRequestsRebuild("big", home: h, model: "openai:gpt-4o")
         #expect(Self.server.violationLog.isEmpty, violations)
         let compactions = records("big", home: h).filter { $0["type"] as? String == "context.compacted" }
         #expect(!compactions.isEmpty)
@@ -182,10 +212,11 @@ import Testing
         #expect(whole)
     }
 
-    @Test func aContextLengthErrorIsAnsweredByCompactingAndAskingAgain() {
+    @Test func aContextLengthErrorIsAnsweredByCompactingAndAskingAgain() throws {
         let h = home()
         let r = agentRun("ctx", home: h, extra: ["--name", "ctx"])
         #expect(r.code == 0, "\(r)")
+        try expectRequestsRebuild("ctx", home: h, model: "openai:gpt-4o")
         let rs = records("ctx", home: h)
         #expect(rs.contains { $0["type"] as? String == "context.compacted" && (data($0)["reason"] as? String ?? "").contains("context length") })
         #expect(!types(rs).contains("model.error"))

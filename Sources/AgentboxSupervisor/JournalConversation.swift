@@ -1,0 +1,71 @@
+import AgentboxCore
+import AgentboxJournal
+import AgentboxModels
+
+/// An agent run's conversation rebuilt from its journal alone (docs/journal.md): what `resume` starts
+/// from, and the proof that the journal is enough. For every model call it gives the conversation as it
+/// was sent and the size/CRC-32C the supervisor recorded for that request.
+public enum JournalConversation {
+    public struct Request {
+        public var step: Int
+        public var conversation: Conversation
+        /// (bytes, crc32c) as recorded in `model.response`; nil for replay runs.
+        public var recorded: (bytes: Int, crc32c: UInt32)?
+    }
+
+    public struct RebuildError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public static func requests(_ records: [JournalRecord]) throws(RebuildError) -> [Request] {
+        guard let start = records.first(where: { $0.type == RecordType.runStarted }), start.data["kind"]?.stringValue == "run",
+              let system = start.data["system_prompt"]?.stringValue, let task = start.data["task"]?.stringValue else {
+            throw RebuildError(description: "not an agent run's journal (no run.started of kind run)")
+        }
+        var conversation = Conversation(system: system, messages: [.user(task)])
+        var pending: [ToolResult] = []
+        var out: [Request] = []
+        func flush() {
+            if !pending.isEmpty { conversation.messages.append(.toolResults(pending)) }
+            pending = []
+        }
+        for r in records {
+            switch r.type {
+            case "tool.done":
+                guard let id = r.data["id"]?.stringValue else { throw RebuildError(description: "seq \(r.seq): tool.done without an id") }
+                pending.append(ToolResult(callID: id, content: r.data["content"]?.stringValue ?? "", isError: r.data["is_error"]?.boolValue ?? false))
+            case "reminder":
+                flush()
+                conversation.messages.append(.user(r.data["text"]?.stringValue ?? ""))
+            case "context.compacted":
+                flush()
+                let ids = Set(r.data["elided"]?.arrayValue?.compactMap(\.stringValue) ?? [])
+                let rule = Compactor(limit: r.data["limit"]?.intValue ?? 0, target: r.data["target"]?.intValue)
+                for i in conversation.messages.indices {
+                    guard case var .toolResults(results) = conversation.messages[i] else { continue }
+                    for j in results.indices where ids.contains(results[j].callID) { results[j].content = rule.shorten(results[j].content) }
+                    conversation.messages[i] = .toolResults(results)
+                }
+            case "model.request":
+                flush()
+            case "model.response":
+                let turnJSON = r.data["turn"] ?? .null
+                var turn = AssistantTurn(text: turnJSON["text"]?.stringValue ?? "")
+                for c in turnJSON["tool_calls"]?.arrayValue ?? [] {
+                    turn.toolCalls.append(ToolCall(id: c["id"]?.stringValue ?? "", name: c["name"]?.stringValue ?? "",
+                                                   arguments: c["arguments"]?.stringValue ?? ""))
+                }
+                turn.thinking = turnJSON["thinking"]?.arrayValue ?? []
+                turn.stopReason = StopReason(rawValue: turnJSON["stop_reason"]?.stringValue ?? "") ?? .other
+                let request = r.data["request"]
+                let recorded: (Int, UInt32)? = request?["bytes"]?.intValue.flatMap { bytes in
+                    request?["crc32c"]?.stringValue.flatMap { UInt32($0, radix: 16) }.map { (bytes, $0) }
+                }
+                out.append(Request(step: r.data["step"]?.intValue ?? out.count + 1, conversation: conversation, recorded: recorded))
+                conversation.messages.append(.assistant(turn))
+            default: break
+            }
+        }
+        return out
+    }
+}
