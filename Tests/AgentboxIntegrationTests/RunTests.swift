@@ -292,7 +292,8 @@ import Testing
         let h = home()
         let id = agentRun("sleep", home: h, extra: ["--detach"]).out.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(waitFor("tool.call", run: id, home: h))
-        #expect(hostHasProcess(withMarker: "sleep 2; echo slept"))
+        // tool.call is on disk just before the tool starts: wait for the process itself.
+        #expect(eventually(2) { hostHasProcess(withMarker: "sleep 2; echo slept") })
         let k = ab(["kill", id], home: h)
         #expect(k.code == 0, "\(k)")
         #expect(eventually(2) { !hostHasProcess(withMarker: "sleep 2; echo slept") }, "the sandbox died with its supervisor")
