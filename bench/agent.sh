@@ -73,6 +73,12 @@ def pss(pid):
             if line.startswith("Pss:"): return int(line.split()[1])
     except OSError: return 0
     return 0
+def anon(pid):
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith("Anonymous:"): return int(line.split()[1])
+    except OSError: return 0
+    return 0
 def rss(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"): return int(line.split()[1])
@@ -90,6 +96,8 @@ print(f"  {len(sup)} supervisors, {len(inits)} sandbox inits")
 print(f"  supervisor: RSS {sum(rss(p) for p in sup)/len(sup)/1024:.1f} MiB, PSS {sum(pss(p) for p in sup)/len(sup)/1024:.1f} MiB each")
 print(f"  sandbox init: RSS {sum(rss(p) for p in inits)/max(1,len(inits))/1024:.1f} MiB, PSS {sum(pss(p) for p in inits)/max(1,len(inits))/1024:.1f} MiB each")
 print(f"  per run (PSS, host + sandbox): {tp/len(sup)/1024:.1f} MiB  (target < 15 MiB)")
+ta = sum(anon(p) for p in sup) + sum(anon(p) for p in inits)
+print(f"  per run, anonymous memory only (what each more run adds, besides page tables): {ta/len(sup)/1024:.1f} MiB")
 PY
 kill -TERM "${pids[@]}" 2>/dev/null || true
 wait "${pids[@]}" 2>/dev/null || true
