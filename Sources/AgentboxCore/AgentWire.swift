@@ -80,6 +80,27 @@ public enum ToolText {
             + String(decoding: tail[tailStart...], as: UTF8.self)
     }
 
+    /// Replaces every occurrence of `secret` in `text` by `replacement`; returns the text and the count.
+    public static func redact(_ text: String, secret: String, replacement: String) -> (String, Int) {
+        let s = Array(secret.utf8)
+        let bytes = Array(text.utf8)
+        guard !s.isEmpty, bytes.count >= s.count else { return (text, 0) }
+        var out: [UInt8] = []
+        var count = 0
+        var i = 0
+        while i < bytes.count {
+            if i + s.count <= bytes.count && bytes[i] == s[0] && bytes[i..<i + s.count].elementsEqual(s) {
+                out.append(contentsOf: replacement.utf8)
+                i += s.count
+                count += 1
+            } else {
+                out.append(bytes[i])
+                i += 1
+            }
+        }
+        return count == 0 ? (text, 0) : (String(decoding: out, as: UTF8.self), count)
+    }
+
     public enum EditError: Error, Equatable {
         case emptyOldText
         case notFound

@@ -240,6 +240,7 @@ public final class AgentRun {
             }
             self.running = nil
             try checkLimits(&result)
+            try redactKey(&result, tool: running.name)
             try complete(result, name: running.name, extra: extra, seconds: Clock.monotonic() - running.started)
         default:
             throw violation("an unknown message \(message["t"]?.serialized ?? "without a type")")
@@ -489,6 +490,18 @@ public final class AgentRun {
         results.append(result)
         nextCall += 1
         if let stuck { try confess(severity: stuck.severity, category: "stuck_loop", summary: stuck.summary, details: nil, by: "supervisor") }
+    }
+
+    /// The API key never reaches the model or the journal through a tool result, even when the
+    /// workspace holds it (a `.env` file): it is replaced and the operators are told.
+    func redactKey(_ result: inout ToolResult, tool: String) throws(AgentboxError) {
+        guard let key = task.model.apiKey, key.utf8.count >= 8 else { return }
+        let (text, n) = ToolText.redact(result.content, secret: key, replacement: "[redacted by agentbox: the model API key]")
+        guard n > 0 else { return }
+        result.content = text
+        try confess(severity: "warning", category: "secrets",
+                    summary: "the model's API key appeared \(n) time(s) in the result of \(tool) and was redacted; it is readable inside the sandbox (a file in the workspace?)",
+                    details: nil, by: "supervisor")
     }
 
     /// After a tool ran: OOM kills and pids-limit hits in the sandbox's cgroup since the last check.

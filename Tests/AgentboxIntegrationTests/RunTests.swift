@@ -127,6 +127,19 @@ import Testing
         try expectRequestsRebuild("again", home: h, model: openai ? "openai:gpt-4o" : "anthropic:claude-sonnet-4-5")
     }
 
+    @Test func theKeyIsRedactedWhenTheWorkspaceHoldsIt() throws {
+        let h = home()
+        let ws = TestEnv.workspace()
+        try "OPENAI_API_KEY=\(FakeModelServer.key)\n".write(toFile: ws + "/.env", atomically: true, encoding: .utf8)
+        let r = agentRun("leak", home: h, cwd: ws, extra: ["--name", "leak"])
+        #expect(r.code == 0, "\(r)")
+        #expect(Self.server.violationLog.isEmpty, violations)
+        let journal = try String(contentsOfFile: inspect("leak", home: h)["journal"] as? String ?? "", encoding: .utf8)
+        #expect(!journal.contains(FakeModelServer.key) && journal.contains("redacted by agentbox"))
+        let cs = records("leak", home: h).filter { $0["type"] as? String == "confession" }.map(data)
+        #expect(cs.filter { $0["category"] as? String == "secrets" }.count == 2, "\(cs)")
+    }
+
     @Test(arguments: [true, false])
     func malformedToolCallsGoBackToTheModelAsErrors(openai: Bool) throws {
         let h = home()

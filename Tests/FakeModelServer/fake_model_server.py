@@ -124,12 +124,20 @@ def script_ctx(step, results, msgs):
     return ("", [call("finish", status="success", summary="fits")])
 
 
+def script_leak(step, results):
+    """The workspace has a .env with the key: reading it must not put the key into the conversation
+    (the server refuses any request containing it)."""
+    plan = [("", [call("read_file", path=".env")]), ("", [call("shell", command="cat .env; echo done")]),
+            ("", [call("finish", status="success", summary="read")])]
+    return plan[min(step, 2)]
+
+
 def script_talk(step, results):
     return ("I think the task is done.", [])
 
 
 AGENT_SCRIPTS = {"fix": script_fix, "badargs": script_badargs, "loop": script_loop, "spin": script_spin, "sleep": script_sleep,
-                 "slow": script_slow, "talk": script_talk, "idle": script_idle}
+                 "slow": script_slow, "talk": script_talk, "idle": script_idle, "leak": script_leak}
 
 
 def tool_results_openai(msgs):
