@@ -67,22 +67,16 @@ done
 sleep 3
 python3 - "${pids[@]}" <<'PY'
 import os, sys
-def pss(pid):
+def field(pid, name, path="smaps_rollup"):
+    """A kB field of /proc/PID/smaps_rollup (or status); 0 when the process is gone."""
     try:
-        for line in open(f"/proc/{pid}/smaps_rollup"):
-            if line.startswith("Pss:"): return int(line.split()[1])
-    except OSError: return 0
+        for line in open(f"/proc/{pid}/{path}"):
+            if line.startswith(name + ":"): return int(line.split()[1])
+    except OSError: pass
     return 0
-def anon(pid):
-    try:
-        for line in open(f"/proc/{pid}/smaps_rollup"):
-            if line.startswith("Anonymous:"): return int(line.split()[1])
-    except OSError: return 0
-    return 0
-def rss(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"): return int(line.split()[1])
-    return 0
+pss = lambda pid: field(pid, "Pss")
+anon = lambda pid: field(pid, "Anonymous")
+rss = lambda pid: field(pid, "VmRSS", "status")
 children = {}
 for p in os.listdir("/proc"):
     if p.isdigit():

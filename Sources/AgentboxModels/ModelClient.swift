@@ -17,6 +17,15 @@ public struct ModelSpec: Sendable {
         return String(cString: v)
     }
 
+    /// The variable to set when no key is given for an official endpoint (which always needs one); nil
+    /// when a key is there or the endpoint may not need one (a local server).
+    public var missingKeyVariable: String? {
+        guard apiKey == nil, provider != .replay else { return nil }
+        let host = URLParts(baseURL).host
+        guard host == "api.openai.com" || host == "api.anthropic.com" else { return nil }
+        return provider == .anthropic ? "ANTHROPIC_API_KEY" : "OPENAI_API_KEY"
+    }
+
     /// Parses `openai:gpt-4o`, `anthropic:claude-sonnet-4-5`, `replay:path/to/session.json`.
     public static func parse(_ text: String, baseURL: String? = nil) throws(AgentboxError) -> ModelSpec {
         guard let colon = text.firstIndex(of: ":"), let provider = Provider(rawValue: String(text[..<colon])) else {
@@ -117,8 +126,7 @@ public final class HTTPModelProvider: ModelProvider {
     public func complete(_ conversation: Conversation, tools: [ToolDefinition]) throws(ModelError) -> (AssistantTurn, [Attempt]) {
         let host = URLParts(url).host
         let provider = spec.provider.rawValue
-        if spec.apiKey == nil && (host == "api.openai.com" || host == "api.anthropic.com") {
-            let variable = spec.provider == .anthropic ? "ANTHROPIC_API_KEY" : "OPENAI_API_KEY"
+        if let variable = spec.missingKeyVariable {
             throw ModelError(kind: .auth, message: "\(variable) is not set", host: host, provider: provider)
         }
         let bytes = try HTTPModelProvider.body(spec: spec, conversation: conversation, tools: tools, maxTokens: maxTokens)
