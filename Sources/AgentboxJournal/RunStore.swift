@@ -119,6 +119,8 @@ public struct RunSummary: Sendable {
     public var argv: [String] = []
     /// An agent run's task.
     public var task: String?
+    /// Seconds a stopped agent run lets its current tool finish (`AGENTBOX_GRACE` when it started).
+    public var grace: Double?
     public var usage: JSON = .null
     public var isolation: JSON = .null
     public var records: Int?
@@ -141,6 +143,7 @@ public struct RunSummary: Sendable {
                 workspace = r.data["policy"]?["workspace"]?.stringValue
                 argv = r.data["argv"]?.arrayValue?.compactMap(\.stringValue) ?? []
                 task = r.data["task"]?.stringValue
+                grace = r.data["grace_s"]?.numberValue
             case RecordType.sandboxReady: isolation = r.data
             case RecordType.usage: usage = r.data
             case RecordType.exit: exitCode = r.data["code"]?.intValue

@@ -135,6 +135,7 @@ public final class AgentRun {
             ("id", .string(id)), ("name", task.name.isEmpty ? .null : .string(task.name)), ("kind", "run"),
             ("task", .string(task.task)), ("model", modelJSON), ("budget", budgetJSON),
             ("system_prompt", .string(conversation.system)),
+            ("grace_s", .number(grace)),
             ("tools", .array(BuiltinTools.definitions.map { .string($0.name) })),
             ("policy", policy.json),
             ("profile_digest", JournaledRun.digest(policy.profile.path.isEmpty ? nil : policy.profile.path)),

@@ -71,12 +71,8 @@ struct RunCommand: ParsableCommand {
         if let t = maxTokens { guard t > 0 else { throw .usage("--max-tokens \(t): must be at least 1") }; budget.maxTokens = t }
         if let c = maxCost { guard c > 0, c.isFinite else { throw .usage("--max-cost \(c): must be a positive amount of USD") }; budget.maxCost = c }
         let spec = try ModelSpec.parse(modelName, baseURL: baseURL)
-        if spec.provider != .replay && spec.apiKey == nil {
-            let host = URLParts(spec.provider == .anthropic ? URLParts.join(spec.baseURL, "/v1/messages") : spec.baseURL).host
-            if host == "api.openai.com" || host == "api.anthropic.com" {
-                let variable = spec.provider == .anthropic ? "ANTHROPIC_API_KEY" : "OPENAI_API_KEY"
-                throw AgentboxError(stage: "model", "\(variable) is not set", hint: "export \(variable)=... (it stays in agentbox's gateway, outside the sandbox)")
-            }
+        if let variable = spec.missingKeyVariable {
+            throw AgentboxError(stage: "model", "\(variable) is not set", hint: "export \(variable)=... (it stays in agentbox's gateway, outside the sandbox)")
         }
         if spec.provider == .replay { _ = try ReplayProvider(path: spec.model) }
         let prices = try PriceTable.load()
@@ -369,11 +365,14 @@ struct Stop: ParsableCommand {
         abstract: "Stop a run: SIGTERM, the current tool may finish within the grace period, then SIGKILL.",
         discussion: "An agent run ends with state interrupted and exit code 75 (resumable); an exec run's command gets SIGTERM.")
     @Argument(help: ArgumentHelp("Run id, unique id prefix, or name.", valueName: "RUN")) var target: String
-    @Option(help: ArgumentHelp("Seconds to wait before SIGKILL.", valueName: "SECONDS")) var grace: Double = Sandbox.gracePeriod + 5
+    @Option(help: ArgumentHelp("Seconds to wait before SIGKILL (default: the run's own grace period, 10 s unless AGENTBOX_GRACE said otherwise when it started, plus 5).", valueName: "SECONDS"))
+    var grace: Double?
     func run() throws {
         guarded { () throws(AgentboxError) -> Int32 in
             let s = try Supervisor(target)
             defer { s.close() }
+            let recorded = (try? s.store.summary(s.id, full: false))?.grace
+            let grace = self.grace ?? (recorded ?? Sandbox.gracePeriod) + 5
             try s.signal(SIGTERM)
             Console.note("sent SIGTERM to run \(s.id) (supervisor pid \(s.pid)); waiting up to \(Int(grace)) s")
             if !waitForEnd(s.store, s.id, seconds: grace) {
