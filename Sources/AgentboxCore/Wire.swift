@@ -75,7 +75,7 @@ public struct WireReader {
 
 /// Everything the init needs to finish building the sandbox and start the command.
 public struct SetupSpec: Equatable, Sendable {
-    public static let version: UInt32 = 2
+    public static let version: UInt32 = 3
 
     public var hostname = "agentbox"
     /// The uid/gid the command runs as, inside the sandbox.
@@ -90,8 +90,9 @@ public struct SetupSpec: Equatable, Sendable {
     public var tmpSize: UInt64 = 256 << 20
     public var workdir = "/"
     public var argv: [String] = []
-    /// Classic BPF program (struct sock_filter array) to load last; empty: no seccomp.
-    public var seccompProgram: [UInt8] = []
+    /// Classic BPF programs (struct sock_filter arrays) loaded last, in order: the file-mode guard, then
+    /// the profile's policy (when it has one). The kernel applies all of them.
+    public var seccompPrograms: [[UInt8]] = []
     /// 0 off, 1 best-effort, 2 required.
     public var landlockMode: UInt8 = 1
     /// Paths (inside) where Landlock allows writes; everything else is read/execute only.
@@ -130,7 +131,8 @@ public struct SetupSpec: Equatable, Sendable {
         w.u64(tmpSize)
         w.string(workdir)
         w.strings(argv)
-        w.bytes(seccompProgram)
+        w.u32(UInt32(seccompPrograms.count))
+        for program in seccompPrograms { w.bytes(program) }
         w.u8(landlockMode)
         w.strings(writablePaths)
         w.u32(UInt32(rlimits.count))
@@ -166,7 +168,9 @@ public struct SetupSpec: Equatable, Sendable {
         s.tmpSize = try r.u64()
         s.workdir = try r.string()
         s.argv = try r.strings()
-        s.seccompProgram = try r.bytes()
+        let np = Int(try r.u32())
+        guard np <= 8 else { throw WireError(description: "too many seccomp programs") }
+        for _ in 0..<np { s.seccompPrograms.append(try r.bytes()) }
         s.landlockMode = try r.u8()
         s.writablePaths = try r.strings()
         let nr = Int(try r.u32())

@@ -53,6 +53,16 @@ func setReadOnly(_ path: String, recursive: Bool) throws(SetupFailure) {
               "make \(path) read-only")
 }
 
+/// Writable binds: nosuid and nodev on the bind and every mount below it (what the host had there may
+/// lack them). The file-mode guard keeps setuid bits from being written at all; this keeps any that are
+/// already there from working inside.
+func setNoSuidNoDev(_ path: String) throws(SetupFailure) {
+    if ab_mount_setattr(AT_FDCWD, path, AB_AT_RECURSIVE, AB_MOUNT_ATTR_NOSUID | AB_MOUNT_ATTR_NODEV, 0, 0, -1) == 0 { return }
+    var st = statvfs()
+    let locked = statvfs(path, &st) == 0 ? UInt(st.f_flag) & UInt(MS_NOEXEC | MS_RDONLY) : 0
+    try check(mount("", path, nil, UInt(MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV) | locked, nil), "make \(path) nosuid,nodev")
+}
+
 /// Builds the new root. Like bubblewrap: a staging tmpfs on /tmp becomes the root first, with the host's
 /// root at /oldroot (so any host path, /tmp's included, can be a bind source) and the final root at
 /// /newroot; after the binds the host is detached and /newroot becomes /.
@@ -115,7 +125,7 @@ func buildFilesystem(_ spec: SetupSpec) throws(SetupFailure) {
             } else {
                 try check(mount(host + m.source, target, nil, UInt(MS_BIND | MS_REC), nil), "bind \(m.target)")
             }
-            if m.kind == .bindRO { try setReadOnly(target, recursive: true) }
+            if m.kind == .bindRO { try setReadOnly(target, recursive: true) } else { try setNoSuidNoDev(target) }
         case .hideDir:
             try mkdirs(target)
             try check(mount("agentbox-hidden", target, "tmpfs", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY), "mode=0555,size=4k"),
@@ -188,9 +198,9 @@ func confine(_ spec: SetupSpec) throws(SetupFailure) -> Int32 {
     }
     try check(ab_set_no_new_privs(), "no_new_privs")
     let abi = try applyLandlock(spec)
-    if !spec.seccompProgram.isEmpty {
-        let rc = spec.seccompProgram.withUnsafeBytes { ab_seccomp_load($0.baseAddress!, $0.count) }
-        try check(rc, "load the seccomp filter")
+    for (i, program) in spec.seccompPrograms.enumerated() where !program.isEmpty {
+        let rc = program.withUnsafeBytes { ab_seccomp_load($0.baseAddress!, $0.count) }
+        try check(rc, i == 0 ? "load the file-mode guard (seccomp)" : "load the seccomp filter")
     }
     // Not dumpable: the command (same uid) cannot ptrace PID 1 or read its memory.
     _ = ab_set_dumpable(0)

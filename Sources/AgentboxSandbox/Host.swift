@@ -36,6 +36,9 @@ public struct HostReport: Sendable {
     /// A real sandbox was built and ran /bin/true (the end-to-end check), or why not.
     public var sandboxWorks = false
     public var sandboxDetail = ""
+    /// The probe sandbox tried `chmod 4755` on a file of its workspace and the host's file stayed
+    /// without the bit (docs/security.md, "No privilege leaves through files").
+    public var fileModeGuard = false
 
     public static func probe() -> HostReport {
         var r = HostReport()
@@ -75,18 +78,20 @@ public struct HostReport: Sendable {
         }
         r.idmappedMounts = r.uid == 0 && probeIdmap()
         r.initPath = try? Sandbox.locateInit()
-        (r.sandboxWorks, r.sandboxDetail) = probeSandbox()
+        (r.sandboxWorks, r.sandboxDetail, r.fileModeGuard) = probeSandbox()
         return r
     }
 
-    /// Builds a real sandbox (default isolation, no limits, a private empty workspace) and runs
-    /// /bin/true in it: the only check that catches everything (AppArmor denying capabilities inside
-    /// user namespaces, a container without mount rights, a broken install).
-    static func probeSandbox() -> (Bool, String) {
+    /// Builds a real sandbox (default isolation, no limits, a private empty workspace) and runs a
+    /// shell in it that tries to make a setuid file: the only check that catches everything (AppArmor
+    /// denying capabilities inside user namespaces, a container without mount rights, a broken install),
+    /// and the file-mode guard checked where it matters, on the host's copy of the file.
+    static func probeSandbox() -> (works: Bool, detail: String, guardHolds: Bool) {
         var template = [CChar]("/tmp/agentbox-doctor-XXXXXX".utf8CString)
-        guard let dirPtr = mkdtemp(&template) else { return (false, "mkdtemp: \(FileIO.errnoString())") }
+        guard let dirPtr = mkdtemp(&template) else { return (false, "mkdtemp: \(FileIO.errnoString())", false) }
         let dir = String(cString: dirPtr)
-        defer { rmdir(dir) }
+        let probe = dir + "/setuid-probe"
+        defer { unlink(probe); rmdir(dir) }
         var profile = Profile(name: "doctor")
         profile.system = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"]
         profile.seccomp = try? ProfileStore.locate("workspace-write").replacingLastComponent(with: "seccomp/default.json")
@@ -94,11 +99,15 @@ public struct HostReport: Sendable {
         options.workspace = dir
         do throws(AgentboxError) {
             let policy = try PolicyResolver.resolve(profile: profile, options: options, cwd: dir, host: RealHostPaths())
-            let result = try Sandbox(policy: policy, argv: ["/bin/true"]) { _ in }.run()
-            if result.exitCode == 0 { return (true, "built a sandbox and ran /bin/true in it") }
-            return (false, "the probe sandbox ran /bin/true but it ended with \(result.exitCode)")
+            let script = ": > setuid-probe && chmod 4755 setuid-probe 2>/dev/null; exit 0"
+            let result = try Sandbox(policy: policy, argv: ["/bin/sh", "-c", script]) { _ in }.run()
+            var st = stat()
+            let exists = stat(probe, &st) == 0
+            let guardHolds = exists && st.st_mode & 0o6000 == 0
+            if result.exitCode == 0 && exists { return (true, "built a sandbox and ran a shell in it", guardHolds) }
+            return (false, "the probe sandbox ran /bin/sh but it ended with \(result.exitCode)", false)
         } catch {
-            return (false, "\(error.stage): \(error.message)")
+            return (false, "\(error.stage): \(error.message)", false)
         }
     }
 
@@ -121,6 +130,9 @@ public struct HostReport: Sendable {
             ("seccomp", seccomp, seccomp ? "syscall filter loaded last (OCI/Docker JSON policies)" : "the kernel has no seccomp filters"),
             ("landlock", landlockABI > 0, landlockABI > 0 ? "ABI \(landlockABI): writes only in the workspace, /tmp, /dev/shm" : "unavailable: profiles with landlock=required fail, best-effort runs without it"),
             ("capabilities", true, "all dropped; no_new_privs"),
+            ("no set-id files", fileModeGuard, fileModeGuard
+                ? "setuid/setgid bits refused on every write path (seccomp file-mode guard in every profile); writable binds nosuid,nodev"
+                : (sandboxWorks ? "a sandbox could make a setuid file on the host: do not run untrusted code here" : "not checked: no sandbox could be built")),
             ("limits", cgroupWritable, cgroupWritable ? "memory, pids, cpu enforced by \(cgroupMode.rawValue) cgroups" : "no cgroup: pids via RLIMIT_NPROC, memory via per-process RLIMIT_AS, cpus not enforced (--strict-limits fails instead)"),
             ("never host root", true, rootless ? "sandbox user is you (uid \(uid))" : (idmappedMounts ? "sandbox maps to host uid \(Sandbox.rootMappedID); workspace idmapped to its owner" : "sandbox maps to host uid \(Sandbox.rootMappedID); idmapped mounts unavailable: workspace files would be owned by that uid")),
         ]
@@ -142,6 +154,7 @@ public struct HostReport: Sendable {
             ("init", initPath.map { .string($0) } ?? .null),
             ("sandbox_works", .bool(sandboxWorks)),
             ("sandbox_detail", .string(sandboxDetail)),
+            ("file_mode_guard", .bool(fileModeGuard)),
             ("guarantees", .object(guarantees.map { ($0.0, .object([("ok", .bool($0.1)), ("detail", .string($0.2))])) })),
         ])
     }

@@ -109,10 +109,18 @@ public enum ProfileStore {
     }
 }
 
-/// Compiled seccomp programs cached by content (policy bytes, kernel, libseccomp): compiling a
-/// 300-rule allowlist costs milliseconds, loading a cached one microseconds.
-enum SeccompCache {
-    static func cacheDir() -> String? {
+/// Compiled seccomp programs cached by content (policy bytes, kernel, libseccomp, agentbox's version):
+/// compiling a 300-rule allowlist costs milliseconds, loading a cached one microseconds.
+///
+/// The cache decides what the sandbox's filter is, so it is trusted only when nobody else could have
+/// written it: its folder and file must belong to this user and not be writable by group or others
+/// (opened without following symlinks), and the file must carry the full cache key and a CRC-32C of the
+/// program. Anything else is ignored and the program compiled again. (A sandbox never sees the cache:
+/// docs/security.md, "agentbox's own files".)
+public enum SeccompCache {
+    static let magic = Array("agentbox-seccomp-cache\n".utf8)
+
+    public static func cacheDir() -> String? {
         if geteuid() == 0 { return "/var/cache/agentbox" }
         if let x = getenv("XDG_CACHE_HOME"), x.pointee != 0 { return String(cString: x) + "/agentbox" }
         if let h = getenv("HOME"), h.pointee != 0 { return String(cString: h) + "/.cache/agentbox" }
@@ -125,22 +133,10 @@ enum SeccompCache {
         return h
     }
 
+    /// The program for a policy file.
     static func program(for path: String) throws(AgentboxError) -> [UInt8] {
         let source = try FileIO.read(path)
-        var uts = utsname()
-        uname(&uts)
-        let kernel = withUnsafeBytes(of: &uts.release) { Array($0.prefix { $0 != 0 }) }
-        let lib = seccomp_version()!.pointee
-        let key = fnv1a(source + kernel + Array("\(lib.major).\(lib.minor).\(lib.micro)/v1".utf8))
-        let hex = String(key, radix: 16)
-        if let dir = cacheDir() {
-            let file = dir + "/seccomp-\(hex).bpf"
-            if let cached = try? FileIO.read(file), !cached.isEmpty, cached.count % 8 == 0 { return cached }
-            let program = try compile(source, path: path)
-            store(program, dir: dir, file: file)
-            return program
-        }
-        return try compile(source, path: path)
+        return try program(source: source) { () throws(AgentboxError) -> [UInt8] in try compile(source, path: path) }
     }
 
     static func compile(_ source: [UInt8], path: String) throws(AgentboxError) -> [UInt8] {
@@ -151,18 +147,91 @@ enum SeccompCache {
         return try policy.compile()
     }
 
-    /// Best effort: write to a temporary file and rename, so readers never see half a program.
-    static func store(_ program: [UInt8], dir: String, file: String) {
+    /// The file-mode guard's program (SeccompPolicy.fileModeGuard).
+    static func guardProgram() throws(AgentboxError) -> [UInt8] {
+        let guardPolicy = SeccompPolicy.fileModeGuard
+        return try program(source: Array("file-mode guard \(guardPolicy.rules)".utf8)) { () throws(AgentboxError) -> [UInt8] in
+            try guardPolicy.compile()
+        }
+    }
+
+    /// The key names everything the program depends on.
+    static func key(_ source: [UInt8]) -> [UInt8] {
+        var uts = utsname()
+        uname(&uts)
+        let kernel = withUnsafeBytes(of: &uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let lib = seccomp_version()!.pointee
+        return Array("agentbox \(AgentboxVersion.string); libseccomp \(lib.major).\(lib.minor).\(lib.micro); kernel \(kernel); source \(source.count) bytes, crc32c \(CRC32C.hex(CRC32C.checksum(source))), fnv1a \(String(fnv1a(source), radix: 16))".utf8)
+    }
+
+    static func program(source: [UInt8], dir: String? = cacheDir(), compile: () throws(AgentboxError) -> [UInt8]) throws(AgentboxError) -> [UInt8] {
+        guard let dir else { return try compile() }
+        let key = key(source)
+        let name = "seccomp-\(String(fnv1a(key), radix: 16)).bpf"
+        if let cached = load(dir: dir, name: name, key: key) { return cached }
+        let program = try compile()
+        store(program, key: key, dir: dir, name: name)
+        return program
+    }
+
+    /// The cached program, or nil when there is none or it is not trustworthy.
+    static func load(dir: String, name: String, key: [UInt8]) -> [UInt8]? {
+        let dirFD = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard dirFD >= 0 else { return nil }
+        defer { close(dirFD) }
+        guard ownedAndPrivate(dirFD) else { return nil }
+        let fd = openat(dirFD, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var st = stat()
+        guard ownedAndPrivate(fd, stat: &st), (st.st_mode & S_IFMT) == S_IFREG, st.st_size < 1 << 20 else { return nil }
+        var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
+        guard bytes.withUnsafeMutableBytes({ pread(fd, $0.baseAddress, $0.count, 0) }) == bytes.count else { return nil }
+        return decode(bytes, key: key)
+    }
+
+    /// File layout: magic, key length (u32 LE), key, CRC-32C of the program (u32 LE), program.
+    static func encode(_ program: [UInt8], key: [UInt8]) -> [UInt8] {
+        func le(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
+        return magic + le(UInt32(key.count)) + key + le(CRC32C.checksum(program)) + program
+    }
+
+    static func decode(_ bytes: [UInt8], key: [UInt8]) -> [UInt8]? {
+        func le(_ at: Int) -> UInt32? {
+            guard at + 4 <= bytes.count else { return nil }
+            return (0..<4).reduce(UInt32(0)) { $0 | UInt32(bytes[at + $1]) << (8 * $1) }
+        }
+        guard bytes.starts(with: magic), let keyLength = le(magic.count) else { return nil }
+        let keyStart = magic.count + 4, keyEnd = keyStart + Int(keyLength)
+        guard keyEnd + 4 <= bytes.count, Array(bytes[keyStart..<keyEnd]) == key, let crc = le(keyEnd) else { return nil }
+        let program = Array(bytes[(keyEnd + 4)...])
+        guard !program.isEmpty, program.count % 8 == 0, CRC32C.checksum(program) == crc else { return nil }
+        return program
+    }
+
+    static func ownedAndPrivate(_ fd: Int32) -> Bool {
+        var st = stat()
+        return ownedAndPrivate(fd, stat: &st)
+    }
+
+    static func ownedAndPrivate(_ fd: Int32, stat st: inout stat) -> Bool {
+        fstat(fd, &st) == 0 && st.st_uid == geteuid() && st.st_mode & 0o022 == 0
+    }
+
+    /// Best effort: a private folder, then a temporary file renamed into place, so readers never see
+    /// half a program.
+    static func store(_ program: [UInt8], key: [UInt8], dir: String, name: String) {
         var path = ""
         for part in dir.split(separator: "/") {
             path += "/" + part
-            mkdir(path, 0o755)
+            mkdir(path, 0o700)
         }
-        let tmp = file + ".\(getpid()).tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        let tmp = dir + "/" + name + ".\(getpid()).tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return }
-        let n = program.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        let bytes = encode(program, key: key)
+        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         close(fd)
-        if n == program.count { rename(tmp, file) } else { unlink(tmp) }
+        if n == bytes.count { rename(tmp, dir + "/" + name) } else { unlink(tmp) }
     }
 }

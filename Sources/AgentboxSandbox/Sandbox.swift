@@ -161,7 +161,8 @@ public final class Sandbox {
                 throw AgentboxError(stage: "idmap \(m.source)", "open_tree: \(FileIO.errnoString())",
                                     hint: "idmapped mounts need Linux 5.12+; `agentbox doctor` checks this host")
             }
-            if ab_mount_setattr(tree, "", AB_AT_EMPTY_PATH | AB_AT_RECURSIVE, AB_MOUNT_ATTR_IDMAP, 0, 0, userns) < 0 {
+            if ab_mount_setattr(tree, "", AB_AT_EMPTY_PATH | AB_AT_RECURSIVE,
+                                AB_MOUNT_ATTR_IDMAP | AB_MOUNT_ATTR_NOSUID | AB_MOUNT_ATTR_NODEV, 0, 0, userns) < 0 {
                 let err = errno
                 close(tree)
                 for fd in fds { close(fd) }
@@ -229,8 +230,9 @@ public final class Sandbox {
         if let t = policy.limits.timeout { spec.shellTimeoutMax = UInt32(min(Double(UInt32.max), max(1, t.rounded(.up)))) }
         spec.landlockMode = policy.profile.landlock == .off ? 0 : (policy.profile.landlock == .required ? 2 : 1)
         spec.writablePaths = ["/tmp", "/dev/shm"] + policy.mounts.filter(\.writable).map(\.target)
+        spec.seccompPrograms = [try SeccompCache.guardProgram()]
         if let path = policy.profile.seccomp {
-            spec.seccompProgram = try SeccompCache.program(for: path)
+            spec.seccompPrograms.append(try SeccompCache.program(for: path))
         }
 
         mark("seccomp program")

@@ -195,6 +195,50 @@ public struct SeccompPolicy: Sendable {
         #endif
     }
 
+    /// System calls newer than some libseccomp releases still shipped by distributions (Ubuntu 22.04 has
+    /// 2.5.3): their numbers on x86_64 and aarch64 (one table for both since Linux 5.1), so a rule naming
+    /// them is never skipped as "unknown on this architecture". A guard that skipped fchmodat2 would be a hole.
+    static let newerSyscalls: [String: Int32] = {
+        #if arch(x86_64) || arch(arm64)
+        return ["io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "openat2": 437,
+                "close_range": 436, "faccessat2": 439, "epoll_pwait2": 441, "mount_setattr": 442,
+                "landlock_create_ruleset": 444, "landlock_add_rule": 445, "landlock_restrict_self": 446,
+                "cachestat": 451, "fchmodat2": 452]
+        #else
+        return [:]
+        #endif
+    }()
+
+    /// The file-mode guard (docs/security.md, "No privilege leaves through files"): a second filter,
+    /// loaded before the profile's in every sandbox whatever its profile says, so that no file or
+    /// directory a sandbox writes can carry S_ISUID or S_ISGID on the host. The kernel runs every loaded
+    /// filter and the most restrictive answer wins, so a profile cannot lift it.
+    /// - chmod, fchmod, fchmodat, fchmodat2 with either bit in the mode: EPERM.
+    /// - creation with either bit: open/openat with O_CREAT or O_TMPFILE, creat, mknod, mknodat: EPERM.
+    ///   (mkdir/mkdirat: the kernel itself keeps only the permission and sticky bits of the mode.)
+    /// - openat2: ENOSYS (its mode is in a struct a filter cannot read; libc falls back to openat).
+    /// - io_uring: EPERM (its operations bypass seccomp altogether).
+    public static let fileModeGuard: SeccompPolicy = {
+        let setuid: UInt64 = 0o4000, setgid: UInt64 = 0o2000
+        let creat: UInt64 = 0o100, tmpfile: UInt64 = 0o20000000  // O_CREAT, __O_TMPFILE (x86_64, aarch64)
+        func has(_ index: UInt32, _ bit: UInt64) -> Arg { Arg(index: index, value: bit, valueTwo: bit, op: "SCMP_CMP_MASKED_EQ") }
+        func deny(_ names: [String], _ args: [Arg], errno: Int32 = EPERM) -> Rule {
+            Rule(names: names, action: "SCMP_ACT_ERRNO", errnoRet: UInt32(errno), args: args, includes: Filter(), excludes: Filter())
+        }
+        var rules: [Rule] = []
+        for bit in [setuid, setgid] {
+            rules.append(deny(["chmod", "fchmod", "creat", "mknod"], [has(1, bit)]))
+            rules.append(deny(["fchmodat", "fchmodat2", "mknodat"], [has(2, bit)]))
+            for flag in [creat, tmpfile] {
+                rules.append(deny(["open"], [has(1, flag), has(2, bit)]))
+                rules.append(deny(["openat"], [has(2, flag), has(3, bit)]))
+            }
+        }
+        rules.append(deny(["openat2"], [], errno: ENOSYS))
+        rules.append(deny(["io_uring_setup", "io_uring_enter", "io_uring_register"], []))
+        return SeccompPolicy(path: "agentbox file-mode guard", defaultAction: "SCMP_ACT_ALLOW", defaultErrnoRet: nil, rules: rules)
+    }()
+
     /// Compiles the policy for the native architecture to a BPF program (struct sock_filter array).
     /// Syscall names this architecture does not have are skipped, as Docker does.
     public func compile() throws(AgentboxError) -> [UInt8] {
@@ -217,7 +261,8 @@ public struct SeccompPolicy: Sendable {
             let indexes = conditions.map(\.arg)
             let groups: [[scmp_arg_cmp]] = Set(indexes).count == indexes.count ? [conditions] : conditions.map { [$0] }
             for name in rule.names {
-                let nr = seccomp_syscall_resolve_name(name)
+                var nr = seccomp_syscall_resolve_name(name)
+                if nr == __NR_SCMP_ERROR, let known = SeccompPolicy.newerSyscalls[name] { nr = known }
                 if nr == __NR_SCMP_ERROR { continue }
                 for group in groups {
                     let rc = group.withUnsafeBufferPointer {

@@ -5,7 +5,7 @@ import AgentboxSupervisor
 import ArgumentParser
 import Glibc
 
-let agentboxVersion = "0.1.0"
+let agentboxVersion = AgentboxVersion.string
 
 /// stderr output for people: `agentbox: ...`, warnings in colour on a terminal (not with NO_COLOR).
 enum Console {

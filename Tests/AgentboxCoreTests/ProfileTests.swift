@@ -172,7 +172,7 @@ struct FakeHost: HostPaths {
         s.mounts = [MountEntry(.bindRW, source: "/a", target: "/a"), MountEntry(.symlink, source: "usr/bin", target: "/bin")]
         s.mountFds = [0, -1]
         s.argv = ["sh", "-c", "echo ü"]
-        s.seccompProgram = [1, 2, 3, 4, 5, 6, 7, 8]
+        s.seccompPrograms = [[1, 2, 3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16]]
         s.writablePaths = ["/tmp"]
         s.rlimits = [(6, 100)]
         let decoded = try SetupSpec.decode(s.encode())
