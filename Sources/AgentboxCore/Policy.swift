@@ -30,6 +30,9 @@ public struct SandboxPolicy: Sendable {
     public var network: Profile.Network
     public var strictLimits: Bool
     public var hostname: String
+    /// agentbox's own paths that a bind of this sandbox contains, and how each is kept out of reach
+    /// (hidden or read-only). Said on stderr and recorded with the policy.
+    public var protections: [ProtectedPath] = []
 
     /// The policy as JSON, for `profile show`, `doctor` and the journal.
     public var json: JSON {
@@ -52,6 +55,9 @@ public struct SandboxPolicy: Sendable {
             ("env", .array(env.map { .string($0.0) })),
             ("seccomp", profile.seccomp.map { .string($0) } ?? .null),
             ("landlock", .string(profile.landlock.rawValue)),
+            ("protected", .array(protections.map {
+                .object([("path", .string($0.path)), ("what", .string($0.what)), ("access", .string($0.access.rawValue))])
+            })),
         ])
     }
 }
@@ -69,6 +75,9 @@ public struct MountEntry: Equatable, Sendable {
         case hideFile = 3
         /// Create a symlink at `target` whose text is `source` (merged-/usr links like /bin -> usr/bin).
         case symlink = 4
+        /// Bind `target`, inside the sandbox's tree, onto itself: a mount point cannot be renamed or
+        /// removed, so the path to a protected path inside a writable bind stays where the host expects it.
+        case pin = 5
     }
     public var kind: Kind
     public var source: String
@@ -93,6 +102,7 @@ public struct MountEntry: Equatable, Sendable {
         case .bindRW: kindName = "rw"
         case .hideDir, .hideFile: kindName = "hide"
         case .symlink: kindName = "symlink"
+        case .pin: kindName = "pin"
         }
         return .object([("type", .string(kindName)), ("source", .string(source)), ("target", .string(target))])
     }
@@ -113,7 +123,10 @@ public enum PolicyResolver {
 
     /// Applies the command-line options to the profile and resolves every path.
     /// `cwd` is the caller's working directory (absolute).
-    public static func resolve(profile: Profile, options: SandboxOptions, cwd: String, host: some HostPaths) throws(AgentboxError) -> SandboxPolicy {
+    /// `protected` are agentbox's own paths (AgentboxPaths, binaries, profiles): no bind may expose
+    /// them to writes; see `protect`.
+    public static func resolve(profile: Profile, options: SandboxOptions, cwd: String, host: some HostPaths,
+                               protected: [ProtectedPath] = []) throws(AgentboxError) -> SandboxPolicy {
         func absolute(_ p: String) -> String { normalize(p.hasPrefix("/") ? p : (cwd == "/" ? "" : cwd) + "/" + p) }
         func canonical(_ p: String, _ what: String) throws(AgentboxError) -> String {
             guard let c = host.canonical(absolute(p)) else {
@@ -126,7 +139,7 @@ public enum PolicyResolver {
         guard host.isDirectory(workspace) else {
             throw AgentboxError(stage: "policy", "workspace \(workspace) is not a directory")
         }
-        if workspace == "/" || forbiddenRoots.contains(where: { workspace == $0 || workspace.hasPrefix($0 + "/") }) {
+        if workspace == "/" || forbiddenRoots.contains(where: { isInside(workspace, $0) }) {
             throw AgentboxError(stage: "policy", "workspace \(workspace) would expose the host's \(workspace == "/" ? "whole filesystem" : "kernel interfaces")",
                                 hint: "run agentbox from a project directory or pass --workspace DIR")
         }
@@ -149,13 +162,20 @@ public enum PolicyResolver {
         }
         add(MountEntry(profile.workspace == .rw ? .bindRW : .bindRO, source: workspace, target: workspace))
         for path in profile.ro { if let c = host.canonical(path) { add(MountEntry(.bindRO, source: c, target: c)) } }
-        for path in profile.rw { if let c = host.canonical(path) { add(MountEntry(.bindRW, source: c, target: c)) } }
+        func checkWritable(_ c: String, _ what: String) throws(AgentboxError) {
+            if c == "/" || forbiddenRoots.contains(where: { isInside(c, $0) }) {
+                throw AgentboxError(stage: "policy", "\(what) \(c) is not allowed: it would expose host kernel interfaces or the whole host")
+            }
+        }
+        for path in profile.rw {
+            guard let c = host.canonical(path) else { continue }
+            try checkWritable(c, "profile \(profile.path) filesystem.rw")
+            add(MountEntry(.bindRW, source: c, target: c))
+        }
         for path in options.ro { let c = try canonical(path, "--ro"); add(MountEntry(.bindRO, source: c, target: c)) }
         for path in options.rw {
             let c = try canonical(path, "--rw")
-            if c == "/" || forbiddenRoots.contains(where: { c == $0 || c.hasPrefix($0 + "/") }) {
-                throw AgentboxError(stage: "policy", "--rw \(c) is not allowed: it would expose host kernel interfaces or the whole host")
-            }
+            try checkWritable(c, "--rw")
             add(MountEntry(.bindRW, source: c, target: c))
         }
         // Hidden paths that do not exist have nothing to hide; they are skipped.
@@ -163,6 +183,7 @@ public enum PolicyResolver {
             guard let c = host.canonical(path) else { continue }
             add(MountEntry(host.isDirectory(c) ? .hideDir : .hideFile, source: "", target: c))
         }
+        let protections = try protect(protected, mounts: &mounts, host: host)
         // Parents before children: a bind inside another bind must be mounted after it.
         mounts = stableSorted(mounts) { depth($0.target) < depth($1.target) }
 
@@ -185,13 +206,70 @@ public enum PolicyResolver {
         }
         return SandboxPolicy(profile: profile, workspace: workspace, workdir: workdir, mounts: mounts, limits: limits,
                              env: env, network: options.network ?? profile.network, strictLimits: options.strictLimits,
-                             hostname: options.name.flatMap(sanitizedHostname) ?? profile.hostname)
+                             hostname: options.name.flatMap(sanitizedHostname) ?? profile.hostname, protections: protections)
+    }
+
+    /// Whether `path` is `dir` or lies below it (both canonical).
+    static func isInside(_ path: String, _ dir: String) -> Bool {
+        path == dir || path.hasPrefix(dir == "/" ? "/" : dir + "/")
+    }
+
+    /// Keeps agentbox's own paths out of every sandbox's reach, whatever the options say:
+    /// - a bind inside a protected path (or equal to it) is refused, except read-only binds inside a
+    ///   read-only one;
+    /// - a hidden path inside any bind is covered with an empty read-only directory or file, a read-only
+    ///   one inside a writable bind is bound read-only on itself;
+    /// - inside a writable bind, every directory between the bind and the protected path is pinned
+    ///   (bound on itself: a mount point cannot be renamed or removed), so the sandbox cannot move the
+    ///   real path aside and build a forged one where the host will look for it next time;
+    /// - a protected path that does not exist inside a writable bind is refused (the sandbox could
+    ///   create it); the supervisor creates agentbox's own folders before resolving.
+    static func protect(_ protected: [ProtectedPath], mounts: inout [MountEntry], host: some HostPaths) throws(AgentboxError) -> [ProtectedPath] {
+        var applied: [ProtectedPath] = []
+        let binds = mounts.filter { $0.kind == .bindRO || $0.kind == .bindRW }
+        /// The deepest bind or hidden folder containing `path`: what decides how `path` looks inside.
+        func innermost(_ path: String) -> MountEntry? {
+            mounts.filter { $0.kind != .symlink && $0.kind != .pin && isInside(path, $0.target) }
+                .max { depth($0.target) < depth($1.target) }
+        }
+        // Hidden paths first: a read-only path inside a hidden one is covered already.
+        for p in protected.filter({ $0.access == .hidden }) + protected.filter({ $0.access == .readOnly }) {
+            let path = normalize(p.path)
+            guard let c = host.canonical(path) else {
+                if let w = innermost(path), w.writable {
+                    throw AgentboxError(stage: "policy", "\(p.what) \(path) does not exist and lies inside the writable bind \(w.target): a sandbox could create it",
+                                        hint: "create \(path) first, or use a workspace that does not contain it")
+                }
+                continue
+            }
+            for m in binds where isInside(m.target, c) && (m.writable || p.access == .hidden) {
+                throw AgentboxError(stage: "policy", "\(m.target) cannot be bound into a sandbox: it is \(m.target == c ? "" : "inside ")\(p.what) (\(c))",
+                                    hint: "agentbox's own files are never exposed to a sandbox; choose another directory")
+            }
+            guard let outer = innermost(c), outer.kind == .bindRO || outer.kind == .bindRW, outer.writable || p.access == .hidden else { continue }
+            let directory = host.isDirectory(c)
+            mounts.append(p.access == .hidden
+                ? MountEntry(directory ? .hideDir : .hideFile, source: "", target: c, directory: directory)
+                : MountEntry(.bindRO, source: c, target: c, directory: directory))
+            if outer.writable {
+                var ancestor = c
+                while let slash = ancestor.lastIndex(of: "/") {
+                    ancestor = String(ancestor[..<slash])
+                    guard ancestor != outer.target, isInside(ancestor, outer.target) else { break }
+                    if !mounts.contains(where: { $0.target == ancestor }) {
+                        mounts.append(MountEntry(.pin, source: ancestor, target: ancestor))
+                    }
+                }
+            }
+            applied.append(ProtectedPath(c, p.what, p.access))
+        }
+        return applied
     }
 
     static func depth(_ path: String) -> Int { path.split(separator: "/").count }
 
     /// Removes `.` and `..` components lexically (symlinks are resolved later by the host).
-    static func normalize(_ path: String) -> String {
+    public static func normalize(_ path: String) -> String {
         var parts: [Substring] = []
         for part in path.split(separator: "/") {
             if part == "." { continue }

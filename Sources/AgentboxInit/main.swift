@@ -36,7 +36,8 @@ func mkdirs(_ path: String, mode: mode_t = 0o755) throws(SetupFailure) {
 func touch(_ path: String) throws(SetupFailure) {
     let parent = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
     if !parent.isEmpty { try mkdirs(parent) }
-    let fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
+    // Read-only: the file may be a running executable (agentbox's own binary, protected read-only).
+    let fd = open(path, O_RDONLY | O_CREAT | O_CLOEXEC, 0o644)
     if fd < 0 && errno != EEXIST && errno != EISDIR { throw SetupFailure(stage: "create \(path)", code: errno, detail: "") }
     if fd >= 0 { close(fd) }
 }
@@ -126,6 +127,8 @@ func buildFilesystem(_ spec: SetupSpec) throws(SetupFailure) {
                 try check(mount(host + m.source, target, nil, UInt(MS_BIND | MS_REC), nil), "bind \(m.target)")
             }
             if m.kind == .bindRO { try setReadOnly(target, recursive: true) } else { try setNoSuidNoDev(target) }
+        case .pin:
+            try check(mount(target, target, nil, UInt(MS_BIND | MS_REC), nil), "pin \(m.target) (bind it on itself)")
         case .hideDir:
             try mkdirs(target)
             try check(mount("agentbox-hidden", target, "tmpfs", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY), "mode=0555,size=4k"),

@@ -11,13 +11,7 @@ public struct RunStore: Sendable {
     public init(home: String = RunStore.defaultHome()) { self.home = home }
 
     /// `AGENTBOX_HOME`, else `$XDG_STATE_HOME/agentbox`, else `~/.local/state/agentbox` (root: `/var/lib/agentbox`).
-    public static func defaultHome() -> String {
-        if let h = getenv("AGENTBOX_HOME"), h.pointee != 0 { return String(cString: h) }
-        if geteuid() == 0 { return "/var/lib/agentbox" }
-        if let x = getenv("XDG_STATE_HOME"), x.pointee != 0 { return String(cString: x) + "/agentbox" }
-        if let h = getenv("HOME"), h.pointee != 0 { return String(cString: h) + "/.local/state/agentbox" }
-        return "/tmp/agentbox-\(getuid())"
-    }
+    public static func defaultHome() -> String { AgentboxPaths.home() }
 
     /// Creates missing directories; the ones agentbox creates are private (0700): journals hold
     /// everything a command printed.

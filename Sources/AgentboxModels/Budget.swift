@@ -41,9 +41,8 @@ public struct PriceTable: Sendable {
     /// `$AGENTBOX_PRICES`, else `$XDG_CONFIG_HOME/agentbox/prices.json` (`~/.config/...`), when it exists.
     public static func defaultFile() -> String? {
         if let p = getenv("AGENTBOX_PRICES"), p.pointee != 0 { return String(cString: p) }
-        let config = getenv("XDG_CONFIG_HOME").map { String(cString: $0) } ?? getenv("HOME").map { String(cString: $0) + "/.config" }
-        guard let config else { return nil }
-        let path = config + "/agentbox/prices.json"
+        guard let config = AgentboxPaths.configDir() else { return nil }
+        let path = config + "/prices.json"
         return FileIO.exists(path) ? path : nil
     }
 

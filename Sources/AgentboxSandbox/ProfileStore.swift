@@ -4,39 +4,44 @@ import Glibc
 
 /// Finds and loads profiles by name or path (docs/profiles.md, "Where profiles are found").
 public enum ProfileStore {
-    /// Folders searched for NAME.json, in order.
+    /// Folders searched for NAME.json, in order (the candidates that exist).
     public static func searchPath() -> [String] {
-        var dirs: [String] = []
-        if let env = getenv("AGENTBOX_PROFILES") {
-            dirs += String(cString: env).split(separator: ":").map(String.init)
-        }
-        if let config = configHome() { dirs.append(config + "/agentbox/profiles") }
-        if let exeDir = executableDirectory() {
-            dirs.append(exeDir + "/../share/agentbox/sandbox-profiles")
-            dirs.append(exeDir + "/sandbox-profiles")
-            // A build tree: .build/<triple>/<config>/agentbox -> the repository's sandbox-profiles/.
-            var dir = exeDir
-            for _ in 0..<(exeDir.split(separator: "/").contains(".build") ? 4 : 0) {
-                dir = String(dir[..<(dir.lastIndex(of: "/") ?? dir.startIndex)])
-                if dir.isEmpty { break }
-                dirs.append(dir + "/sandbox-profiles")
-            }
-        }
-        return dirs.filter { FileIO.isDirectory($0) }.map { RealHostPaths().canonical($0) ?? $0 }
+        searchCandidates().filter { FileIO.isDirectory($0) }.map { RealHostPaths().canonical($0) ?? $0 }
             .reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
     }
 
-    static func configHome() -> String? {
-        if let x = getenv("XDG_CONFIG_HOME"), x.pointee != 0 { return String(cString: x) }
-        if let h = getenv("HOME"), h.pointee != 0 { return String(cString: h) + "/.config" }
-        return nil
+    /// Every folder that would be searched if it existed: each is protected from sandboxes (a run that
+    /// could create one could plant the next run's profile).
+    static func searchCandidates() -> [String] {
+        var dirs: [String] = []
+        if let env = AgentboxPaths.env("AGENTBOX_PROFILES") {
+            dirs += env.split(separator: ":").map(String.init)
+        }
+        if let config = AgentboxPaths.configDir() { dirs.append(config + "/profiles") }
+        // The built-in profiles: one folder, decided by where the binary is (so that no other folder a
+        // sandbox could create can shadow it).
+        if let exeDir = executableDirectory() {
+            let parts = exeDir.split(separator: "/", omittingEmptySubsequences: false)
+            if exeDir.hasSuffix("/bin") {
+                dirs.append(exeDir + "/../share/agentbox/sandbox-profiles")  // <prefix>/bin/agentbox (make install)
+            } else if let build = parts.firstIndex(of: ".build") {
+                dirs.append(parts[..<build].joined(separator: "/") + "/sandbox-profiles")  // <repo>/.build/<triple>/<config>/agentbox
+            } else {
+                dirs.append(exeDir + "/sandbox-profiles")  // an unpacked folder: agentbox, agentbox-init, sandbox-profiles/
+            }
+        }
+        return dirs.map { $0.hasPrefix("/") ? PolicyResolver.normalize($0) : $0 }
     }
 
-    static func executableDirectory() -> String? {
+    static func executablePath() -> String? {
         var buf = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/self/exe", &buf, buf.count - 1)
         guard n > 0 else { return nil }
-        let exe = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    static func executableDirectory() -> String? {
+        guard let exe = executablePath() else { return nil }
         return String(exe[..<(exe.lastIndex(of: "/") ?? exe.startIndex)])
     }
 
@@ -120,12 +125,7 @@ public enum ProfileStore {
 public enum SeccompCache {
     static let magic = Array("agentbox-seccomp-cache\n".utf8)
 
-    public static func cacheDir() -> String? {
-        if geteuid() == 0 { return "/var/cache/agentbox" }
-        if let x = getenv("XDG_CACHE_HOME"), x.pointee != 0 { return String(cString: x) + "/agentbox" }
-        if let h = getenv("HOME"), h.pointee != 0 { return String(cString: h) + "/.cache/agentbox" }
-        return nil
-    }
+    public static func cacheDir() -> String? { AgentboxPaths.cacheDir() }
 
     static func fnv1a(_ bytes: [UInt8], seed: UInt64 = 0xcbf2_9ce4_8422_2325) -> UInt64 {
         var h = seed

@@ -100,10 +100,7 @@ public final class Sandbox {
     /// Finds agentbox-init: $AGENTBOX_INIT, next to this executable, or in ../libexec/agentbox/.
     public static func locateInit() throws(AgentboxError) -> String {
         if let env = getenv("AGENTBOX_INIT") { return String(cString: env) }
-        var buf = [CChar](repeating: 0, count: 4096)
-        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
-        guard n > 0 else { throw AgentboxError(stage: "locate agentbox-init", "cannot read /proc/self/exe") }
-        let exe = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard let exe = ProfileStore.executablePath() else { throw AgentboxError(stage: "locate agentbox-init", "cannot read /proc/self/exe") }
         let dir = String(exe[..<exe.lastIndex(of: "/")!])
         for candidate in [dir + "/agentbox-init", dir + "/../libexec/agentbox/agentbox-init"] where access(candidate, X_OK) == 0 {
             return RealHostPaths().canonical(candidate) ?? candidate

@@ -157,7 +157,12 @@ struct SandboxArgs {
     func resolve() throws(AgentboxError) -> SandboxPolicy {
         let o = try options()
         let profile = try ProfileStore.load(o.profile)
-        return try PolicyResolver.resolve(profile: profile, options: o, cwd: currentDirectory(), host: RealHostPaths())
+        let policy = try PolicyResolver.resolve(profile: profile, options: o, cwd: currentDirectory(), host: RealHostPaths(),
+                                                protected: ProtectedPaths.current(profile: profile))
+        for p in policy.protections {
+            Console.note("\(p.access == .hidden ? "hiding" : "making read-only") \(p.path) inside the sandbox: it is \(p.what)")
+        }
+        return policy
     }
 }
 

@@ -194,3 +194,102 @@ struct FakeHost: HostPaths {
         }
     }
 }
+
+/// agentbox's own paths stay out of reach whatever the options say (docs/security.md).
+@Suite struct ProtectedPathTests {
+    var host: FakeHost {
+        var h = FakeHost()
+        h.dirs.formUnion(["/home/u", "/home/u/.local", "/home/u/.local/state", "/home/u/.local/state/agentbox",
+                          "/home/u/.config", "/home/u/.config/agentbox", "/home/u/src", "/home/u/src/ab",
+                          "/home/u/src/ab/.build", "/home/u/src/ab/.build/debug", "/home/u/src/ab/sandbox-profiles"])
+        h.files.formUnion(["/home/u/src/ab/.build/debug/agentbox"])
+        return h
+    }
+    let protected = [
+        ProtectedPath("/home/u/.local/state/agentbox", "agentbox's state", .hidden),
+        ProtectedPath("/home/u/.config/agentbox", "agentbox's configuration", .hidden),
+        ProtectedPath("/home/u/src/ab/.build/debug/agentbox", "agentbox's binary", .readOnly),
+        ProtectedPath("/home/u/src/ab/sandbox-profiles", "a profile folder", .readOnly),
+        ProtectedPath("/home/u/.config/agentbox/profiles", "a profile folder", .readOnly),
+    ]
+
+    func resolve(_ o: SandboxOptions, _ p: Profile = Profile(name: "t")) throws(AgentboxError) -> SandboxPolicy {
+        try PolicyResolver.resolve(profile: p, options: o, cwd: "/home/u", host: host, protected: protected)
+    }
+
+    @Test func aWorkspaceContainingThemHidesStatePinsTheWayAndMakesBinariesReadOnly() throws {
+        var o = SandboxOptions()
+        o.workspace = "/home/u"
+        let policy = try resolve(o)
+        func kind(_ target: String) -> MountEntry.Kind? { policy.mounts.first { $0.target == target }?.kind }
+        #expect(kind("/home/u") == .bindRW)
+        #expect(kind("/home/u/.local/state/agentbox") == .hideDir)
+        #expect(kind("/home/u/.config/agentbox") == .hideDir)
+        #expect(kind("/home/u/src/ab/.build/debug/agentbox") == .bindRO)
+        #expect(kind("/home/u/src/ab/sandbox-profiles") == .bindRO)
+        // The way to each stays where the host expects it: every directory in between is a mount point.
+        for dir in ["/home/u/.local", "/home/u/.local/state", "/home/u/.config", "/home/u/src", "/home/u/src/ab",
+                    "/home/u/src/ab/.build", "/home/u/src/ab/.build/debug"] {
+            #expect(kind(dir) == .pin, "\(dir) must be pinned")
+        }
+        // Covered by the hidden configuration folder already: nothing inside it is mounted.
+        #expect(kind("/home/u/.config/agentbox/profiles") == nil)
+        #expect(policy.protections.map(\.path).sorted() == ["/home/u/.config/agentbox", "/home/u/.local/state/agentbox",
+                                                           "/home/u/src/ab/.build/debug/agentbox", "/home/u/src/ab/sandbox-profiles"])
+        // Parents are mounted before what is inside them.
+        let order = policy.mounts.map(\.target)
+        #expect(order.firstIndex(of: "/home/u")! < order.firstIndex(of: "/home/u/.local")!)
+        #expect(order.firstIndex(of: "/home/u/.local/state")! < order.firstIndex(of: "/home/u/.local/state/agentbox")!)
+        #expect(policy.json.serialized.contains("\"protected\""))
+    }
+
+    @Test func aReadOnlyBindHidesStateButNeedsNoPins() throws {
+        var o = SandboxOptions()
+        o.workspace = "/work/proj"
+        o.ro = ["/home/u"]
+        let policy = try resolve(o)
+        #expect(policy.mounts.contains { $0.target == "/home/u/.local/state/agentbox" && $0.kind == .hideDir })
+        #expect(!policy.mounts.contains { $0.kind == .pin })
+        #expect(!policy.mounts.contains { $0.target == "/home/u/src/ab/.build/debug/agentbox" }, "read-only already")
+    }
+
+    @Test func bindsInsideProtectedPathsAreRefused() {
+        for (workspace, rw) in [("/home/u/.local/state/agentbox", nil), ("/work/proj", "/home/u/.config/agentbox"),
+                                ("/work/proj", "/home/u/src/ab/sandbox-profiles")] as [(String, String?)] {
+            var o = SandboxOptions()
+            o.workspace = workspace
+            if let rw { o.rw = [rw] }
+            #expect(throws: AgentboxError.self) { try resolve(o) }
+        }
+        var ro = SandboxOptions()
+        ro.workspace = "/work/proj"
+        ro.ro = ["/home/u/.local/state/agentbox"]
+        #expect(throws: AgentboxError.self, "reading other runs' journals is refused too") { try resolve(ro) }
+    }
+
+    @Test func aMissingProtectedPathInsideAWritableBindIsRefused() {
+        var o = SandboxOptions()
+        o.workspace = "/home/u"
+        let missing = [ProtectedPath("/home/u/.profiles", "a profile folder", .readOnly)]
+        do {
+            _ = try PolicyResolver.resolve(profile: Profile(name: "t"), options: o, cwd: "/home/u", host: host, protected: missing)
+            Issue.record("a sandbox could create the folder")
+        } catch {
+            #expect(error.message.contains("/home/u/.profiles") && error.message.contains("does not exist"))
+        }
+    }
+
+    @Test func profileRWEntriesGetTheSameChecksAsTheOption() {
+        var p = Profile(name: "t", path: "/etc/agentbox/p.json")
+        p.rw = ["/proc"]
+        do {
+            _ = try resolve(SandboxOptions(), p)
+            Issue.record("a profile could bind /proc read-write")
+        } catch {
+            #expect(error.message.contains("/etc/agentbox/p.json") && error.message.contains("/proc"))
+        }
+        var q = Profile(name: "t")
+        q.rw = ["/home/u/.config/agentbox"]
+        #expect(throws: AgentboxError.self) { try resolve(SandboxOptions(), q) }
+    }
+}

@@ -88,3 +88,95 @@ import Testing
         #expect(options.contains("nosuid") && options.contains("nodev"), "\(r)")
     }
 }
+
+/// agentbox's state, configuration and binaries inside a workspace (`--workspace ~`) are out of reach:
+/// a run cannot rewrite another run's journal, forge confessions, plant the next run's profile or
+/// prices, or replace agentbox, not even by renaming the folders around them.
+@Suite struct OwnFilesTests {
+    static let attack = """
+        for j in .local/state/agentbox/runs/*/journal.jsonl; do echo forged >> "$j"; done
+        echo forged >> .local/state/agentbox/confessions.jsonl
+        rm -rf .local/state/agentbox/runs
+        mv .local .local.old; mv .local/state .local/state.old; mv .local/state/agentbox .local/state/gone
+        mv .config .config.old; mv .config/agentbox .config/old
+        mkdir -p .config/agentbox/profiles
+        printf '{"filesystem": {"rw": ["/etc"]}, "seccomp": null}' > .config/agentbox/profiles/workspace-write.json
+        printf '{"models": {}}' > .config/agentbox/prices.json
+        echo attacked
+        """
+
+    func stateIsOutOfReach(user: TestUser?) throws {
+        let home = TestEnv.workspace(owner: user)
+        var env = ["HOME": home]
+        if user == nil { env["AGENTBOX_HOME"] = home + "/.local/state/agentbox" }  // root's default is /var/lib/agentbox
+        let victim = run([TestEnv.agentbox, "exec", "--name", "victim", "--", "/bin/echo", "original"], cwd: home, user: user, env: env)
+        #expect(victim.code == 0, "\(victim)")
+        let journals = shell("ls '\(home)'/.local/state/agentbox/runs/*/journal.jsonl").out.split(separator: "\n").map(String.init)
+        #expect(journals.count == 1)
+        let before = try journals.map { try Data(contentsOf: URL(fileURLWithPath: $0)) }
+
+        let r = run([TestEnv.agentbox, "exec", "--", "/bin/sh", "-c", Self.attack], cwd: home, user: user, env: env)
+        #expect(r.code == 0 && r.out == "attacked\n", "\(r)")
+        #expect(r.err.contains("hiding \(home)/.local/state/agentbox inside the sandbox"), "said on stderr: \(r.err)")
+        #expect(r.err.contains("hiding \(home)/.config/agentbox inside the sandbox"), "\(r.err)")
+
+        let after = try journals.map { try Data(contentsOf: URL(fileURLWithPath: $0)) }
+        #expect(after == before, "the victim's journal is unchanged")
+        let verify = run([TestEnv.agentbox, "journal", "verify", "victim"], cwd: home, user: user, env: env)
+        #expect(verify.code == 0, "\(verify)")
+        let feed = (try? String(contentsOfFile: home + "/.local/state/agentbox/confessions.jsonl", encoding: .utf8)) ?? ""
+        #expect(!feed.contains("forged"))
+        let fm = FileManager.default
+        for moved in [".local.old", ".config.old", ".local/state.old", ".config/agentbox/profiles/workspace-write.json",
+                      ".config/agentbox/prices.json"] {
+            #expect(!fm.fileExists(atPath: home + "/" + moved), "\(moved) was created or moved on the host")
+        }
+        // The next run still loads the real profile (its seccomp policy is in force).
+        let next = run([TestEnv.agentbox, "exec", "--", "/bin/sh", "-c", "grep Seccomp: /proc/self/status; echo x > /etc/x || echo ro"],
+                       cwd: home, user: user, env: env)
+        #expect(next.out.contains("Seccomp:\t2") && next.out.contains("ro"), "\(next)")
+    }
+
+    @Test func stateAndConfigurationInsideTheWorkspaceAreOutOfReach() throws {
+        try stateIsOutOfReach(user: nil)
+    }
+
+    @Test(.enabled(if: TestEnv.isRoot && TestUser.shared != nil))
+    func stateAndConfigurationInsideTheWorkspaceAreOutOfReachRootless() throws {
+        try stateIsOutOfReach(user: TestUser.shared!)
+    }
+
+    @Test func agentboxsBinariesAndProfilesInsideTheWorkspaceAreReadOnly() throws {
+        let ws = TestEnv.workspace()
+        _ = shell("cp -r '\(TestEnv.installDir)' '\(ws)/tools' && rm -f '\(ws)/tools/probe'")
+        let files = ["tools/agentbox", "tools/agentbox-init", "tools/sandbox-profiles/workspace-write.json"]
+        let before = files.map { FileManager.default.contents(atPath: ws + "/" + $0) }
+        let r = run([ws + "/tools/agentbox", "exec", "--", "/bin/sh", "-c", """
+            echo x > tools/agentbox-init; echo x >> tools/sandbox-profiles/workspace-write.json; cp /bin/true tools/agentbox
+            mv tools/sandbox-profiles tools/p2; mv tools tools2; echo done
+            """], cwd: ws)
+        #expect(r.code == 0 && r.out == "done\n", "\(r)")
+        #expect(files.map { FileManager.default.contents(atPath: ws + "/" + $0) } == before, "agentbox's files are unchanged")
+        #expect(!FileManager.default.fileExists(atPath: ws + "/tools2"))
+    }
+
+    @Test func bindsInsideAgentboxsStateAreRefused() {
+        let home = TestEnv.workspace()
+        let state = home + "/state"
+        let env = ["AGENTBOX_HOME": state]
+        _ = run([TestEnv.agentbox, "exec", "--name", "x", "--", "/bin/true"], cwd: home, env: env)
+        for options in [["--rw", state + "/runs"], ["--workspace", state], ["--ro", state]] {
+            let r = run([TestEnv.agentbox, "exec"] + options + ["--", "/bin/true"], cwd: home, env: env)
+            #expect(r.code == 125 && r.err.contains("agentbox's state"), "\(options): \(r)")
+        }
+    }
+
+    @Test func theRecordSaysWhatWasProtected() throws {
+        let home = TestEnv.workspace()
+        let env = ["AGENTBOX_HOME": home + "/state"]
+        let r = run([TestEnv.agentbox, "exec", "--name", "rec", "--", "/bin/true"], cwd: home, env: env)
+        #expect(r.code == 0, "\(r)")
+        let logs = run([TestEnv.agentbox, "logs", "rec", "--json"], cwd: home, env: env)
+        #expect(logs.out.contains("\"protected\":[{\"path\":\"\(home)/state\""), "\(logs.out.prefix(2000))")
+    }
+}

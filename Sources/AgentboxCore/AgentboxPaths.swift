@@ -1,0 +1,63 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Where agentbox keeps what it trusts: its state (journals, locks, the confession feed), its
+/// configuration (profiles, prices) and its cache (compiled seccomp programs). None of it may be
+/// writable from inside a sandbox (docs/security.md, "agentbox's own files").
+public enum AgentboxPaths {
+    /// `AGENTBOX_HOME`, else `$XDG_STATE_HOME/agentbox`, else `~/.local/state/agentbox` (root: `/var/lib/agentbox`).
+    public static func home() -> String {
+        if let h = env("AGENTBOX_HOME") { return h }
+        if geteuid() == 0 { return "/var/lib/agentbox" }
+        if let x = env("XDG_STATE_HOME") { return x + "/agentbox" }
+        if let h = env("HOME") { return h + "/.local/state/agentbox" }
+        return "/tmp/agentbox-\(getuid())"
+    }
+
+    /// `$XDG_CONFIG_HOME/agentbox`, else `~/.config/agentbox` (profiles, prices.json).
+    public static func configDir() -> String? {
+        if let x = env("XDG_CONFIG_HOME") { return x + "/agentbox" }
+        if let h = env("HOME") { return h + "/.config/agentbox" }
+        return nil
+    }
+
+    /// `/var/cache/agentbox` for root, else `$XDG_CACHE_HOME/agentbox`, else `~/.cache/agentbox`.
+    public static func cacheDir() -> String? {
+        if geteuid() == 0 { return "/var/cache/agentbox" }
+        if let x = env("XDG_CACHE_HOME") { return x + "/agentbox" }
+        if let h = env("HOME") { return h + "/.cache/agentbox" }
+        return nil
+    }
+
+    /// A non-empty environment variable.
+    public static func env(_ name: String) -> String? {
+        guard let v = getenv(name), v.pointee != 0 else { return nil }
+        return String(cString: v)
+    }
+}
+
+/// A path of agentbox's own that a sandbox must not be able to change, and what the resolver does
+/// when a bind of the sandbox contains it.
+public struct ProtectedPath: Equatable, Sendable {
+    public enum Access: String, Sendable {
+        /// Covered by an empty read-only directory or file under every bind (state: journals of other
+        /// runs, the confession feed, configuration, the cache). No bind may lie inside it.
+        case hidden
+        /// Bound read-only on itself under writable binds (agentbox's binaries, profiles). No writable
+        /// bind may lie inside it.
+        case readOnly = "read-only"
+    }
+    public var path: String
+    /// What it is, for messages: "agentbox's state (AGENTBOX_HOME)".
+    public var what: String
+    public var access: Access
+
+    public init(_ path: String, _ what: String, _ access: Access) {
+        self.path = path
+        self.what = what
+        self.access = access
+    }
+}

@@ -1,0 +1,44 @@
+import AgentboxCore
+import Glibc
+
+/// agentbox's own paths on this host, for PolicyResolver.protect (docs/security.md, "agentbox's own
+/// files"): its state, configuration and cache (hidden from every sandbox), and its binaries, profile
+/// folders and the profile in use (read-only inside writable binds).
+public enum ProtectedPaths {
+    /// The list for a sandbox of `profile`. Creates agentbox's own folders when they are missing, so
+    /// that none can be created from inside a sandbox whose workspace contains where they would be.
+    public static func current(profile: Profile) -> [ProtectedPath] {
+        var out: [ProtectedPath] = []
+        func state(_ path: String?, _ what: String) {
+            guard let path else { return }
+            makeDirectories(path)
+            out.append(ProtectedPath(path, what, .hidden))
+        }
+        state(AgentboxPaths.home(), "agentbox's state (AGENTBOX_HOME: journals, locks, confessions)")
+        state(AgentboxPaths.configDir(), "agentbox's configuration (profiles, prices)")
+        state(AgentboxPaths.cacheDir(), "agentbox's cache")
+        if let prices = AgentboxPaths.env("AGENTBOX_PRICES"), prices.hasPrefix("/") {
+            out.append(ProtectedPath(prices, "the prices file (AGENTBOX_PRICES)", .hidden))
+        }
+        for dir in ProfileStore.searchCandidates() where dir.hasPrefix("/") {
+            out.append(ProtectedPath(dir, "a profile folder", .readOnly))
+        }
+        if let exe = ProfileStore.executablePath() { out.append(ProtectedPath(exe, "agentbox's binary", .readOnly)) }
+        if let initPath = try? Sandbox.locateInit() { out.append(ProtectedPath(initPath, "agentbox-init", .readOnly)) }
+        if profile.path.hasPrefix("/") { out.append(ProtectedPath(profile.path, "the profile in use", .readOnly)) }
+        if let seccomp = profile.seccomp, seccomp.hasPrefix("/") {
+            out.append(ProtectedPath(seccomp, "the profile's seccomp policy", .readOnly))
+        }
+        return out
+    }
+
+    /// mkdir -p with private (0700) folders; best effort (a failure shows up when the path is used).
+    static func makeDirectories(_ path: String) {
+        if FileIO.isDirectory(path) { return }
+        var current = ""
+        for part in path.split(separator: "/") {
+            current += "/" + part
+            mkdir(current, 0o700)
+        }
+    }
+}
