@@ -91,11 +91,11 @@ func buildFilesystem(_ spec: SetupSpec) throws(SetupFailure) {
         try check(mount(host + "/dev/" + node, root + "/dev/" + node, nil, UInt(MS_BIND), nil), "bind /dev/\(node)")
     }
     try mkdirs(root + "/dev/pts")
-    try check(mount("devpts", root + "/dev/pts", "devpts", UInt(MS_NOSUID | MS_NOEXEC), "newinstance,ptmxmode=0666,mode=0620"),
+    try check(mount("devpts", root + "/dev/pts", "devpts", UInt(MS_NOSUID | MS_NOEXEC), "newinstance,ptmxmode=0666,mode=0620,max=\(SharedResourceBounds.ptys)"),
               "mount /dev/pts")
     try check(symlink("pts/ptmx", root + "/dev/ptmx"), "create /dev/ptmx")
     try mkdirs(root + "/dev/shm")
-    try check(mount("agentbox-shm", root + "/dev/shm", "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=1777,size=\(spec.tmpSize)"),
+    try check(mount("agentbox-shm", root + "/dev/shm", "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=1777,size=\(spec.tmpSize),nr_inodes=\(SharedResourceBounds.inodes(spec.tmpSize))"),
               "mount /dev/shm")
     for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                            ("stderr", "/proc/self/fd/2")] {
@@ -104,7 +104,7 @@ func buildFilesystem(_ spec: SetupSpec) throws(SetupFailure) {
 
     // /tmp: private and size-capped.
     try mkdirs(root + "/tmp")
-    try check(mount("agentbox-tmp", root + "/tmp", "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=1777,size=\(spec.tmpSize)"),
+    try check(mount("agentbox-tmp", root + "/tmp", "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=1777,size=\(spec.tmpSize),nr_inodes=\(SharedResourceBounds.inodes(spec.tmpSize))"),
               "mount /tmp")
 
     // The profile's binds, parents first.
@@ -184,6 +184,34 @@ func applyLandlock(_ spec: SetupSpec) throws(SetupFailure) -> Int32 {
     return abi
 }
 
+/// Kernel resources that no cgroup counts: per-user counts (charged to the user who created the
+/// sandbox's user namespace on the host, root included, as well as inside) and per-IPC-namespace
+/// tables. Each gets a bound in this sandbox's own namespaces, so one sandbox cannot starve the host's
+/// user or other sandboxes (docs/security.md, "Kernel resources outside cgroups"). Written while the
+/// init is still root of its user namespace, into the fresh /proc of its own namespaces.
+func boundSharedResources() throws(SetupFailure) {
+    for (file, value) in SharedResourceBounds.sysctls {
+        let fd = open("/proc/sys/" + file, O_WRONLY | O_CLOEXEC)
+        if fd < 0 && errno == ENOENT { continue }  // an older kernel without this count
+        // IPC tables belong to the IPC namespace's root, which a rootless sandbox does not map (their
+        // memory is what bounds them, as every other allocation of a rootless sandbox).
+        if fd < 0 && errno == EACCES && file.hasPrefix("kernel/") { continue }
+        if fd < 0 { throw SetupFailure(stage: "bound /proc/sys/\(file)", code: errno, detail: "") }
+        let text = Array("\(value)\n".utf8)
+        let n = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        let err = errno
+        close(fd)
+        if n != text.count { throw SetupFailure(stage: "bound /proc/sys/\(file)", code: n < 0 ? err : EIO, detail: "") }
+    }
+    // Per-user rlimits no cgroup replaces: never above what the host gave agentbox.
+    for (resource, value) in SharedResourceBounds.rlimits {
+        var current = rlimit()
+        guard getrlimit(__rlimit_resource_t(UInt32(resource)), &current) == 0 else { continue }
+        let bound = min(UInt64(current.rlim_max), value)
+        try check(ab_set_rlimit(resource, bound, bound), "setrlimit \(resource)")
+    }
+}
+
 func confine(_ spec: SetupSpec) throws(SetupFailure) -> Int32 {
     for (resource, value) in spec.rlimits {
         try check(ab_set_rlimit(resource, value, value), "setrlimit \(resource)")
@@ -260,6 +288,7 @@ func main() -> Int32 {
         try buildFilesystem(spec)
         try check(sethostname(spec.hostname, spec.hostname.utf8.count), "sethostname")
         try check(ab_loopback_up(), "bring loopback up")
+        try boundSharedResources()
         landlockABI = try confine(spec)
     } catch {
         send(.failed(stage: error.stage, errno: error.code, detail: error.detail))

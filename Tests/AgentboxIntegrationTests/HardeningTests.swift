@@ -180,3 +180,52 @@ import Testing
         #expect(logs.out.contains("\"protected\":[{\"path\":\"\(home)/state\""), "\(logs.out.prefix(2000))")
     }
 }
+
+/// Kernel resources no cgroup counts: a sandbox gets a bound on each, so it cannot take them from the
+/// host user who started it (root included) or from other sandboxes.
+@Suite struct SharedResourceTests {
+    static let exhaust = """
+        import ctypes, os, sys
+        libc = ctypes.CDLL(None)
+        n = 0
+        while libc.inotify_init() >= 0: n += 1
+        ptys = []
+        try:
+            while True: ptys.append(os.open("/dev/ptmx", os.O_RDWR))
+        except OSError: pass
+        print("inotify", n, "ptys", len(ptys), flush=True)
+        open("held", "w").write("held")
+        import time; time.sleep(float(sys.argv[1]))
+        """
+
+    func bounded(user: TestUser?) {
+        let ws = TestEnv.workspace(owner: user)
+        let r = exec([], ["/usr/bin/python3", "-c", Self.exhaust, "0"], in: ws, user: user)
+        #expect(r.out == "inotify 32 ptys 256\n", "\(r)")
+        let limits = sh("cat /proc/sys/user/max_user_namespaces /proc/sys/kernel/msgmni; grep -E 'pending|msgqueue' /proc/self/limits",
+                        in: ws, user: user)
+        let lines = limits.out.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
+        #expect(lines.count == 4, "\(limits)")
+        #expect(lines.first == ["0"], "\(limits)")
+        if user == nil { #expect(lines.dropFirst().first == ["256"], "root maps the IPC namespace's root: \(limits)") }
+        for line in lines.dropFirst(2) {
+            #expect(Int(line[line.count - 2]) ?? .max <= 4096 * 64, "\(line)")
+        }
+    }
+
+    @Test func inotifyPtysAndIPCAreBoundedPerSandbox() { bounded(user: nil) }
+
+    @Test(.enabled(if: TestEnv.isRoot && TestUser.shared != nil))
+    func inotifyPtysAndIPCAreBoundedPerSandboxRootless() { bounded(user: TestUser.shared!) }
+
+    @Test func aSandboxHoldingAllItCanLeavesInotifyToTheHostUser() throws {
+        let ws = TestEnv.workspace()
+        let p = try startAgentbox(["exec", "--", "/usr/bin/python3", "-c", Self.exhaust, "20"], cwd: ws)
+        defer { p.terminate(); p.waitUntilExit() }
+        #expect(eventually(15) { FileManager.default.fileExists(atPath: ws + "/held") })
+        // The sandbox's instances are charged to this user on the host too: two more sandboxes' worth
+        // and the host's own must still fit under the host's per-user limit.
+        let host = shell("python3 -c 'import ctypes; l=ctypes.CDLL(None); print(sum(1 for _ in range(40) if l.inotify_init() >= 0))'")
+        #expect(host.out == "40\n", "the host user could not create inotify instances while a sandbox held its share: \(host)")
+    }
+}
