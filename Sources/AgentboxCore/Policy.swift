@@ -11,6 +11,7 @@ public struct SandboxOptions: Sendable {
     public var cpus: Double? = nil
     public var timeout: Double? = nil
     public var tmpSize: UInt64? = nil
+    public var journalOutput: UInt64? = nil
     public var env: [(String, String)] = []
     public var strictLimits = false
     public var name: String? = nil
@@ -42,6 +43,7 @@ public struct SandboxPolicy: Sendable {
         limitsJSON.append(("cpus", limits.cpus.map { .number($0) } ?? .null))
         limitsJSON.append(("timeout_s", limits.timeout.map { .number($0) } ?? .null))
         limitsJSON.append(("tmp_size", .number(Double(limits.tmpSize))))
+        limitsJSON.append(("journal_output", .number(Double(limits.journalOutput))))
         return .object([
             ("profile", .string(profile.name)),
             ("profile_path", .string(profile.path)),
@@ -193,6 +195,7 @@ public enum PolicyResolver {
         if let v = options.cpus { limits.cpus = v }
         if let v = options.timeout { limits.timeout = v }
         if let v = options.tmpSize { limits.tmpSize = v }
+        if let v = options.journalOutput { limits.journalOutput = v }
 
         var env: [(String, String)] = [
             ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),

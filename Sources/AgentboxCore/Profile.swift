@@ -51,6 +51,10 @@ public struct Limits: Equatable, Sendable {
     public var timeout: Double? = nil
     /// Size of the private /tmp (and /dev/shm) tmpfs.
     public var tmpSize: UInt64 = 256 << 20
+    /// Bytes of command output a journaled run stores; past it, output is passed through and counted,
+    /// not stored (the journal lives on the host's disk, outside every cgroup).
+    public var journalOutput: UInt64 = Limits.defaultJournalOutput
+    public static let defaultJournalOutput: UInt64 = 256 << 20
     public init() {}
 }
 
@@ -75,7 +79,7 @@ extension Profile {
     static let topLevelKeys = ["description", "extends", "filesystem", "network", "limits", "env", "seccomp",
                                "landlock", "hostname"]
     static let filesystemKeys = ["workspace", "system", "ro", "rw", "hide"]
-    static let limitKeys = ["memory", "pids", "cpus", "timeout", "tmp_size"]
+    static let limitKeys = ["memory", "pids", "cpus", "timeout", "tmp_size", "journal_output"]
 
     /// Parses a profile document. `base` is the profile named by `extends`, already loaded.
     public static func parse(_ text: String, name: String, file: String, base: Profile? = nil) throws(ProfileError) -> Profile {
@@ -183,6 +187,9 @@ extension Profile {
                     case "tmp_size":
                         guard let s = try size(lv, full) else { throw fail(full, "must be a size; /tmp is always capped") }
                         p.limits.tmpSize = s
+                    case "journal_output":
+                        guard let s = try size(lv, full) else { throw fail(full, "must be a size; journaled output is always capped") }
+                        p.limits.journalOutput = s
                     case "pids":
                         if lv == .null { p.limits.pids = nil; break }
                         guard let n = lv.intValue, n > 0 else { throw fail(full, "must be a positive integer, not \(lv.serialized)") }

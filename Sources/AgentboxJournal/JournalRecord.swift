@@ -74,6 +74,8 @@ public enum RecordType {
     public static let runStarted = "run.started"
     public static let sandboxReady = "sandbox.ready"
     public static let output = "output"
+    /// Output passed through but not stored (the run's cap, or the disk's floor): bytes per stream.
+    public static let outputDropped = "output.dropped"
     public static let warning = "warning"
     public static let limit = "limit"
     public static let confession = "confession"

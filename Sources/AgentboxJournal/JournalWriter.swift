@@ -20,6 +20,8 @@ public final class JournalWriter {
     let lockFd: Int32
     var committed: Int
     var pending: [UInt8] = []
+    /// Bytes appended but not yet written to the file.
+    public var pendingBytes: Int { pending.count }
     var pendingSince: Double? = nil
     /// Written but not yet fdatasync'ed since then (a size-triggered batch write).
     var unsyncedSince: Double? = nil

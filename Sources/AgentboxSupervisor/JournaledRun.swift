@@ -60,7 +60,14 @@ public final class JournaledRun {
         // Output chunks are gathered per stream into records of up to 256 KiB (a chatty command writes
         // thousands of small chunks a second); what is gathered is recorded at every tick (<= 200 ms),
         // well inside the journal's 1 s batching bound.
-        let gather = OutputGatherer(writer: writer)
+        let gather = OutputGatherer(writer: writer, cap: policy.limits.journalOutput, dir: store.runsDir + "/" + id)
+        gather.onFirstDrop = { [self] reason throws(AgentboxError) in
+            let summary = reason == .cap
+                ? "command output past the journal's cap of \(Units.formatSize(policy.limits.journalOutput)) is shown but not stored"
+                : "the journal's disk is almost full: command output is shown but no longer stored"
+            warn(summary)
+            try recordLimit(writer, kind: reason == .cap ? "journal_output" : "journal_disk", category: "limits", summary: summary)
+        }
         box.output = { stream, bytes throws(AgentboxError) in try gather.add(stream.rawValue, bytes) }
         box.tick = { () throws(AgentboxError) in
             try gather.flush(final: false)
@@ -99,16 +106,13 @@ public final class JournaledRun {
         if result.termination == .timedOut {
             events.append(("timeout", "limits", "timeout after \(Units.formatDuration(policy.limits.timeout ?? 0)): the sandbox was killed"))
         }
-        for (kind, category, summary) in events {
-            try writer.append(RecordType.limit, .object([("kind", .string(kind)), ("detail", .string(summary))]), critical: true)
-            let seq = try writer.append(RecordType.confession, .object([
-                ("severity", "warning"), ("category", .string(category)), ("summary", .string(summary)), ("by", "supervisor"),
-            ]), critical: true)
-            do {
-                try ConfessionFeed.append(store: store, run: id, name: name, seq: seq, severity: "warning", category: category, summary: summary)
-            } catch {
-                warn("\(error.stage): \(error.message)")
-            }
+        for (kind, category, summary) in events { try recordLimit(writer, kind: kind, category: category, summary: summary) }
+        if let reason = gather.dropReason {
+            try writer.append(RecordType.outputDropped, .object([
+                ("reason", .string(reason.rawValue)), ("cap", .number(Double(policy.limits.journalOutput))),
+                ("stored", .number(Double(gather.stored))),
+                ("stdout", .number(Double(gather.dropped["stdout"] ?? 0))), ("stderr", .number(Double(gather.dropped["stderr"] ?? 0))),
+            ]), critical: false)
         }
 
         var exitData: [(String, JSON)] = [("code", .number(Double(result.exitCode)))]
@@ -139,15 +143,71 @@ public final class JournaledRun {
     }
 }
 
+extension JournaledRun {
+    /// A limit event and the confession the supervisor files for it (journal and node feed).
+    func recordLimit(_ writer: JournalWriter, kind: String, category: String, summary: String) throws(AgentboxError) {
+        try writer.append(RecordType.limit, .object([("kind", .string(kind)), ("detail", .string(summary))]), critical: true)
+        let seq = try writer.append(RecordType.confession, .object([
+            ("severity", "warning"), ("category", .string(category)), ("summary", .string(summary)), ("by", "supervisor"),
+        ]), critical: true)
+        do {
+            try ConfessionFeed.append(store: store, run: id, name: name, seq: seq, severity: "warning", category: category, summary: summary)
+        } catch {
+            warn("\(error.stage): \(error.message)")
+        }
+    }
+}
+
 /// Gathers output chunks into larger records, keeping a UTF-8 character that a chunk boundary split
 /// for the next record (so text stays text).
+///
+/// The journal is on the host's disk, outside every cgroup: at most `cap` bytes of output are stored,
+/// and none once the disk's free space is under `DiskFloor` (what is left must hold the run's last
+/// records, and the host needs its disk). Past either, output is still passed through, and counted.
 final class OutputGatherer {
     static let recordBytes = 256 << 10
     let writer: JournalWriter
+    let cap: UInt64
+    let dir: String
     var buffers: [String: [UInt8]] = ["stdout": [], "stderr": []]
     var order: [String] = []
 
-    init(writer: JournalWriter) { self.writer = writer }
+    enum DropReason: String { case cap, disk }
+    private(set) var stored: UInt64 = 0
+    private(set) var dropped: [String: UInt64] = [:]
+    private(set) var dropReason: DropReason? = nil
+    /// Called once, when output is first dropped.
+    var onFirstDrop: ((DropReason) throws(AgentboxError) -> Void)? = nil
+
+    init(writer: JournalWriter, cap: UInt64 = .max, dir: String = "") {
+        self.writer = writer
+        self.cap = cap
+        self.dir = dir
+    }
+
+    /// The part of `bytes` that may be stored (all, a prefix, or nothing), deciding when to stop.
+    func admit(_ stream: String, _ bytes: [UInt8]) throws(AgentboxError) -> ArraySlice<UInt8> {
+        if dropReason == nil {
+            // What this chunk can take on disk: JSON escaping makes a control byte 6 (\u0000), plus
+            // what the writer holds but has not written yet.
+            if !dir.isEmpty && DiskFloor.reached(dir, adding: UInt64(bytes.count * 6 + writer.pendingBytes + 4096)) {
+                dropReason = .disk
+            } else if stored + UInt64(bytes.count) > cap {
+                dropReason = .cap
+                let keep = Int(cap - stored)
+                stored = cap
+                dropped[stream, default: 0] += UInt64(bytes.count - keep)
+                try onFirstDrop?(.cap)
+                return bytes[..<keep]
+            } else {
+                stored += UInt64(bytes.count)
+                return bytes[...]
+            }
+            try onFirstDrop?(.disk)
+        }
+        dropped[stream, default: 0] += UInt64(bytes.count)
+        return []
+    }
 
     func add(_ stream: String, _ bytes: [UInt8]) throws(AgentboxError) {
         // Keep the streams' interleaving: switching stream records what the other one gathered.
@@ -186,7 +246,24 @@ final class OutputGatherer {
         }
         let rest = Array(bytes[(bytes.count - keep)...])
         bytes.removeLast(keep)
-        if !bytes.isEmpty { try writer.appendOutput(stream: stream, bytes: bytes) }
+        if !bytes.isEmpty {
+            let admitted = try admit(stream, bytes)
+            if !admitted.isEmpty { try writer.appendOutput(stream: stream, bytes: Array(admitted)) }
+        }
         buffers[stream] = rest
+    }
+}
+
+/// The free space under which a journal stops storing output: 5% of its filesystem, at most 512 MiB.
+enum DiskFloor {
+    static func bytes(total: UInt64) -> UInt64 { min(512 << 20, total / 20) }
+
+    /// Whether writing `adding` more bytes in `dir` would leave less than the floor free.
+    static func reached(_ dir: String, adding: UInt64) -> Bool {
+        var st = statvfs()
+        guard statvfs(dir, &st) == 0 else { return false }
+        let unit = UInt64(st.f_frsize)
+        let free = UInt64(st.f_bavail) * unit
+        return free < adding || free - adding < bytes(total: UInt64(st.f_blocks) * unit)
     }
 }

@@ -74,6 +74,9 @@ struct SandboxFlags: ParsableArguments {
     @Option(name: .customLong("tmp-size"), help: ArgumentHelp("Size cap of the private /tmp and /dev/shm.", valueName: "SIZE"))
     var tmpSize: String?
 
+    @Option(name: .customLong("journal-output"), help: ArgumentHelp("Command output a journaled run stores (default 256M); past it output is still shown but only counted. The journal also stops storing output when its disk runs low.", valueName: "SIZE"))
+    var journalOutput: String?
+
     @Option(help: ArgumentHelp("Set an environment variable in the sandbox (repeatable). The host environment is not inherited.", valueName: "KEY=VALUE"))
     var env: [String] = []
 
@@ -83,7 +86,8 @@ struct SandboxFlags: ParsableArguments {
     /// The options as plain values (shared with the `exec` fast path).
     var args: SandboxArgs {
         SandboxArgs(profile: profile, workspace: workspace, ro: ro, rw: rw, hide: hide, network: network, memory: memory,
-                    pids: pids, cpus: cpus, timeout: timeout, tmpSize: tmpSize, env: env, strictLimits: strictLimits)
+                    pids: pids, cpus: cpus, timeout: timeout, tmpSize: tmpSize, journalOutput: journalOutput, env: env,
+                    strictLimits: strictLimits)
     }
 
     func resolve() throws(AgentboxError) -> SandboxPolicy { try args.resolve() }
@@ -102,6 +106,7 @@ struct SandboxArgs {
     var cpus: Double? = nil
     var timeout: String? = nil
     var tmpSize: String? = nil
+    var journalOutput: String? = nil
     var env: [String] = []
     var strictLimits = false
 
@@ -143,6 +148,12 @@ struct SandboxArgs {
                 throw .usage("--tmp-size \(t): not a size of at least 64K", hint: "e.g. --tmp-size 256M")
             }
             o.tmpSize = bytes
+        }
+        if let j = journalOutput {
+            guard let bytes = Units.parseSize(j) else {
+                throw .usage("--journal-output \(j): not a size", hint: "e.g. --journal-output 64M or 2G")
+            }
+            o.journalOutput = bytes
         }
         for assignment in env {
             guard let kv = EnvVar.split(assignment) else {
@@ -254,6 +265,7 @@ struct Exec: ParsableCommand {
             case "--cpus": guard let n = Double(value) else { return nil }; a.cpus = n
             case "--timeout": a.timeout = value
             case "--tmp-size": a.tmpSize = value
+            case "--journal-output": a.journalOutput = value
             case "--env": a.env.append(value)
             case "--name": name = value
             default: return nil

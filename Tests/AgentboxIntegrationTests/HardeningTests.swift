@@ -229,3 +229,48 @@ import Testing
         #expect(host.out == "40\n", "the host user could not create inotify instances while a sandbox held its share: \(host)")
     }
 }
+
+/// The journal is on the host's disk, outside every cgroup: what a command prints is stored up to a cap,
+/// and never past the disk's floor; the rest is shown and counted.
+@Suite struct JournalBoundTests {
+    func records(_ run: String, home: String) -> [[String: Any]] {
+        let logs = shell("AGENTBOX_HOME='\(home)' '\(TestEnv.agentbox)' logs '\(run)' --json")
+        return logs.out.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+    }
+
+    @Test func outputPastTheCapIsShownCountedAndConfessedButNotStored() throws {
+        let home = TestEnv.workspace()
+        let ws = TestEnv.workspace()
+        let r = shell("cd '\(ws)' && AGENTBOX_HOME='\(home)' '\(TestEnv.agentbox)' exec --name chatty --journal-output 1M -- sh -c 'head -c 3000000 /dev/zero; echo done >&2' | wc -c")
+        #expect(r.out.trimmingCharacters(in: .whitespacesAndNewlines) == "3000000", "all output is passed through: \(r)")
+        let recs = records("chatty", home: home)
+        let stored = recs.filter { $0["type"] as? String == "output" }
+            .reduce(0) { $0 + ((($1["data"] as? [String: Any])?["text"] as? String)?.utf8.count ?? 0) }
+        #expect(stored == 1 << 20, "exactly the cap is stored")
+        let dropped = recs.first { $0["type"] as? String == "output.dropped" }?["data"] as? [String: Any]
+        #expect(dropped?["reason"] as? String == "cap" && dropped?["stdout"] as? Int == 3_000_000 - (1 << 20) && dropped?["stderr"] as? Int == 5,
+                "\(String(describing: dropped))")
+        #expect(recs.contains { $0["type"] as? String == "confession" })
+        let feed = try String(contentsOfFile: home + "/confessions.jsonl", encoding: .utf8)
+        #expect(feed.contains("journal's cap"))
+    }
+
+    @Test(.enabled(if: TestEnv.isRoot)) func aNearlyFullDiskStopsStoringOutputNotTheRun() throws {
+        let home = TestEnv.workspace()
+        #expect(shell("mount -t tmpfs -o size=32m agentbox-test-home '\(home)'").code == 0)
+        defer { _ = shell("umount -l '\(home)'") }
+        let ws = TestEnv.workspace()
+        let r = shell("cd '\(ws)' && AGENTBOX_HOME='\(home)' '\(TestEnv.agentbox)' exec --name flood --journal-output 1G -- sh -c 'head -c 40000000 /dev/zero; echo done' | wc -c")
+        #expect(r.out.trimmingCharacters(in: .whitespacesAndNewlines) == "40000005", "the run went on and showed everything: \(r)")
+        let recs = records("flood", home: home)
+        let dropped = recs.first { $0["type"] as? String == "output.dropped" }?["data"] as? [String: Any]
+        #expect(dropped?["reason"] as? String == "disk", "\(String(describing: dropped))")
+        #expect(recs.last?["type"] as? String == "run.ended", "the run's last records fit")
+        let verify = shell("AGENTBOX_HOME='\(home)' '\(TestEnv.agentbox)' journal verify flood")
+        #expect(verify.code == 0, "\(verify)")
+        let free = shell("df -B1 --output=avail '\(home)' | tail -1").out.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect((Int(free) ?? 0) > 1 << 20, "the disk was not filled: \(free) bytes free")
+    }
+}
