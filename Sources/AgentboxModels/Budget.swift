@@ -86,9 +86,11 @@ public struct PriceTable: Sendable {
     }
 }
 
-/// Limits of one run (`--max-steps`, `--max-tokens`, `--max-cost`, `--timeout`).
+/// Limits of one run (`--max-steps`, `--max-tool-calls`, `--max-tokens`, `--max-cost`, `--timeout`).
 public struct Budget: Sendable {
     public var maxSteps: Int? = nil
+    /// Tool calls the run may make, counted as the model asks for them (one turn may hold many).
+    public var maxToolCalls: Int? = nil
     public var maxTokens: Int? = nil
     public var maxCost: Double? = nil
     public var maxWallSeconds: Double? = nil
@@ -98,6 +100,7 @@ public struct Budget: Sendable {
 /// What a run has used so far, and the check the agent loop makes before every model request.
 public struct Accounting: Sendable {
     public private(set) var steps = 0
+    public private(set) var toolCalls = 0
     public private(set) var usage = Usage()
     /// nil when some call's model has no known price.
     public private(set) var cost: Double? = 0
@@ -122,11 +125,15 @@ public struct Accounting: Sendable {
         if let c = cost, let add = prices.cost(callUsage, provider: provider, model: model) { cost = c + add } else { cost = nil }
     }
 
+    /// Adds one tool call.
+    public mutating func recordToolCall() { toolCalls += 1 }
+
     public enum Exceeded: Equatable, Sendable {
-        case steps(Int), tokens(Int), cost(Double), wallTime(Double)
+        case steps(Int), toolCalls(Int), tokens(Int), cost(Double), wallTime(Double)
         public var description: String {
             switch self {
             case let .steps(n): return "the step budget (\(n)) is used up"
+            case let .toolCalls(n): return "the tool-call budget (\(n)) is used up"
             case let .tokens(n): return "the token budget (\(n)) is used up"
             case let .cost(c): return "the cost budget ($\(c)) is used up"
             case let .wallTime(s): return "the time budget (\(Units.formatDuration(s))) is used up"
@@ -138,6 +145,7 @@ public struct Accounting: Sendable {
     /// unknown: a budget that cannot be enforced must not be silently ignored.
     public func check(_ budget: Budget, now: Double = Clock.monotonic()) throws(AgentboxError) -> Exceeded? {
         if let max = budget.maxSteps, steps >= max { return .steps(max) }
+        if let max = budget.maxToolCalls, toolCalls >= max { return .toolCalls(max) }
         if let max = budget.maxTokens, usage.total >= max { return .tokens(max) }
         if let max = budget.maxCost {
             guard let cost else {

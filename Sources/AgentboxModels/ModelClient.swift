@@ -85,6 +85,8 @@ public final class HTTPModelProvider: ModelProvider {
     let retry: RetryPolicy
     let timeouts: HTTPClient.Timeouts
     let maxTokens: Int
+    /// What one answer may hold (docs/models.md, "Limits on an answer").
+    public var caps = ResponseCaps()
     /// Set to stop a call in progress (checked by the transfer).
     public var cancelled: @Sendable () -> Bool = { false }
     public private(set) var lastAttempts: [Attempt] = []
@@ -169,14 +171,24 @@ public final class HTTPModelProvider: ModelProvider {
         var streamError: ModelError? = nil
         var wholeBody: [UInt8] = []
         var streaming = false
+        var received = 0
+        let caps = self.caps
+        let provider = spec.provider.rawValue
         let isAnthropic = spec.provider == .anthropic
         let flag = cancelFlag
         let outer = cancelled
         let response = HTTPClient.post(url: url, headers: headers, body: body, timeouts: timeouts, provider: spec.provider.rawValue,
                                        cancel: { flag.isSet || outer() }) { status, chunk in
             // An error status, or a server that answers 200 with one JSON document: keep the body whole.
+            // Nothing the server sends is held past the cap, streamed or not (the supervisor is outside
+            // every cgroup: a server streaming without end must not grow its memory).
+            received += chunk.count
+            if received > caps.bytes {
+                streamError = ResponseCaps.exceeded("the answer passed \(caps.bytes >> 20) MiB", host: host, provider: provider)
+                return false
+            }
             if status != 200 || (!streaming && wholeBody.isEmpty == false) || (!streaming && chunk.first == UInt8(ascii: "{")) {
-                if wholeBody.count < 16 << 20 { wholeBody += chunk }
+                wholeBody += chunk
                 return true
             }
             streaming = true
@@ -204,11 +216,13 @@ public final class HTTPModelProvider: ModelProvider {
             }
             do {
                 let turn = isAnthropic ? try AnthropicProtocol.decode(response: json, host: host) : try OpenAIProtocol.decode(response: json, host: host)
+                try caps.check(turn, host: host, provider: provider)
                 return .success((turn, response.status))
             } catch { return .failure(error) }
         }
         do {
             let turn = isAnthropic ? try anthropic.finish() : try openai.finish()
+            try caps.check(turn, host: host, provider: provider)
             return .success((turn, response.status))
         } catch {
             return .failure(error)

@@ -7,6 +7,8 @@ public struct ModelError: Error, Sendable, CustomStringConvertible {
         case auth, permission, notFound, badRequest, contextLength, rateLimited, quotaExceeded
         case server, overloaded, timeout, conflict, incompleteStream, network, streamError, protocolViolation
         case badConversation, tls, cancelled
+        /// The answer passed one of ResponseCaps (bytes, text, tool calls, argument size).
+        case responseTooLarge
     }
 
     public var kind: Kind
@@ -45,6 +47,7 @@ public struct ModelError: Error, Sendable, CustomStringConvertible {
         case .contextLength: return "the conversation is too long for this model"
         case .badRequest, .badConversation, .protocolViolation: return "this is a bug in agentbox or an incompatible server; please report it"
         case .cancelled: return "the call was cancelled"
+        case .responseTooLarge: return "not retried: a model that answers this much once tends to again; lower max tokens or fix the prompt"
         case .tls: return "the server's certificate is not trusted; for a private CA set AGENTBOX_CA_BUNDLE to its PEM file"
         case .rateLimited, .overloaded, .server, .timeout, .conflict, .incompleteStream, .network, .streamError:
             return "retried; the server kept failing"

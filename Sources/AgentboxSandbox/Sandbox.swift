@@ -381,9 +381,18 @@ public final class Sandbox {
         var assembler = AgentWire.Assembler()
         var captureFailure: AgentboxError? = nil
 
+        /// The init is inside the sandbox: anything it sends that is not a well-formed message for this
+        /// mode ends the sandbox as a protocol error (recorded by the caller), never silently.
+        func protocolError(_ what: String) {
+            guard captureFailure == nil else { return }
+            captureFailure = AgentboxError(stage: "sandbox protocol", "agentbox-init sent \(what)",
+                                           hint: "agentbox-init and agentbox must come from the same build; otherwise the sandbox is misbehaving")
+            kill(pid, SIGKILL)
+        }
         func handle(_ bytes: [UInt8]) {
             if let tag = bytes.first, tag == WireTag.agentMore.rawValue || tag == WireTag.agentLast.rawValue {
-                guard captureFailure == nil, let agentMessage else { return }
+                guard let agentMessage else { return protocolError("an agent message to a sandbox that runs a command") }
+                guard captureFailure == nil else { return }
                 do throws(AgentboxError) {
                     let message: JSON?
                     do { message = try assembler.add(bytes[...]) } catch {
@@ -396,7 +405,10 @@ public final class Sandbox {
                 }
                 return
             }
-            guard let message = try? InitMessage.decode(bytes) else { return }
+            let message: InitMessage
+            do { message = try InitMessage.decode(bytes) } catch {
+                return protocolError("a malformed message (\(bytes.count) bytes: \(error.description))")
+            }
             switch message {
             case let .ready(abi):
                 mark("init setup")

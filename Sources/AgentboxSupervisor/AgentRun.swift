@@ -51,6 +51,8 @@ public final class AgentRun {
     public static let stuckWarnAt = 3
     public static let stuckStopAt = 5
     public static let maxReminders = 2
+    /// Tool calls of one turn that are run; the model gets an error result for each one past it.
+    public static let maxCallsPerTurn = 32
 
     let store: RunStore
     let policy: SandboxPolicy
@@ -114,6 +116,7 @@ public final class AgentRun {
         if let t = policy.limits.timeout { limits.append("wall time \(Units.formatDuration(t)) for the whole run") }
         var b: [String] = []
         if let s = budget.maxSteps { b.append("\(s) model calls") }
+        if let n = budget.maxToolCalls { b.append("\(n) tool calls") }
         if let t = budget.maxTokens { b.append("\(t) tokens") }
         if let c = budget.maxCost { b.append("$\(c)") }
         return AgentPrompt.system(AgentPrompt.Facts(workspace: policy.workdir, network: policy.profile.network.rawValue,
@@ -205,6 +208,7 @@ public final class AgentRun {
     var budgetJSON: JSON {
         let b = task.budget
         return .object([("max_steps", b.maxSteps.map { .number(Double($0)) } ?? .null),
+                        ("max_tool_calls", b.maxToolCalls.map { .number(Double($0)) } ?? .null),
                         ("max_tokens", b.maxTokens.map { .number(Double($0)) } ?? .null),
                         ("max_cost", b.maxCost.map { .number($0) } ?? .null),
                         ("timeout_s", policy.limits.timeout.map { .number($0) } ?? .null)])
@@ -234,10 +238,15 @@ public final class AgentRun {
             guard let id = message["id"]?.stringValue, let running, running.id == id else {
                 throw violation("a result for a tool call that is not running")
             }
-            var result = ToolResult(callID: id, content: message["content"]?.stringValue ?? "", isError: message["is_error"]?.boolValue ?? true)
+            guard let content = message["content"]?.stringValue, let isError = message["is_error"]?.boolValue else {
+                throw violation("a tool result without a string content and a boolean is_error")
+            }
+            var result = ToolResult(callID: id, content: content, isError: isError)
             var extra: [(String, JSON)] = []
             for key in ["exit_code", "timed_out", "truncated", "output_bytes", "duration_ms"] {
-                if let v = message[key] { extra.append((key, v)) }
+                guard let v = message[key] else { continue }
+                guard v.numberValue != nil || v.boolValue != nil else { throw violation("a tool result whose \(key) is \(v.typeName)") }
+                extra.append((key, v))
             }
             self.running = nil
             try checkLimits(&result)
@@ -311,6 +320,7 @@ public final class AgentRun {
     func budgetKind(_ e: Accounting.Exceeded) -> String {
         switch e {
         case .steps: return "steps"
+        case .toolCalls: return "tool_calls"
         case .tokens: return "tokens"
         case .cost: return "cost"
         case .wallTime: return "time"
@@ -411,6 +421,22 @@ public final class AgentRun {
             try answer(call, ToolResult(callID: id, content: "skipped: \(endingText(ending))", isError: true), extra: [("skipped", true)])
             return
         }
+        // Bounds on what a model can make the sandbox do: calls per turn, then the run's tool-call budget.
+        if nextCall >= AgentRun.maxCallsPerTurn {
+            try answer(call, ToolResult(callID: id, content: "not run: one turn may call at most \(AgentRun.maxCallsPerTurn) tools; call fewer at once",
+                                        isError: true), extra: [("refused", "calls_per_turn")])
+            return
+        }
+        if let max = task.budget.maxToolCalls, accounting.toolCalls >= max {
+            let exceeded = Accounting.Exceeded.toolCalls(max)
+            try writer.append("budget", .object([("kind", "tool_calls"), ("detail", .string(exceeded.description))]), critical: true)
+            try confess(severity: "warning", category: "budget", summary: exceeded.description + ": the run was stopped", details: nil,
+                        by: "supervisor")
+            ending = .budget(exceeded.description)
+            try answer(call, ToolResult(callID: id, content: "skipped: \(exceeded.description)", isError: true), extra: [("skipped", true)])
+            return
+        }
+        accounting.recordToolCall()
         let parsed = call.parsed
         let argsJSON: JSON
         if case let .success(v) = parsed { argsJSON = v } else { argsJSON = .string(call.arguments) }
@@ -443,8 +469,16 @@ public final class AgentRun {
             ending = .finished(status: status, summary: summary)
             try answer(call, ToolResult(callID: id, content: "the run is finished (\(status))"), extra: [])
         default:
+            // What the loop in the sandbox cannot take (AgentWire.maxMessage once encoded) is answered
+            // as any bad call is: a model must never be able to make a run fail as agentbox's fault.
+            let message: JSON = ["t": "go", "args": args]
+            guard message.serializedBytes.count <= AgentWire.maxMessage else {
+                try answer(call, ToolResult(callID: id, content: "\(call.name): the arguments are too large (more than \(AgentWire.maxMessage >> 20) MiB once encoded); write the content in smaller parts",
+                                            isError: true), extra: [])
+                return
+            }
             running = (id, call.name, Clock.monotonic())
-            box.sendAgent(["t": "go", "args": args])
+            box.sendAgent(message)
         }
     }
 
@@ -467,7 +501,7 @@ public final class AgentRun {
     func complete(_ given: ToolResult, name: String, extra: [(String, JSON)], seconds: Double, supervisor: Bool = false) throws(AgentboxError) {
         var result = given
         let call = turn!.toolCalls[nextCall]
-        let skipped = extra.contains { $0.0 == "skipped" }
+        let skipped = extra.contains { $0.0 == "skipped" || $0.0 == "refused" }
         var stuck: (severity: String, summary: String)? = nil
         if !skipped {
             let key = call.name + "\u{0}" + call.arguments + "\u{0}" + result.content

@@ -29,6 +29,7 @@ struct RunCommand: ParsableCommand {
     var taskFile: String?
     @Option(help: ArgumentHelp("A name for the run (for ps, logs, stop).", valueName: "NAME")) var name: String?
     @Option(name: .customLong("max-steps"), help: ArgumentHelp("Stop (exit 3) after N model calls.", valueName: "N")) var maxSteps: Int?
+    @Option(name: .customLong("max-tool-calls"), help: ArgumentHelp("Stop (exit 3) after N tool calls (one model call may ask for many; at most \(AgentRun.maxCallsPerTurn) of a turn are run).", valueName: "N")) var maxToolCalls: Int?
     @Option(name: .customLong("max-tokens"), help: ArgumentHelp("Stop (exit 3) once N tokens (input + output) are used.", valueName: "N"))
     var maxTokens: Int?
     @Option(name: .customLong("max-cost"), help: ArgumentHelp("Stop (exit 3) once the cost reaches USD (price table: docs/models.md).", valueName: "USD"))
@@ -68,6 +69,7 @@ struct RunCommand: ParsableCommand {
         if let n = name { try checkRunName(n) }
         var budget = Budget()
         if let s = maxSteps { guard s > 0 else { throw .usage("--max-steps \(s): must be at least 1") }; budget.maxSteps = s }
+        if let n = maxToolCalls { guard n > 0 else { throw .usage("--max-tool-calls \(n): must be at least 1") }; budget.maxToolCalls = n }
         if let t = maxTokens { guard t > 0 else { throw .usage("--max-tokens \(t): must be at least 1") }; budget.maxTokens = t }
         if let c = maxCost { guard c > 0, c.isFinite else { throw .usage("--max-cost \(c): must be a positive amount of USD") }; budget.maxCost = c }
         let spec = try ModelSpec.parse(modelName, baseURL: baseURL)

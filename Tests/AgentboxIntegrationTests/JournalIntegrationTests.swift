@@ -128,17 +128,19 @@ import Testing
         #expect(info?["seq"] as? Int != nil && info?["offset"] as? Int != nil, "\(damaged)")
     }
 
-    @Test(.enabled(if: TestEnv.isRoot)) func aFullDiskStopsTheRunCleanly() throws {
+    @Test(.enabled(if: TestEnv.isRoot)) func aTinyDiskStopsStoringOutputAndTheRunEndsCleanly() throws {
         let h = home()
         #expect(shell("mount -t tmpfs -o size=256k agentbox-full '\(h)'").code == 0)
         defer { shell("umount -l '\(h)'") }
-        let marker = "abfull\(UUID().uuidString.prefix(6))"
-        let r = journaledExec("full", "while :; do echo \(marker) 0123456789012345678901234567890123456789; done", home: h)
-        #expect(r.code == 125, "\(r.code) \(r.err)")
-        #expect(r.err.contains("No space left on device"), "\(r.err)")
-        #expect(!hostHasProcess(withMarker: marker))
+        let r = journaledExec("full", "yes 0123456789012345678901234567890123456789 | head -c 2000000; echo end", home: h)
+        #expect(r.code == 0, "\(r.code) \(r.err)")
+        #expect(r.out.utf8.count == 2_000_004 && r.out.hasSuffix("end\n"), "all output is passed through")
+        #expect(r.err.contains("almost full"), "\(r.err)")
         let verify = ab(["journal", "verify", "full"], home: h)
-        #expect(verify.code == 0, "earlier records stay intact: \(verify)")
+        #expect(verify.code == 0, "the journal is intact: \(verify)")
+        let logs = ab(["logs", "full", "--json"], home: h)
+        #expect(logs.out.contains("\"type\":\"output.dropped\"") && logs.out.contains("\"reason\":\"disk\""), "\(logs.out.suffix(800))")
+        #expect(logs.out.contains("\"type\":\"run.ended\""))
     }
 
     @Test func sigtermToAJournaledRunIsRecorded() throws {
