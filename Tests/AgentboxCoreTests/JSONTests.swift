@@ -52,6 +52,33 @@ import Testing
         }
     }
 
+    @Test func controlCharactersAreEscapedAndRoundTrip() throws {
+        let hostile = "\u{1B}]52;c;c2VjcmV0\u{07}\r\n\t\u{0}\u{7F}\u{1B}[2J"
+        let text = JSON.string(hostile).serialized
+        #expect(text == #""\u001b]52;c;c2VjcmV0\u0007\r\n\t\u0000\u007f\u001b[2J""#)
+        #expect(try JSON.parse(text).stringValue == hostile)
+    }
+
+    /// Line-based readers that split at U+2028/U+2029/U+0085 never see one inside a record, and no C1
+    /// control reaches a terminal raw; other non-ASCII text is written as is.
+    @Test func separatorsAndC1ControlsAreEscapedAtEveryOffset() throws {
+        let specials: [(String, String)] = [("\u{2028}", "\\u2028"), ("\u{2029}", "\\u2029"), ("\u{85}", "\\u0085"),
+                                            ("\u{9B}", "\\u009b"), ("\u{80}", "\\u0080")]
+        for (special, escaped) in specials {
+            for offset in 0..<20 {
+                let s = String(repeating: "a", count: offset) + special + "…é€\u{A0}" + String(repeating: "b", count: 20 - offset)
+                let bytes = JSON.string(s).serializedBytes
+                let text = String(decoding: bytes, as: UTF8.self)
+                #expect(text.contains(escaped) && text.contains("…é€\u{A0}"), "\(text)")
+                #expect(!text.contains(special) && !bytes.contains(0x0A))
+                #expect(try JSON.parse(text).stringValue == s)
+            }
+        }
+        // Lone lead bytes of those sequences are not touched (they are other characters).
+        let others = "\u{A0}\u{A9}\u{2027}\u{202A}\u{2030}\u{20AC}"
+        #expect(JSON.string(others).serialized == "\"" + others + "\"")
+    }
+
     @Test func deepNestingIsAnErrorNotACrash() {
         let text = String(repeating: "[", count: 100_000)
         #expect(throws: JSONParseError.self) { try JSON.parse(text) }
