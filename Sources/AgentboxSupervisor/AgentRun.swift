@@ -94,6 +94,7 @@ public final class AgentRun {
     /// many bytes (`AGENTBOX_CONTEXT_BYTES`, default 400 kB, about 100k tokens).
     public var compactor = Compactor(limit: ModelSpec.env("AGENTBOX_CONTEXT_BYTES").flatMap { Int($0) }.map { max(10_000, $0) } ?? 400_000)
     var retriedContext = false
+    lazy var keyRedactor: SecretRedactor? = task.model.apiKey.flatMap { SecretRedactor(secret: $0) }
 
     public init(store: RunStore = RunStore(), policy: SandboxPolicy, task: AgentTask, warn: @escaping (String) -> Void,
                 progress: @escaping (AgentEvent) -> Void) {
@@ -494,10 +495,11 @@ public final class AgentRun {
     }
 
     /// The API key never reaches the model or the journal through a tool result, even when the
-    /// workspace holds it (a `.env` file): it is replaced and the operators are told.
+    /// workspace holds it (a `.env` file): it is replaced (also encoded, or in part at the edge of the
+    /// output cap's cut: SecretRedactor) and the operators are told.
     func redactKey(_ result: inout ToolResult, tool: String) throws(AgentboxError) {
-        guard let key = task.model.apiKey, key.utf8.count >= 8 else { return }
-        let (text, n) = ToolText.redact(result.content, secret: key, replacement: "[redacted by agentbox: the model API key]")
+        guard let redactor = keyRedactor else { return }
+        let (text, n) = redactor.redact(result.content, replacement: "[redacted by agentbox: the model API key]")
         guard n > 0 else { return }
         result.content = text
         try confess(severity: "warning", category: "secrets",
