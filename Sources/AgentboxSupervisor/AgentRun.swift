@@ -145,6 +145,13 @@ public final class AgentRun {
         ]), critical: true)
         onJournaled?(id, store.journalPath(id))
         progress(.started(id: id, journal: store.journalPath(id)))
+        let envFiles = policy.exposedEnvFiles(AgentRun.envFiles(in: policy.workspace))
+        if !envFiles.isEmpty {
+            let message = "the workspace holds \(envFiles.joined(separator: ", ")), readable in the sandbox: the agent and the model "
+                + "see any secret in it (only the model's API key is redacted); pass " + envFiles.map { "--hide \($0)" }.joined(separator: " ")
+            warn(message)
+            try writer.append(RecordType.warning, .object([("message", .string(message))]), critical: false)
+        }
 
         worker = ModelWorker(provider: provider)
         let box = Sandbox(id: id, policy: policy, argv: []) { [warn] w in
@@ -185,6 +192,23 @@ public final class AgentRun {
         worker.cancel()
         worker.join()
         return try conclude(result)
+    }
+
+    /// The regular files (symlinks followed) at the top of `dir` whose names start with `.env`, with
+    /// their canonical paths.
+    static func envFiles(in dir: String) -> [(name: String, path: String)] {
+        guard let d = opendir(dir) else { return [] }
+        defer { closedir(d) }
+        var out: [(name: String, path: String)] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard name.hasPrefix(".env") else { continue }
+            var st = stat()
+            guard stat(dir + "/" + name, &st) == 0, st.st_mode & S_IFMT == S_IFREG, let real = realpath(dir + "/" + name, nil) else { continue }
+            out.append((name, String(cString: real)))
+            free(real)
+        }
+        return out
     }
 
     /// Long work shows progress: a line every 30 s while a tool runs or the model is thinking.

@@ -130,14 +130,30 @@ import Testing
     @Test func theKeyIsRedactedWhenTheWorkspaceHoldsIt() throws {
         let h = home()
         let ws = TestEnv.workspace()
-        try "OPENAI_API_KEY=\(FakeModelServer.key)\n".write(toFile: ws + "/.env", atomically: true, encoding: .utf8)
+        let key = FakeModelServer.key
+        let env = "OPENAI_API_KEY=\(key)\n"
+        try env.write(toFile: ws + "/.env", atomically: true, encoding: .utf8)
         let r = agentRun("leak", home: h, cwd: ws, extra: ["--name", "leak"])
         #expect(r.code == 0, "\(r)")
         #expect(Self.server.violationLog.isEmpty, violations)
+        #expect(r.err.contains("warning: the workspace holds .env") && r.err.contains("pass --hide .env"), "warned at the start: \(r.err)")
+        let rs = records("leak", home: h)
+        #expect(rs.contains { $0["type"] as? String == "warning" && (data($0)["message"] as? String ?? "").contains("--hide .env") })
         let journal = try String(contentsOfFile: inspect("leak", home: h)["journal"] as? String ?? "", encoding: .utf8)
-        #expect(!journal.contains(FakeModelServer.key) && journal.contains("redacted by agentbox"))
-        let cs = records("leak", home: h).filter { $0["type"] as? String == "confession" }.map(data)
-        #expect(cs.filter { $0["category"] as? String == "secrets" }.count == 2, "\(cs)")
+        #expect(!journal.contains(key) && journal.contains("redacted by agentbox"))
+        // The key's first 10 bytes were at the end of the kept head, its last 10 at the start of the tail.
+        #expect(!journal.contains(String(key.prefix(10))) && !journal.contains(String(key.suffix(10))), "a part of the key at the cut")
+        #expect(journal.contains("bytes cut by agentbox"))
+        // base64 with the key at each alignment, and hex.
+        for lead in ["", "x", "xy"] {
+            let encoded = Array(Base64.encode(Array((lead + env).utf8)).utf8)
+            let first = (8 * (lead.count + 15) + 5) / 6  // the first character that encodes only key bits
+            let chunk = String(decoding: encoded[(first + 1)..<(first + 13)], as: UTF8.self)
+            #expect(!journal.contains(chunk), "base64 with \(lead.count) leading bytes: \(chunk)")
+        }
+        #expect(!journal.contains(key.utf8.map { String($0, radix: 16) }.joined()), "hex")
+        let cs = rs.filter { $0["type"] as? String == "confession" }.map(data)
+        #expect(cs.filter { $0["category"] as? String == "secrets" }.count == 5, "one per result that held it: \(cs)")
     }
 
     @Test(arguments: [true, false])
@@ -454,6 +470,20 @@ import Testing
         let c = rs.filter { $0["type"] as? String == "confession" }.map { $0["data"] as? [String: Any] ?? [:] }
         #expect(c.contains { $0["category"] as? String == "limits" && $0["by"] as? String == "supervisor" }, "\(c)")
         #expect(rs.contains { $0["type"] as? String == "limit" })
+    }
+
+    @Test func onlyUnhiddenEnvFilesAreWarnedAbout() throws {
+        let ws = TestEnv.workspace()
+        try "SECRET=1\n".write(toFile: ws + "/.env.local", atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: ws + "/.envs", withIntermediateDirectories: true)  // a directory (a venv): no warning
+        let turn = #"{"tool_calls": [{"name": "shell", "arguments": {"command": "true"}}]}"#
+        let (warned, rs) = try replayRun(turn, cwd: ws)
+        #expect(warned.code == 0 && warned.err.contains("the workspace holds .env.local, readable") && warned.err.contains("--hide .env.local"), "\(warned)")
+        #expect(!warned.err.contains(".envs"))
+        #expect(rs.contains { $0["type"] as? String == "warning" && (($0["data"] as? [String: Any])?["message"] as? String ?? "").contains(".env.local") })
+        let (hidden, hrs) = try replayRun(turn, options: ["--hide", ".env.local"], cwd: ws)
+        #expect(hidden.code == 0 && !hidden.err.contains("--hide"), "\(hidden)")
+        #expect(!hrs.contains { $0["type"] as? String == "warning" })
     }
 
     @Test func manyRunsAtOnceDoNotInterfere() throws {
