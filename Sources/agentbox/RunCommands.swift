@@ -113,7 +113,7 @@ struct Logs: ParsableCommand {
     func show(_ r: JournalRecord) {
         if json { Console.out(r.raw); return }
         let d = r.data
-        func field(_ key: String, _ data: JSON? = nil) -> String { safe((data ?? d)[key]?.stringValue) }
+        func field(_ key: String) -> String { safe(d[key]?.stringValue) }
         switch r.type {
         case RecordType.output:
             let bytes = d.outputBytes
