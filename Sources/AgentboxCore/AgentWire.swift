@@ -57,7 +57,50 @@ public enum ToolText {
     /// The kept head and tail of a larger output, `cut` bytes having been dropped between them; the
     /// marker between them says how many bytes were dropped in all.
     public static func join(head: [UInt8], tail: [UInt8], cut: Int, limit: Int) -> String {
-        join(head: head, tail: tail, cut: cut) { "[... \($0) bytes cut by agentbox: output kept to the first and last \(limit / 2) bytes ...]" }
+        join(head: head, tail: tail, cut: cut) { "[... \($0)\(cutMarkerMiddle)output kept to the first and last \(limit / 2) bytes ...]" }
+    }
+
+    /// The words in the marker line `join(head:tail:cut:limit:)` puts between head and tail.
+    static let cutMarkerMiddle = " bytes cut by agentbox: "
+    /// What starts the line `lines` adds when it shows part of a file.
+    static let linesNote = "\n[agentbox: showing lines "
+
+    /// Where agentbox cut a tool's output in `text`: the end of each kept head (just before a cut marker
+    /// line, or before the note of a `read_file` that stopped early) and the start of each kept tail (just
+    /// after a marker line). A secret the cut went through is left in part at these edges.
+    public static func cutEdges(_ text: UnsafeBufferPointer<UInt8>) -> (headEnds: [Int], tailStarts: [Int]) {
+        let n = text.count
+        var heads: [Int] = [], tails: [Int] = []
+        func find(_ needle: [UInt8], from: Int) -> Int? {
+            guard let first = needle.first, n >= needle.count else { return nil }
+            var i = from
+            while i <= n - needle.count {
+                if text[i] == first && text[i..<i + needle.count].elementsEqual(needle) { return i }
+                i += 1
+            }
+            return nil
+        }
+        let middle = Array(cutMarkerMiddle.utf8), opening = Array("\n[... ".utf8), closing = Array(" ...]".utf8)
+        var from = 0
+        while let m = find(middle, from: from) {
+            // The marker line: "\n[... N" + middle + "... ...]\n", with only digits between "[... " and
+            // `middle`. One marker per line: the search goes on after this line (linear in all).
+            guard let nl = text[m...].firstIndex(of: 0x0A) else { break }
+            from = nl + 1
+            var start = m
+            while start > 0 && (0x30...0x39).contains(text[start - 1]) { start -= 1 }
+            guard start < m, start >= opening.count, text[(start - opening.count)..<start].elementsEqual(opening),
+                  text[(nl - closing.count)..<nl].elementsEqual(closing) else { continue }
+            heads.append(start - opening.count)
+            tails.append(nl + 1)
+        }
+        var at = 0
+        let note = Array(linesNote.utf8)
+        while let i = find(note, from: at) {
+            heads.append(i)
+            at = i + note.count
+        }
+        return (heads, tails)
     }
 
     public static func join(head: [UInt8], tail: [UInt8], cut: Int, marker: (Int) -> String) -> String {
@@ -78,27 +121,6 @@ public enum ToolText {
         let dropped = cut + (head.count - headEnd) + tailStart
         return String(decoding: head[..<headEnd], as: UTF8.self) + "\n" + marker(dropped) + "\n"
             + String(decoding: tail[tailStart...], as: UTF8.self)
-    }
-
-    /// Replaces every occurrence of `secret` in `text` by `replacement`; returns the text and the count.
-    public static func redact(_ text: String, secret: String, replacement: String) -> (String, Int) {
-        let s = Array(secret.utf8)
-        let bytes = Array(text.utf8)
-        guard !s.isEmpty, bytes.count >= s.count else { return (text, 0) }
-        var out: [UInt8] = []
-        var count = 0
-        var i = 0
-        while i < bytes.count {
-            if i + s.count <= bytes.count && bytes[i] == s[0] && bytes[i..<i + s.count].elementsEqual(s) {
-                out.append(contentsOf: replacement.utf8)
-                i += s.count
-                count += 1
-            } else {
-                out.append(bytes[i])
-                i += 1
-            }
-        }
-        return count == 0 ? (text, 0) : (String(decoding: out, as: UTF8.self), count)
     }
 
     public enum EditError: Error, Equatable {
@@ -161,7 +183,7 @@ public enum ToolText {
         var text = String(decoding: content[startByte..<endByte], as: UTF8.self)
         if end < total || cutByBytes {
             if !text.hasSuffix("\n") { text += "\n" }
-            text += "[agentbox: showing lines \(first)-\(end) of \(total); call read_file with offset \(end + 1) for more]"
+            text += linesNote.dropFirst() + "\(first)-\(end) of \(total); call read_file with offset \(end + 1) for more]"
         }
         return text
     }

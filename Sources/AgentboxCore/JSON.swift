@@ -359,6 +359,13 @@ extension JSON {
     }
 
     /// Appends already-valid UTF-8 bytes as a JSON string literal.
+    ///
+    /// Escaped: `"`, `\`, every C0 control (`\n`, `\r`, `\t`, else `\u00XX`), and, although JSON allows
+    /// them raw, the C1 controls U+0080-U+009F (`\u0085`, `\u009b`: a terminal may act on them) and
+    /// U+2028/U+2029 (`\u2028`, `\u2029`: line-based readers that follow Unicode, and JavaScript before
+    /// ES2019, split lines there). So one record is one line for every reader, and JSON output holds no
+    /// character a terminal acts on (DEL, which terminals ignore, is left raw: checking for it would cost
+    /// the ASCII fast path about a tenth).
     public static func quote(utf8 buf: UnsafeBufferPointer<UInt8>, into out: inout [UInt8]) {
         out.reserveCapacity(out.count + buf.count + buf.count / 8 + 2)
         out.append(UInt8(ascii: "\""))
@@ -367,35 +374,58 @@ extension JSON {
         var i = 0
         let raw = buf.baseAddress.map(UnsafeRawPointer.init)
         while i < n {
-            // Eight bytes at a time: skip words with no control character, quote or backslash.
+            // Eight bytes at a time: skip words with no control character, quote or backslash, and no
+            // first byte of a C1 control (0xC2) or of U+2028/U+2029 (0xE2).
             if let raw, i + 8 <= n {
+                // Per byte, a subtraction that borrows sets the high bit of a byte that was below the
+                // subtrahend; `~x & highs` keeps bytes that were ASCII, `x & highs` those that were not.
                 let x = raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)
                 let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
-                let control = (x &- ones &* 0x20) & ~x & highs
                 let q = x ^ (ones &* 0x22), b = x ^ (ones &* 0x5C)
-                let quote = (q &- ones) & ~q & highs
-                let backslash = (b &- ones) & ~b & highs
-                if control | quote | backslash == 0 { i += 8; continue }
+                // Below 0x20, a quote or a backslash.
+                let ascii = ((x &- ones &* 0x20) | (q &- ones) | (b &- ones)) & ~x & highs
+                if ascii | (x & highs) == 0 { i += 8; continue }
+                if ascii == 0 {
+                    let c2 = x ^ (ones &* 0xC2), e2 = x ^ (ones &* 0xE2)
+                    if ((c2 &- ones) | (e2 &- ones)) & x & highs == 0 { i += 8; continue }
+                }
             }
             let c = buf[i]
-            if c >= 0x20 && c != 0x22 && c != 0x5C { i += 1; continue }
+            if c < 0x80 {
+                if c >= 0x20 && c != 0x22 && c != 0x5C { i += 1; continue }
+            } else if c != 0xC2 && c != 0xE2 {
+                i += 1
+                continue
+            }
+            var length = 1
+            var scalar: UInt32? = nil
+            if c == 0xC2 {
+                // U+0080-U+00BF (valid UTF-8: a continuation byte follows).
+                guard i + 1 < n, buf[i + 1] < 0xA0 else { i += 2; continue }
+                (length, scalar) = (2, UInt32(buf[i + 1]))
+            } else if c == 0xE2 {
+                // U+2000-U+2FFF.
+                guard i + 2 < n, buf[i + 1] == 0x80, buf[i + 2] == 0xA8 || buf[i + 2] == 0xA9 else { i += 3; continue }
+                (length, scalar) = (3, 0x2000 | UInt32(buf[i + 2] & 0x3F))
+            }
             if runStart < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: buf[runStart..<i])) }
-            out.append(0x5C)
             switch c {
-            case 0x22: out.append(0x22)
-            case 0x5C: out.append(0x5C)
-            case 0x0A: out.append(UInt8(ascii: "n"))
-            case 0x0D: out.append(UInt8(ascii: "r"))
-            case 0x09: out.append(UInt8(ascii: "t"))
+            case 0x22: out.append(0x5C); out.append(0x22)
+            case 0x5C: out.append(0x5C); out.append(0x5C)
+            case 0x0A: out.append(0x5C); out.append(UInt8(ascii: "n"))
+            case 0x0D: out.append(0x5C); out.append(UInt8(ascii: "r"))
+            case 0x09: out.append(0x5C); out.append(UInt8(ascii: "t"))
             default:
                 let hex: StaticString = "0123456789abcdef"
+                let v = scalar ?? UInt32(c)
+                out.append(0x5C)
                 out.append(UInt8(ascii: "u"))
-                out.append(0x30)
-                out.append(0x30)
-                out.append(hex.utf8Start[Int(c >> 4)])
-                out.append(hex.utf8Start[Int(c & 15)])
+                out.append(hex.utf8Start[Int(v >> 12 & 15)])
+                out.append(hex.utf8Start[Int(v >> 8 & 15)])
+                out.append(hex.utf8Start[Int(v >> 4 & 15)])
+                out.append(hex.utf8Start[Int(v & 15)])
             }
-            i += 1
+            i += length
             runStart = i
         }
         if runStart < n { out.append(contentsOf: UnsafeBufferPointer(rebasing: buf[runStart..<n])) }

@@ -64,6 +64,24 @@ public struct SandboxPolicy: Sendable {
     }
 }
 
+extension SandboxPolicy {
+    /// Whether the sandbox sees the host path `path` (absolute, canonical): the deepest mount entry at or
+    /// above it is a bind, not a hide (and there is one: the sandbox's root is an empty tmpfs).
+    public func exposes(_ path: String) -> Bool {
+        var deepest: MountEntry? = nil
+        for m in mounts where m.kind != .symlink && (m.target == path || path.hasPrefix(m.target == "/" ? "/" : m.target + "/")) {
+            if deepest.map({ PolicyResolver.depth(m.target) >= PolicyResolver.depth($0.target) }) ?? true { deepest = m }
+        }
+        return deepest.map { $0.kind == .bindRO || $0.kind == .bindRW } ?? false
+    }
+
+    /// Of the workspace's top-level environment files (`.env`, `.env.local`...; name and canonical
+    /// path of each regular file whose name starts with `.env`), the names of those the sandbox can read.
+    public func exposedEnvFiles(_ files: [(name: String, path: String)]) -> [String] {
+        files.filter { $0.name.hasPrefix(".env") && exposes($0.path) }.map(\.name).sorted()
+    }
+}
+
 /// One entry of the sandbox's filesystem, applied by the init in order (parents before children).
 public struct MountEntry: Equatable, Sendable {
     public enum Kind: UInt8, Sendable {

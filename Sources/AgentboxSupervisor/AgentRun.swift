@@ -96,6 +96,7 @@ public final class AgentRun {
     /// many bytes (`AGENTBOX_CONTEXT_BYTES`, default 400 kB, about 100k tokens).
     public var compactor = Compactor(limit: ModelSpec.env("AGENTBOX_CONTEXT_BYTES").flatMap { Int($0) }.map { max(10_000, $0) } ?? 400_000)
     var retriedContext = false
+    lazy var keyRedactor: SecretRedactor? = task.model.apiKey.flatMap { SecretRedactor(secret: $0) }
 
     public init(store: RunStore = RunStore(), policy: SandboxPolicy, task: AgentTask, warn: @escaping (String) -> Void,
                 progress: @escaping (AgentEvent) -> Void) {
@@ -147,6 +148,13 @@ public final class AgentRun {
         ]), critical: true)
         onJournaled?(id, store.journalPath(id))
         progress(.started(id: id, journal: store.journalPath(id)))
+        let envFiles = policy.exposedEnvFiles(AgentRun.envFiles(in: policy.workspace))
+        if !envFiles.isEmpty {
+            let message = "the workspace holds \(envFiles.joined(separator: ", ")), readable in the sandbox: the agent and the model "
+                + "see any secret in it (only the model's API key is redacted); pass " + envFiles.map { "--hide \($0)" }.joined(separator: " ")
+            warn(message)
+            try writer.append(RecordType.warning, .object([("message", .string(message))]), critical: false)
+        }
 
         worker = ModelWorker(provider: provider)
         let box = Sandbox(id: id, policy: policy, argv: []) { [warn] w in
@@ -187,6 +195,23 @@ public final class AgentRun {
         worker.cancel()
         worker.join()
         return try conclude(result)
+    }
+
+    /// The regular files (symlinks followed) at the top of `dir` whose names start with `.env`, with
+    /// their canonical paths.
+    static func envFiles(in dir: String) -> [(name: String, path: String)] {
+        guard let d = opendir(dir) else { return [] }
+        defer { closedir(d) }
+        var out: [(name: String, path: String)] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard name.hasPrefix(".env") else { continue }
+            var st = stat()
+            guard stat(dir + "/" + name, &st) == 0, st.st_mode & S_IFMT == S_IFREG, let real = realpath(dir + "/" + name, nil) else { continue }
+            out.append((name, String(cString: real)))
+            free(real)
+        }
+        return out
     }
 
     /// Long work shows progress: a line every 30 s while a tool runs or the model is thinking.
@@ -528,10 +553,11 @@ public final class AgentRun {
     }
 
     /// The API key never reaches the model or the journal through a tool result, even when the
-    /// workspace holds it (a `.env` file): it is replaced and the operators are told.
+    /// workspace holds it (a `.env` file): it is replaced (also encoded, or in part at the edge of the
+    /// output cap's cut: SecretRedactor) and the operators are told.
     func redactKey(_ result: inout ToolResult, tool: String) throws(AgentboxError) {
-        guard let key = task.model.apiKey, key.utf8.count >= 8 else { return }
-        let (text, n) = ToolText.redact(result.content, secret: key, replacement: "[redacted by agentbox: the model API key]")
+        guard let redactor = keyRedactor else { return }
+        let (text, n) = redactor.redact(result.content, replacement: "[redacted by agentbox: the model API key]")
         guard n > 0 else { return }
         result.content = text
         try confess(severity: "warning", category: "secrets",

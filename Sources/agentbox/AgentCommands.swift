@@ -122,7 +122,8 @@ func checkRunName(_ name: String) throws(AgentboxError) {
     }
 }
 
-/// The human progress of a run, on stderr.
+/// The human progress of a run, on stderr. Everything the model, the tools or the server wrote is escaped
+/// and cut to one line (`safe`, docs/security.md "Terminal output").
 final class Progress {
     let model: String
     init(model: String) { self.model = model }
@@ -150,36 +151,36 @@ final class Progress {
     func show(_ e: AgentEvent) {
         switch e {
         case let .started(id, journal):
-            Console.write("agentbox: run \(id) · \(model) · journal \(journal)")
+            Console.write("agentbox: run \(safe(id)) · \(safe(model)) · journal \(safe(journal))")
         case let .modelResponse(step, turn, seconds, attempts, total, cost, elapsed):
             var line = "step \(step) · model \(Int(seconds * 10) / 10 == 0 ? String(Int(seconds * 1000)) + " ms" : String(Double(Int(seconds * 10)) / 10) + " s")"
             if attempts > 1 { line += " (\(attempts) attempts)" }
             line += " · \(Progress.tokens(total)) tokens · \(Progress.money(cost)) · \(Progress.clock(elapsed))"
             Console.write(Style.bold(line))
-            if !turn.text.trimmingSpaces().isEmpty { Console.write("  " + Style.dim(Progress.clip(turn.text, 160))) }
+            if !turn.text.trimmingSpaces().isEmpty { Console.write("  " + Style.dim(safe(Progress.clip(turn.text, 160)))) }
         case let .tool(name, args):
             let detail: String
             switch name {
-            case "shell": detail = "$ " + Progress.clip(args["command"]?.stringValue ?? "", 140)
-            case "read_file", "write_file", "edit_file": detail = "\(name) \(args["path"]?.stringValue ?? "?")"
+            case "shell": detail = "$ " + safe(Progress.clip(args["command"]?.stringValue ?? "", 140))
+            case "read_file", "write_file", "edit_file": detail = "\(name) \(safe(args["path"]?.stringValue ?? "?"))"
             case "confess", "finish": return  // shown as their own events
-            default: detail = "\(name) \(Progress.clip(args.serialized, 100))"
+            default: detail = "\(safe(name)) \(safe(Progress.clip(args.serialized, 100)))"
             }
             Console.write("  " + detail)
         case let .toolDone(name, result, isError, seconds):
             if name == "confess" || name == "finish" { return }
-            var text = Progress.clip(result, 140)
+            var text = safe(Progress.clip(result, 140))
             let lines = result.split(separator: "\n", omittingEmptySubsequences: true)
             if name == "read_file" && !isError { text = "\(result.split(separator: "\n", omittingEmptySubsequences: false).count) lines" }
             if name == "shell", lines.count > 1 {
-                text = String(lines[0]) + " · " + Progress.clip(String(lines[lines.count - 1]), 110)
+                text = safe(String(lines[0])) + " · " + safe(Progress.clip(String(lines[lines.count - 1]), 110))
             }
             let mark = isError ? "✗" : "→"
             Console.write(Style.dim("    \(mark) \(text)\(seconds >= 0.1 ? " (\(Double(Int(seconds * 10)) / 10) s)" : "")"))
         case let .confession(severity, category, summary, by):
-            Console.write("  confess \(severity)/\(category)\(by == "agent" ? "" : " (by agentbox)"): \(summary)")
+            Console.write("  confess \(safe(severity))/\(safe(category))\(by == "agent" ? "" : " (by agentbox)"): \(safe(summary))")
         case let .note(text):
-            Console.write("agentbox: \(text)")
+            Console.write("agentbox: \(safe(text))")
         }
     }
 
@@ -188,7 +189,7 @@ final class Progress {
         if let s = o.status { line += " (\(s))" }
         line += " · \(o.steps) step\(o.steps == 1 ? "" : "s") · \(Progress.tokens(o.usage.total)) tokens · \(Progress.money(o.cost)) · \(Progress.clock(o.elapsed)) · exit \(o.exitCode)"
         Console.write(Style.bold(line))
-        if let s = o.summary { Console.write("  " + s) } else { Console.write("  " + o.reason) }
+        Console.write("  " + safe(o.summary ?? o.reason))
         Console.write(Style.dim("  see: agentbox logs \(o.id) · agentbox confessions \(o.id)"))
     }
 }

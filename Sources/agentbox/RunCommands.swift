@@ -1,7 +1,11 @@
 import AgentboxCore
 import AgentboxJournal
+import AgentboxSandbox
 import ArgumentParser
 import Glibc
+
+/// Text agentbox did not write, made safe for a terminal (docs/security.md, "Terminal output").
+func safe(_ text: String?) -> String { TerminalText.line(text ?? "") }
 
 /// Colours for people, only on a terminal and never with NO_COLOR.
 enum Style {
@@ -46,11 +50,11 @@ struct PS: ParsableCommand {
             }
             Console.out(Style.bold("ID            NAME                  STATE         AGE   EXIT  WHAT"))
             for r in rows {
-                let name = (r.name ?? "-").padding(20)
+                let name = safe(r.name ?? "-").padding(20)
                 let exit = (r.exitCode.map { String($0) } ?? "-").padding(5)
-                var what = r.kind == "run" ? "run: " + (r.task ?? "") : r.argv.joined(separator: " ")
-                what = String((what.split(separator: "\n").first ?? "").prefix(50))
-                Console.out("\(r.id.padding(12))  \(name)  \(Style.state(r.state.padding(12)))  \(age(r.startedAt).padding(5)) \(exit) \(what)")
+                let what = r.kind == "run" ? "run: " + (r.task ?? "") : r.argv.joined(separator: " ")
+                let shown = safe(String((what.split(separator: "\n").first ?? "").prefix(50)))
+                Console.out("\(safe(r.id).padding(12))  \(name)  \(Style.state(safe(r.state).padding(12)))  \(age(r.startedAt).padding(5)) \(exit) \(shown)")
             }
             if rows.isEmpty && !all { Console.note("no running runs (`agentbox ps --all` shows ended ones)") }
             return 0
@@ -70,7 +74,7 @@ struct Inspect: ParsableCommand {
                 Console.out(s.json.pretty)
             } else {
                 for (k, v) in s.json.objectValue ?? [] {
-                    let text = v.stringValue ?? (v == .null ? "-" : v.serialized)
+                    let text = safe(v.stringValue ?? (v == .null ? "-" : v.serialized))
                     Console.out("\(k.padding(16)) \(k == "state" ? Style.state(text) : text)")
                 }
             }
@@ -82,53 +86,76 @@ struct Inspect: ParsableCommand {
 struct Logs: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show a run's output and events from its journal.",
-        discussion: "Output goes to stdout/stderr as the command wrote it; events (warnings, limits, exit) are shown dimmed on stderr. --json prints the records as stored.")
+        discussion: """
+            Output goes to stdout/stderr as the command wrote it, with control characters (escape sequences, \
+            carriage returns) shown escaped; events (warnings, limits, exit) go to stderr. An agent run's model \
+            text and tool results are indented with "  | ". --raw gives an exec run's output bytes unchanged; \
+            --json prints the records as stored.
+            """)
     @Argument(help: ArgumentHelp("Run id, unique id prefix, or name.", valueName: "RUN")) var target: String
     @Flag(name: [.short, .long], help: "Follow: show new records as they are written; end when the run ends.") var follow = false
     @Flag(help: "Print the journal records as stored, one per line.") var json = false
+    @Flag(help: "Write the command's output bytes exactly as recorded, escape sequences included (for files and pipes).") var raw = false
     @Option(help: ArgumentHelp("Start after this sequence number.", valueName: "SEQ")) var since: UInt64 = 0
+
+    /// What the model and the tools wrote is indented with this: no line agentbox prints itself starts
+    /// with it, so no line of theirs can pass for a record.
+    static let gutter = "  | "
+
+    /// `header` and `text` on one line when `text` is one line, else `text` indented below `header`.
+    func headed(_ header: String, _ text: String) -> String {
+        var body = text
+        if body.hasSuffix("\n") { body.removeLast() }
+        if !body.contains("\n") { return header + " " + safe(body) }
+        return header + "\n" + TerminalText.prefixed(body, Logs.gutter)
+    }
 
     func show(_ r: JournalRecord) {
         if json { Console.out(r.raw); return }
+        let d = r.data
+        func field(_ key: String) -> String { safe(d[key]?.stringValue) }
         switch r.type {
         case RecordType.output:
-            let bytes = r.data.outputBytes
-            _ = bytes.withUnsafeBytes { write(r.data["stream"]?.stringValue == "stderr" ? 2 : 1, $0.baseAddress, $0.count) }
-        case RecordType.warning: Console.write(Style.dim("[\(r.seq)] warning: \(r.data["message"]?.stringValue ?? "")"))
+            let bytes = d.outputBytes
+            let fd: Int32 = d["stream"]?.stringValue == "stderr" ? 2 : 1
+            Sandbox.writeAll(fd, raw ? bytes : Array(TerminalText.block(bytes: bytes).utf8))
+        case RecordType.warning: Console.write(Style.dim("[\(r.seq)] warning: \(field("message"))"))
         case RecordType.confession:
-            let d = r.data
-            Console.write("[\(r.seq)] confession \(d["severity"]?.stringValue ?? "")/\(d["category"]?.stringValue ?? "")"
-                          + (d["by"]?.stringValue == "supervisor" ? " (by agentbox)" : "") + ": \(d["summary"]?.stringValue ?? "")")
+            Console.write("[\(r.seq)] confession \(field("severity"))/\(field("category"))"
+                          + (d["by"]?.stringValue == "supervisor" ? " (by agentbox)" : "") + ": \(field("summary"))")
         case RecordType.limit:
-            Console.write(Style.dim("[\(r.seq)] \(r.type): \(r.data["detail"]?.stringValue ?? r.data["summary"]?.stringValue ?? "")"))
-        case RecordType.exit: Console.write(Style.dim("[\(r.seq)] exit \(r.data["code"]?.intValue.map(String.init) ?? "?") (\(r.data["status"]?.stringValue ?? ""))"))
+            Console.write(Style.dim("[\(r.seq)] \(r.type): \(safe(d["detail"]?.stringValue ?? d["summary"]?.stringValue))"))
+        case RecordType.exit: Console.write(Style.dim("[\(r.seq)] exit \(d["code"]?.intValue.map(String.init) ?? "?") (\(field("status")))"))
         case RecordType.runEnded:
-            var text = "[\(r.seq)] run ended: \(r.data["state"]?.stringValue ?? "")"
-            if let status = r.data["status"]?.stringValue { text += " (\(status))" }
-            if let summary = r.data["summary"]?.stringValue ?? r.data["reason"]?.stringValue { text += ": " + summary }
+            var text = "[\(r.seq)] run ended: \(field("state"))"
+            if let status = d["status"]?.stringValue { text += " (\(safe(status)))" }
+            if let summary = d["summary"]?.stringValue ?? d["reason"]?.stringValue { text += ": " + safe(summary) }
             Console.write(Style.dim(text))
         // Agent runs: the conversation and the tools, on stdout (it is the run's output).
-        case "run.started" where r.data["kind"]?.stringValue == "run":
-            Console.out(Style.bold("task: ") + (r.data["task"]?.stringValue ?? ""))
+        case "run.started" where d["kind"]?.stringValue == "run":
+            Console.out(headed(Style.bold("task:"), d["task"]?.stringValue ?? ""))
         case "model.response":
-            let turn = r.data["turn"] ?? .null
-            Console.out(Style.bold("[\(r.seq)] step \(r.data["step"]?.intValue ?? 0)") + Style.dim(" (\(r.data["total_tokens"]?.intValue ?? 0) tokens so far)"))
-            if let text = turn["text"]?.stringValue, !text.isEmpty { Console.out(text) }
+            let turn = d["turn"] ?? .null
+            Console.out(Style.bold("[\(r.seq)] step \(d["step"]?.intValue ?? 0)") + Style.dim(" (\(d["total_tokens"]?.intValue ?? 0) tokens so far)"))
+            if let text = turn["text"]?.stringValue, !text.isEmpty { Console.out(TerminalText.prefixed(text, Logs.gutter)) }
         case "tool.call":
-            let args = r.data["arguments"] ?? .null
-            let name = r.data["name"]?.stringValue ?? "?"
-            let shown = name == "shell" ? "$ " + (args["command"]?.stringValue ?? "") : name + " " + args.serialized
-            Console.out(Style.bold("[\(r.seq)] ") + shown)
+            let args = d["arguments"] ?? .null
+            let name = d["name"]?.stringValue ?? "?"
+            if name == "shell" {
+                Console.out(headed(Style.bold("[\(r.seq)]") + " $", args["command"]?.stringValue ?? ""))
+            } else {
+                Console.out(Style.bold("[\(r.seq)] ") + safe(name) + " " + safe(args.serialized))
+            }
         case "tool.done":
-            let mark = r.data["is_error"]?.boolValue == true ? "error" : "result"
-            Console.out(Style.dim("[\(r.seq)] \(mark) of \(r.data["name"]?.stringValue ?? "?"):"))
-            Console.out(r.data["content"]?.stringValue ?? "")
-        case "tool.interrupted": Console.write(Style.dim("[\(r.seq)] tool call \(r.data["id"]?.stringValue ?? "") interrupted: \(r.data["reason"]?.stringValue ?? "")"))
+            let mark = d["is_error"]?.boolValue == true ? "error" : "result"
+            Console.out(Style.dim("[\(r.seq)] \(mark) of \(field("name")):"))
+            Console.out(TerminalText.prefixed(d["content"]?.stringValue ?? "", Logs.gutter))
+        case "tool.interrupted": Console.write(Style.dim("[\(r.seq)] tool call \(field("id")) interrupted: \(field("reason"))"))
         case "model.attempt", "model.error":
-            Console.write(Style.dim("[\(r.seq)] \(r.type): \(r.data["error"]?.stringValue ?? "")"))
-        case "budget": Console.write(Style.dim("[\(r.seq)] budget: \(r.data["detail"]?.stringValue ?? "")"))
+            Console.write(Style.dim("[\(r.seq)] \(r.type): \(field("error"))"))
+        case "budget": Console.write(Style.dim("[\(r.seq)] budget: \(field("detail"))"))
         case RecordType.journalRecovered:
-            Console.write(Style.dim("[\(r.seq)] journal recovered: a torn last record (\(r.data["truncated_bytes"]?.intValue ?? 0) bytes) was cut"))
+            Console.write(Style.dim("[\(r.seq)] journal recovered: a torn last record (\(d["truncated_bytes"]?.intValue ?? 0) bytes) was cut"))
         default: break
         }
     }
@@ -183,8 +210,9 @@ struct Confessions: ParsableCommand {
                     if let runID, e["run"]?.stringValue != runID { continue }
                     if levels[e["severity"]?.stringValue ?? "info"] ?? 0 < minimum { continue }
                     if json { Console.out(e.serialized); continue }
-                    let name = e["name"]?.stringValue ?? "-"
-                    Console.out("\(e["ts"]?.stringValue ?? "")  \(e["run"]?.stringValue ?? "") \(name)  \(Style.bold(e["severity"]?.stringValue ?? ""))  \(e["category"]?.stringValue ?? ""): \(e["summary"]?.stringValue ?? "")")
+                    // One confession, one line: every field escaped (a summary cannot print a second one).
+                    let name = safe(e["name"]?.stringValue ?? "-")
+                    Console.out("\(safe(e["ts"]?.stringValue))  \(safe(e["run"]?.stringValue)) \(name)  \(Style.bold(safe(e["severity"]?.stringValue)))  \(safe(e["category"]?.stringValue)): \(safe(e["summary"]?.stringValue))")
                 }
                 shown = entries.count
                 if !follow { break }
@@ -223,10 +251,11 @@ struct JournalCommand: ParsableCommand {
                         ("damage", scan.damage.map { .object([("seq", .number(Double($0.seq))), ("offset", .number(Double($0.offset))), ("reason", .string($0.reason))]) } ?? .null),
                     ]).serialized)
                 } else {
+                    let path = safe(path)
                     switch status {
                     case "intact": Console.out("\(path): intact, \(scan.records.count) records (seq 1-\(scan.lastSeq)), \(scan.fileSize) bytes")
                     case "recoverable": Console.out("\(path): recoverable: \(scan.records.count) good records, then a torn last line of \(scan.tornBytes) bytes at offset \(scan.validEnd) (a crash mid-write); the next writer cuts it")
-                    default: Console.out("\(path): DAMAGED at \(scan.damage!); \(scan.records.count) good records before it")
+                    default: Console.out("\(path): DAMAGED at \(safe(scan.damage?.description)); \(scan.records.count) good records before it")
                     }
                 }
                 return scan.damage == nil ? 0 : 1

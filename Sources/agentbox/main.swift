@@ -8,6 +8,11 @@ import Glibc
 let agentboxVersion = AgentboxVersion.string
 
 /// stderr output for people: `agentbox: ...`, warnings in colour on a terminal (not with NO_COLOR).
+///
+/// `error`, `warning` and `note` escape their text (`TerminalText.line`): messages embed names, paths, and
+/// what servers and sandboxes said. `write` and `out` print what they are given: callers escape every
+/// piece of text agentbox did not write before they add their own formatting (docs/security.md,
+/// "Terminal output").
 enum Console {
     static let color = isatty(2) == 1 && getenv("NO_COLOR") == nil
 
@@ -19,13 +24,14 @@ enum Console {
     }
     static func error(_ e: AgentboxError) {
         let label = color ? "\u{1B}[1;31merror\u{1B}[0m" : "error"
-        write("agentbox: \(label): \(e.stage): \(e.message)" + (e.hint.isEmpty ? "" : "\n  hint: \(e.hint)"))
+        let safe = TerminalText.line
+        write("agentbox: \(label): \(safe(e.stage)): \(safe(e.message))" + (e.hint.isEmpty ? "" : "\n  hint: \(safe(e.hint))"))
     }
     static func warning(_ message: String) {
         let label = color ? "\u{1B}[1;33mwarning\u{1B}[0m" : "warning"
-        write("agentbox: \(label): \(message)")
+        write("agentbox: \(label): \(TerminalText.line(message))")
     }
-    static func note(_ message: String) { write("agentbox: \(message)") }
+    static func note(_ message: String) { write("agentbox: \(TerminalText.line(message))") }
     /// A line to stdout, written at once (no stdio buffering: `logs -f --json | consumer` sees each
     /// record as it comes, and nothing is lost if the reader is killed).
     static func out(_ text: String) {
@@ -439,6 +445,8 @@ do {
         if !message.isEmpty { print(message) }
         exit(0)
     }
-    if !message.isEmpty { Console.write(message.hasPrefix("Error:") ? "agentbox: error: usage: " + message.dropFirst(7) : message) }
+    if !message.isEmpty {
+        Console.write(TerminalText.block(message.hasPrefix("Error:") ? "agentbox: error: usage: " + message.dropFirst(7) : message))
+    }
     exit(125)
 }

@@ -52,6 +52,55 @@ import Testing
         }
     }
 
+    @Test func controlCharactersAreEscapedAndRoundTrip() throws {
+        let hostile = "\u{1B}]52;c;c2VjcmV0\u{07}\r\n\t\u{0}\u{7F}\u{1B}[2J"
+        let text = JSON.string(hostile).serialized
+        #expect(text == "\"\\u001b]52;c;c2VjcmV0\\u0007\\r\\n\\t\\u0000\u{7F}\\u001b[2J\"")
+        #expect(try JSON.parse(text).stringValue == hostile)
+    }
+
+    /// Line-based readers that split at U+2028/U+2029/U+0085 never see one inside a record, and no C1
+    /// control reaches a terminal raw; other non-ASCII text is written as is.
+    @Test func separatorsAndC1ControlsAreEscapedAtEveryOffset() throws {
+        let specials: [(String, String)] = [("\u{2028}", "\\u2028"), ("\u{2029}", "\\u2029"), ("\u{85}", "\\u0085"),
+                                            ("\u{9B}", "\\u009b"), ("\u{80}", "\\u0080")]
+        for (special, escaped) in specials {
+            for offset in 0..<20 {
+                let s = String(repeating: "a", count: offset) + special + "…é€\u{A0}" + String(repeating: "b", count: 20 - offset)
+                let bytes = JSON.string(s).serializedBytes
+                let text = String(decoding: bytes, as: UTF8.self)
+                #expect(text.contains(escaped) && text.contains("…é€\u{A0}"), "\(text)")
+                #expect(!text.contains(special) && !bytes.contains(0x0A))
+                #expect(try JSON.parse(text).stringValue == s)
+            }
+        }
+        // Lone lead bytes of those sequences are not touched (they are other characters).
+        let others = "\u{A0}\u{A9}\u{2027}\u{202A}\u{2030}\u{20AC}"
+        #expect(JSON.string(others).serialized == "\"" + others + "\"")
+    }
+
+    /// Strings of the characters the word-at-a-time scan must not skip, and their neighbours, at every
+    /// alignment: each round-trips and its JSON holds no raw control, C1 control or line separator.
+    @Test func mixedStringsRoundTripWithoutRawControls() throws {
+        let pieces = ["a", "bcdefgh", "\"", "\\", "\n", "\r", "\t", "\u{1}", "\u{1B}", "\u{7F}", "\u{80}", "\u{85}", "\u{9F}", "\u{A0}",
+                      "\u{A9}", "é", "\u{2027}", "\u{2028}", "\u{2029}", "\u{202A}", "—", "…", "→", "😀", "日本"]
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15  // fixed seed: the same strings every run
+        for _ in 0..<2000 {
+            var s = ""
+            for _ in 0..<(Int(state % 24) + 1) {
+                state = state &* 6364136223846793005 &+ 1442695040888963407
+                s += pieces[Int(state >> 33) % pieces.count]
+            }
+            let bytes = JSON.string(s).serializedBytes
+            #expect(try JSON.parse(bytes: bytes).stringValue == s)
+            let raw = bytes.indices.contains { i in
+                bytes[i] < 0x20 || (bytes[i] == 0xC2 && i + 1 < bytes.count && bytes[i + 1] < 0xA0)
+                    || (bytes[i] == 0xE2 && i + 2 < bytes.count && bytes[i + 1] == 0x80 && (bytes[i + 2] == 0xA8 || bytes[i + 2] == 0xA9))
+            }
+            #expect(!raw, "\(s.debugDescription)")
+        }
+    }
+
     @Test func deepNestingIsAnErrorNotACrash() {
         let text = String(repeating: "[", count: 100_000)
         #expect(throws: JSONParseError.self) { try JSON.parse(text) }

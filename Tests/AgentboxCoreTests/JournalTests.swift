@@ -51,6 +51,28 @@ import Testing
         #expect(scan.records.last?.data.outputBytes == bytes)
     }
 
+    /// A record holding U+2028/U+2029/U+0085 stays one line for line-based readers, and its checksum
+    /// (over the bytes as written) verifies; a journal written before they were escaped verifies too.
+    @Test func lineSeparatorsStayInsideTheirRecord() throws {
+        let text = "a\u{2028}b\u{2029}c\u{85}d\u{1B}]52;c;eA==\u{07}\r\n"
+        let record = JournalRecord(seq: 1, epoch: 1, type: RecordType.output, data: JSON.output(stream: "stdout", bytes: Array(text.utf8)))
+        let line = record.line()
+        let body = String(decoding: line.dropLast(), as: UTF8.self)
+        #expect(line.last == 0x0A && !line.dropLast().contains(0x0A) && !line.contains(0x1B))
+        #expect(body.split(whereSeparator: { $0 == "\u{2028}" || $0 == "\u{2029}" || $0 == "\u{85}" }).count == 1, "\(body)")
+        let parsed = try JournalRecord.parse(line: line.dropLast()).get()
+        #expect(parsed.data.outputBytes == Array(text.utf8))
+
+        // An older writer put these characters in raw; its checksum covers them as stored.
+        var old = Array("{\"v\":1,\"seq\":1,\"ts\":\"2026-01-01T00:00:00.000Z\",\"epoch\":1,\"type\":\"output\",\"data\":{\"stream\":\"stdout\",\"text\":\"a\u{2028}b\u{85}\"}}".utf8)
+        old.removeLast()  // the closing brace comes after the checksum
+        old += Array(",\"crc\":\"\(CRC32C.hex(CRC32C.checksum(old)))\"}".utf8)
+        let legacy = try JournalRecord.parse(line: old[...]).get()
+        #expect(legacy.data["text"]?.stringValue == "a\u{2028}b\u{85}")
+        let scan = JournalReader.scan(bytes: old + [0x0A] + JournalRecord(seq: 2, epoch: 1, type: RecordType.warning, data: ["message": "x\u{2028}"]).line())
+        #expect(scan.intact && scan.records.count == 2)
+    }
+
     @Test func aTornLastLineAtEveryOffsetIsRecoverableAndRecovered() throws {
         let dir = tempDir()
         let path = try writeSample(dir, records: 3)
@@ -193,6 +215,7 @@ func shellStatus(_ command: String) -> Int32 {
         Array(String(repeating: "x", count: 13).utf8) + [0xC3, 0xA9] + Array("tail".utf8),
         [UInt8](repeating: 0x41, count: 7) + [0xE2, 0x82],  // cut inside a character: not UTF-8
         [0xff, 0x00, 0x80],
+        Array("\u{1B}]52;c;eA==\u{07} line\u{2028}sep\u{2029} nel\u{85} csi\u{9B}1m del\u{7F}".utf8),
     ])
     func fastOutputRecordsMatchTheGeneralEncoder(bytes: [UInt8]) throws {
         let a = "/tmp/agentbox-enc-\(UUID().uuidString.prefix(8))", b = a + "b"

@@ -151,6 +151,29 @@ struct FakeHost: HostPaths {
         }
     }
 
+    /// `run` warns about `.env*` files the sandbox can read; hidden ones (command line or profile), and
+    /// links to files the sandbox cannot see, do not count.
+    @Test func exposedEnvFilesAreThoseNotHidden() throws {
+        var host = FakeHost()
+        host.files = ["/work/proj/.env", "/work/proj/.env.local", "/work/proj/.envrc", "/data/secret.env", "/opt/x.env"]
+        var p = profile()
+        p.hide = ["/work/proj/.envrc"]
+        var o = SandboxOptions()
+        o.workspace = "/work/proj"
+        o.ro = ["/data"]
+        let files: [(name: String, path: String)] = [(".env", "/work/proj/.env"), (".env.local", "/work/proj/.env.local"),
+                                                     (".envrc", "/work/proj/.envrc"), (".env.shared", "/data/secret.env"),
+                                                     (".env.home", "/home/me/.env"), (".environment", "/opt/x.env"), ("env", "/work/proj/env")]
+        let policy = try PolicyResolver.resolve(profile: p, options: o, cwd: "/", host: host)
+        #expect(policy.exposedEnvFiles(files) == [".env", ".env.local", ".env.shared"])
+        o.hide = [".env", "/work/proj/.env.local"]
+        let hidden = try PolicyResolver.resolve(profile: p, options: o, cwd: "/work/proj", host: host)
+        #expect(hidden.exposedEnvFiles(files) == [".env.shared"])
+        #expect(hidden.exposes("/work/proj/sub/file") && !hidden.exposes("/work/proj/.env") && !hidden.exposes("/home/me"))
+        o.hide = ["/data"]
+        #expect(try PolicyResolver.resolve(profile: p, options: o, cwd: "/", host: host).exposedEnvFiles(files) == [".env", ".env.local"])
+    }
+
     @Test func commandLineEnvOverridesProfileEnv() throws {
         var p = profile()
         p.env = [("A", "profile"), ("B", "b")]

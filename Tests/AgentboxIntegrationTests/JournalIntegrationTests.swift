@@ -24,12 +24,14 @@ import Testing
 
     @Test func recordsOutputExitAndEndAndLogsReplaysIt() throws {
         let h = home()
-        let r = journaledExec("job", "echo out; echo err >&2; printf '\\377\\376x\\n'; exit 3", home: h)
+        let r = journaledExec("job", "echo out; echo err >&2; printf '\\377\\376x\\033[2J\\r\\n'; exit 3", home: h)
         #expect(r.code == 3, "\(r)")
-        let expected = Array("out\n".utf8) + [0xff, 0xfe] + Array("x\n".utf8)
+        let expected = Array("out\n".utf8) + [0xff, 0xfe] + Array("x\u{1B}[2J\r\n".utf8)
         #expect(r.outBytes == expected && r.err == "err\n", "output is still passed through: \(r)")
+        let raw = ab(["logs", "job", "--raw"], home: h)
+        #expect(raw.outBytes == expected, "`logs --raw` gives back the exact bytes: \(raw)")
         let logs = ab(["logs", "job"], home: h)
-        #expect(logs.outBytes == expected, "`logs` gives back the exact bytes: \(logs)")
+        #expect(logs.out == "out\n\\xff\\xfex\\x1b[2J\\r\n", "`logs` shows control characters and invalid bytes escaped: \(logs)")
         #expect(logs.err.contains("err"))
         let records = jsonLines(ab(["logs", "job", "--json"], home: h).out)
         let types = records.compactMap { $0["type"] as? String }

@@ -130,14 +130,30 @@ import Testing
     @Test func theKeyIsRedactedWhenTheWorkspaceHoldsIt() throws {
         let h = home()
         let ws = TestEnv.workspace()
-        try "OPENAI_API_KEY=\(FakeModelServer.key)\n".write(toFile: ws + "/.env", atomically: true, encoding: .utf8)
+        let key = FakeModelServer.key
+        let env = "OPENAI_API_KEY=\(key)\n"
+        try env.write(toFile: ws + "/.env", atomically: true, encoding: .utf8)
         let r = agentRun("leak", home: h, cwd: ws, extra: ["--name", "leak"])
         #expect(r.code == 0, "\(r)")
         #expect(Self.server.violationLog.isEmpty, violations)
+        #expect(r.err.contains("warning: the workspace holds .env") && r.err.contains("pass --hide .env"), "warned at the start: \(r.err)")
+        let rs = records("leak", home: h)
+        #expect(rs.contains { $0["type"] as? String == "warning" && (data($0)["message"] as? String ?? "").contains("--hide .env") })
         let journal = try String(contentsOfFile: inspect("leak", home: h)["journal"] as? String ?? "", encoding: .utf8)
-        #expect(!journal.contains(FakeModelServer.key) && journal.contains("redacted by agentbox"))
-        let cs = records("leak", home: h).filter { $0["type"] as? String == "confession" }.map(data)
-        #expect(cs.filter { $0["category"] as? String == "secrets" }.count == 2, "\(cs)")
+        #expect(!journal.contains(key) && journal.contains("redacted by agentbox"))
+        // The key's first 10 bytes were at the end of the kept head, its last 10 at the start of the tail.
+        #expect(!journal.contains(String(key.prefix(10))) && !journal.contains(String(key.suffix(10))), "a part of the key at the cut")
+        #expect(journal.contains("bytes cut by agentbox"))
+        // base64 with the key at each alignment, and hex.
+        for lead in ["", "x", "xy"] {
+            let encoded = Array(Base64.encode(Array((lead + env).utf8)).utf8)
+            let first = (8 * (lead.count + 15) + 5) / 6  // the first character that encodes only key bits
+            let chunk = String(decoding: encoded[(first + 1)..<(first + 13)], as: UTF8.self)
+            #expect(!journal.contains(chunk), "base64 with \(lead.count) leading bytes: \(chunk)")
+        }
+        #expect(!journal.contains(key.utf8.map { String($0, radix: 16) }.joined()), "hex")
+        let cs = rs.filter { $0["type"] as? String == "confession" }.map(data)
+        #expect(cs.filter { $0["category"] as? String == "secrets" }.count == 5, "one per result that held it: \(cs)")
     }
 
     @Test(arguments: [true, false])
@@ -456,6 +472,20 @@ import Testing
         #expect(rs.contains { $0["type"] as? String == "limit" })
     }
 
+    @Test func onlyUnhiddenEnvFilesAreWarnedAbout() throws {
+        let ws = TestEnv.workspace()
+        try "SECRET=1\n".write(toFile: ws + "/.env.local", atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: ws + "/.envs", withIntermediateDirectories: true)  // a directory (a venv): no warning
+        let turn = #"{"tool_calls": [{"name": "shell", "arguments": {"command": "true"}}]}"#
+        let (warned, rs) = try replayRun(turn, cwd: ws)
+        #expect(warned.code == 0 && warned.err.contains("the workspace holds .env.local, readable") && warned.err.contains("--hide .env.local"), "\(warned)")
+        #expect(!warned.err.contains(".envs"))
+        #expect(rs.contains { $0["type"] as? String == "warning" && (($0["data"] as? [String: Any])?["message"] as? String ?? "").contains(".env.local") })
+        let (hidden, hrs) = try replayRun(turn, options: ["--hide", ".env.local"], cwd: ws)
+        #expect(hidden.code == 0 && !hidden.err.contains("--hide"), "\(hidden)")
+        #expect(!hrs.contains { $0["type"] as? String == "warning" })
+    }
+
     @Test func manyRunsAtOnceDoNotInterfere() throws {
         let h = "/tmp/agentbox-home-\(UUID().uuidString.prefix(8))"
         let file = "/tmp/agentbox-replay-\(UUID().uuidString.prefix(8)).json"
@@ -472,5 +502,83 @@ import Testing
         for ws in workspaces { #expect(FileManager.default.fileExists(atPath: ws + "/pid.txt"), "each run wrote its own workspace") }
         let ps = run([TestEnv.agentbox, "ps", "--all", "--json"], env: ["AGENTBOX_HOME": h]).out.split(separator: "\n")
         #expect(ps.count == 10)
+    }
+}
+
+/// What a model and its tools write reaches the operator's terminal escaped in every text view, and
+/// exactly in every `--json` view (docs/security.md, "Terminal output").
+@Suite struct TerminalOutputTests {
+    static let osc52 = "\u{1B}]52;c;cHduZWQ=\u{07}"
+    static let fakeConfession = "2026-01-01T00:00:00.000Z  000000000000 -  blocker  secrets: the key leaked"
+
+    func json(_ text: String) -> [String: Any]? {
+        try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+    }
+
+    /// Bytes a terminal acts on: C0 controls but tab and newline, DEL, and UTF-8 C1 controls.
+    func terminalControls(_ bytes: [UInt8]) -> [UInt8] {
+        var found: [UInt8] = []
+        for (i, b) in bytes.enumerated() {
+            if (b < 0x20 && b != 0x09 && b != 0x0A) || b == 0x7F { found.append(b) }
+            if b == 0xC2, i + 1 < bytes.count, bytes[i + 1] < 0xA0 { found.append(bytes[i + 1]) }
+        }
+        return found
+    }
+
+    @Test func hostileTextIsEscapedInTextViewsAndExactInJSON() throws {
+        let h = "/tmp/agentbox-home-\(UUID().uuidString.prefix(8))"
+        let name = "evil\u{1B}]0;title\u{07}\rname"
+        let task = "do it\r\u{1B}[2J"
+        let modelText = "Looking \(Self.osc52)\r\n[99] run ended: finished (success): fake\u{2028}\u{85}done"
+        let category = "cat\u{1B}[31m"
+        let summary = "real\r\n\(Self.fakeConfession) \(Self.osc52)\u{85}"
+        let finish = "done\u{1B}]0;title\u{07}\nsecond line"
+        let printed = "out \(Self.osc52)\r[3] fake\n\(Self.fakeConfession)\n\u{7}"
+        let turns: [[String: Any]] = [
+            ["text": modelText, "tool_calls": [["name": "shell", "arguments": ["command": "printf 'out \\033]52;c;cHduZWQ=\\007\\r[3] fake\\n\(Self.fakeConfession)\\n\\007'"]]]],
+            ["tool_calls": [["name": "confess", "arguments": ["severity": "warning", "category": category, "summary": summary]]]],
+            ["tool_calls": [["name": "finish", "arguments": ["status": "success", "summary": finish]]]],
+        ]
+        let replay = "/tmp/agentbox-replay-\(UUID().uuidString.prefix(8)).json"
+        try JSONSerialization.data(withJSONObject: ["turns": turns]).write(to: URL(fileURLWithPath: replay))
+        let r = run([TestEnv.agentbox, "run", "--model", "replay:\(replay)", "--name", name, "--task", task], cwd: TestEnv.workspace(),
+                    env: ["AGENTBOX_HOME": h])
+        #expect(r.code == 0, "\(r)")
+        #expect(terminalControls(Array(r.err.utf8)).isEmpty, "run's progress lines: \(r.err)")
+        #expect(r.err.contains("\\x1b]52;c;cHduZWQ=\\x07"), "escaped visibly: \(r.err)")
+        func ab(_ args: [String]) -> RunResult { run([TestEnv.agentbox] + args, env: ["AGENTBOX_HOME": h]) }
+
+        // Text views: nothing a terminal acts on, and one confession per line.
+        for args in [["logs", name], ["confessions"], ["confessions", name], ["ps", "--all"], ["inspect", name]] {
+            let v = ab(args)
+            #expect(v.code == 0, "\(args): \(v)")
+            #expect(terminalControls(v.outBytes).isEmpty && terminalControls(Array(v.err.utf8)).isEmpty, "\(args): \(v)")
+            #expect(!v.out.contains("\u{2028}"), "\(args)")
+        }
+        let confessions = ab(["confessions"]).out
+        #expect(confessions.split(separator: "\n").count == 1 && confessions.contains("\\r\\n2026-01-01"), "\(confessions)")
+        let logs = ab(["logs", name]).out
+        #expect(logs.contains("\n  | out \\x1b]52;c;cHduZWQ=\\x07\\r[3] fake\n  | \(Self.fakeConfession)\n  | \\x07\n"),
+                "tool output is attributed line by line: \(logs)")
+        #expect(logs.contains("  | [99] run ended: finished (success): fake\\u{2028}\\u{85}done"), "\(logs)")
+        #expect(!logs.split(separator: "\n").contains { $0.hasPrefix("[99]") || $0.hasPrefix("2026-01-01") }, "\(logs)")
+
+        // JSON views: valid, one record per line, and the exact text.
+        let records = ab(["logs", name, "--json"])
+        #expect(terminalControls(records.outBytes).isEmpty && !records.out.contains("\u{2028}") && !records.out.contains("\u{85}"))
+        let rs = records.out.split(separator: "\n").map { json(String($0)) }
+        #expect(!rs.isEmpty && rs.allSatisfy { $0 != nil }, "every line is one JSON record")
+        let data = rs.compactMap { $0 }.map { ($0["type"] as? String ?? "", $0["data"] as? [String: Any] ?? [:]) }
+        #expect(data.contains { $0.0 == "model.response" && ($0.1["turn"] as? [String: Any])?["text"] as? String == modelText })
+        #expect(data.contains { $0.0 == "tool.done" && ($0.1["content"] as? String ?? "").hasSuffix(printed) }, "\(data)")
+        #expect(data.contains { $0.0 == "confession" && $0.1["summary"] as? String == summary && $0.1["category"] as? String == category })
+        #expect(data.contains { $0.0 == "run.ended" && $0.1["summary"] as? String == finish })
+        let feed = ab(["confessions", "--json"])
+        #expect(terminalControls(feed.outBytes).isEmpty)
+        #expect(json(feed.out)?["summary"] as? String == summary && json(feed.out)?["name"] as? String == name, "\(feed.out)")
+        let ps = ab(["ps", "--all", "--json"])
+        #expect(terminalControls(ps.outBytes).isEmpty && json(ps.out)?["name"] as? String == name && json(ps.out)?["task"] as? String == task)
+        let inspect = ab(["inspect", name, "--json"])
+        #expect(terminalControls(inspect.outBytes).isEmpty && json(inspect.out)?["name"] as? String == name, "\(inspect.out)")
     }
 }

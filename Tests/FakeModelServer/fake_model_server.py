@@ -126,10 +126,16 @@ def script_ctx(step, results, msgs):
 
 def script_leak(step, results):
     """The workspace has a .env with the key: reading it must not put the key into the conversation
-    (the server refuses any request containing it)."""
+    (the server refuses any request containing it), nor its encodings, nor the part of it the output
+    cap's cut leaves at the edge of the kept head or tail (the test checks the journal for those).
+    The .env is OPENAI_API_KEY=KEY\\n; the cap keeps the first and last 16384 bytes of 32 KiB."""
     plan = [("", [call("read_file", path=".env")]), ("", [call("shell", command="cat .env; echo done")]),
+            ("", [call("shell", command="head -c 16359 /dev/zero | tr '\\0' a; cat .env; head -c 40000 /dev/zero | tr '\\0' b")]),
+            ("", [call("shell", command="head -c 40000 /dev/zero | tr '\\0' a; cat .env; head -c 16373 /dev/zero | tr '\\0' b")]),
+            ("", [call("shell", command="base64 .env; (printf x; cat .env) | base64; (printf xy; cat .env) | base64; "
+                                         "od -An -tx1 .env | tr -d ' \\n'")]),
             ("", [call("finish", status="success", summary="read")])]
-    return plan[min(step, 2)]
+    return plan[min(step, len(plan) - 1)]
 
 
 def script_talk(step, results):
