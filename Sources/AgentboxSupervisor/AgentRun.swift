@@ -109,6 +109,17 @@ public final class AgentRun {
         accounting = Accounting(provider: task.model.provider.rawValue, model: task.model.model, prices: task.prices)
     }
 
+    /// An agent runs unattended: without a limit from the profile or the options, a run gets a memory
+    /// limit of half the host's memory and a wall-time ceiling of 24 hours (docs/agent.md, "Limits").
+    public static let defaultTimeout = 24.0 * 3600
+    public static func applyDefaults(to policy: inout SandboxPolicy) {
+        if policy.limits.memory == nil {
+            let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
+            if pages > 0 && size > 0 { policy.limits.memory = UInt64(pages) * UInt64(size) / 2 }
+        }
+        if policy.limits.timeout == nil { policy.limits.timeout = defaultTimeout }
+    }
+
     static func systemPrompt(policy: SandboxPolicy, budget: Budget) -> String {
         var limits: [String] = []
         if let m = policy.limits.memory { limits.append("memory \(Units.formatSize(m))") }

@@ -80,7 +80,8 @@ struct RunCommand: ParsableCommand {
         let prices = try PriceTable.load()
         let accounting = Accounting(provider: spec.provider.rawValue, model: spec.model, prices: prices)
         try accounting.validate(budget)
-        let policy = try sandbox.resolve()
+        var policy = try sandbox.resolve()
+        AgentRun.applyDefaults(to: &policy)
         return Prepared(policy: policy, task: AgentTask(name: name ?? "", task: text, model: spec, budget: budget, prices: prices))
     }
 

@@ -274,3 +274,77 @@ import Testing
         #expect((Int(free) ?? 0) > 1 << 20, "the disk was not filled: \(free) bytes free")
     }
 }
+
+/// What a model controls is bounded: the size of an answer (streamed or not), the tool calls of a turn
+/// and of a run. The supervisor is outside every cgroup: its memory must not follow the server's bytes.
+@Suite(.serialized) struct ModelBoundTests {
+    static let server = try! FakeModelServer()
+    var env: [String: String] { ["OPENAI_API_KEY": FakeModelServer.key, "AGENTBOX_MODEL_IDLE_TIMEOUT": "5"] }
+
+    /// `model check` against a scenario, under a wrapper that reports the peak RSS (KiB) of agentbox.
+    func checkWithPeak(_ scenario: String) -> (RunResult, Int) {
+        let script = "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
+            + "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        let r = run(["/usr/bin/python3", "-c", script, TestEnv.agentbox, "model", "check", "--model", "openai:m",
+                     "--base-url", Self.server.base(scenario)], env: env)
+        let fields = r.out.split(separator: " ").map { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1 }
+        return (RunResult(code: Int32(fields.first ?? -1), out: "", err: r.err), fields.count == 2 ? fields[1] : -1)
+    }
+
+    @Test(arguments: ["flood", "floodline", "floodjson"])
+    func a64MiBAnswerFailsAtTheCapWithBoundedMemory(scenario: String) {
+        let (r, peakKiB) = checkWithPeak(scenario)
+        #expect(r.code == 1, "\(r)")
+        #expect(r.err.contains("passed 16 MiB") && r.err.contains("not retried"), "the message names the cap: \(r.err)")
+        #expect(peakKiB > 0 && peakKiB < 100 * 1024, "peak RSS \(peakKiB) KiB while the server sent 64 MiB")
+    }
+
+    func agentRun(_ script: String, home: String, extra: [String] = []) -> RunResult {
+        run([TestEnv.agentbox, "run", "--model", "openai:gpt-4o", "--base-url", Self.server.agent(script), "--task", "t"] + extra,
+            cwd: TestEnv.workspace(), env: env.merging(["AGENTBOX_HOME": home]) { $1 })
+    }
+
+    @Test func aTurnRunsAtMost32ToolCallsAndAnswersTheRestWithErrors() {
+        let home = TestEnv.workspace()
+        let r = agentRun("many", home: home)
+        #expect(r.code == 0, "\(r)")
+        #expect(Self.server.violationLog.isEmpty, "\(Self.server.violationLog)")
+    }
+
+    @Test func toolCallsCountInTheBudget() {
+        let home = TestEnv.workspace()
+        let r = agentRun("spin", home: home, extra: ["--name", "spinner", "--max-tool-calls", "3"])
+        #expect(r.code == 3, "\(r)")
+        let logs = run([TestEnv.agentbox, "logs", "spinner", "--json"], env: ["AGENTBOX_HOME": home]).out
+        #expect(logs.contains("\"type\":\"budget\",\"data\":{\"kind\":\"tool_calls\""), "\(logs.suffix(1500))")
+        #expect(logs.components(separatedBy: "\"type\":\"tool.call\"").count - 1 == 3, "exactly 3 tool calls ran")
+    }
+}
+
+/// The init is inside the sandbox: a malformed message from it ends the run as a protocol error, on
+/// record, never silently. (A stand-in init speaks garbage on the control channel.)
+@Suite struct ChannelTests {
+    static let fakeInit: String = {
+        let path = TestEnv.installDir + "/garbage-init"
+        let script = """
+            #!/usr/bin/python3
+            import socket
+            s = socket.socket(fileno=3)
+            s.recv(1 << 24)
+            s.send(bytes([0xEE]) + b"not a message")
+            import time; time.sleep(2)
+            """
+        FileManager.default.createFile(atPath: path, contents: Data(script.utf8))
+        chmod(path, 0o755)
+        return path
+    }()
+
+    @Test func aMalformedMessageFromTheInitEndsTheRunOnRecord() throws {
+        let home = TestEnv.workspace()
+        let r = run([TestEnv.agentbox, "exec", "--name", "garbled", "--", "/bin/true"], cwd: TestEnv.workspace(),
+                    env: ["AGENTBOX_HOME": home, "AGENTBOX_INIT": Self.fakeInit])
+        #expect(r.code == 125 && r.err.contains("sandbox protocol") && r.err.contains("malformed"), "\(r)")
+        let logs = run([TestEnv.agentbox, "logs", "garbled", "--json"], env: ["AGENTBOX_HOME": home]).out
+        #expect(logs.contains("\"state\":\"failed\"") && logs.contains("sandbox protocol"), "\(logs.suffix(800))")
+    }
+}

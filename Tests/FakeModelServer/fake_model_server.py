@@ -138,12 +138,25 @@ def script_leak(step, results):
     return plan[min(step, len(plan) - 1)]
 
 
+def script_many(step, results):
+    """40 tool calls in one turn: agentbox runs 32 and answers the other 8 with errors."""
+    if step == 0:
+        return ("Everything at once.", [call("shell", command="echo call %d" % i) for i in range(40)])
+    if len(results) != 40:
+        return "expected 40 results, got %d" % len(results)
+    ran = [r for r in results[:32] if not r[1] and "call " in r[0]]
+    refused = [r for r in results[32:] if r[1] and "at most 32" in r[0]]
+    if len(ran) != 32 or len(refused) != 8:
+        return "expected 32 calls run and 8 refused: " + repr(results[30:34])
+    return ("", [call("finish", status="success", summary="32 ran")])
+
+
 def script_talk(step, results):
     return ("I think the task is done.", [])
 
 
 AGENT_SCRIPTS = {"fix": script_fix, "badargs": script_badargs, "loop": script_loop, "spin": script_spin, "sleep": script_sleep,
-                 "slow": script_slow, "talk": script_talk, "idle": script_idle, "leak": script_leak}
+                 "slow": script_slow, "talk": script_talk, "many": script_many, "idle": script_idle, "leak": script_leak}
 
 
 def tool_results_openai(msgs):
@@ -324,6 +337,28 @@ class Handler(BaseHTTPRequestHandler):
                 {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "a", "function": {"name": "read_file", "arguments": "{\"path\":\"x\"}"}}]}}]},
                 {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "b", "function": {"name": "read_file", "arguments": "{\"path\":\"y\"}"}}]}}]},
             ]
+        if scenario in ("flood", "floodline", "floodjson"):
+            # 64 MiB: text deltas without end, one SSE line that never ends, or one JSON body.
+            if scenario == "floodjson":
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "')
+                piece = b"x" * 65536
+                for _ in range(1024):
+                    self.wfile.write(piece)
+                return
+            self.start_stream()
+            piece = "data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": "y" * 65000}}]}) + "\n\n"
+            if scenario == "floodline":
+                self.send_sse("data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \"")
+                piece = "z" * 65536
+            try:
+                for _ in range(1024):
+                    self.send_sse(piece)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            return
         if scenario == "nostream":
             msg = {"role": "assistant", "content": "plain", "tool_calls": []}
             return self.answer(200, {"choices": [{"index": 0, "message": msg, "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
