@@ -14,7 +14,9 @@ BENCH_DEPS := hyperfine bubblewrap runc python3
 DEBUG_BIN   = .build/debug
 RELEASE_BIN = .build/release
 
-.PHONY: all build release deps bench-deps test demo install uninstall bench clean check-swift
+FUZZ_SECONDS ?= 60
+
+.PHONY: all build release deps bench-deps test demo install uninstall bench fuzz clean check-swift
 
 all: build
 
@@ -69,6 +71,12 @@ bench: release bench-deps
 	@bash bench/journal.sh $(RELEASE_BIN)/agentbox
 	@echo
 	@bash bench/agent.sh $(RELEASE_BIN)/agentbox
+
+# Mutation fuzzing of every parser that takes untrusted bytes (Sources/agentbox-fuzz), FUZZ_SECONDS in all.
+# Prints the seed, the inputs tried per target, and writes any crashing input to fuzz-crash-TARGET.bin.
+fuzz: check-swift deps
+	$(SWIFT) build -c release --product agentbox-fuzz
+	$(RELEASE_BIN)/agentbox-fuzz --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf .build

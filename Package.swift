@@ -41,6 +41,8 @@ let package = Package(
             "AgentboxCore", "AgentboxSandbox", "AgentboxJournal", "AgentboxSupervisor", "AgentboxModels", "CAgentboxShim",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // `make fuzz`: mutation fuzzing of every parser of untrusted bytes; not installed.
+        .executableTarget(name: "agentbox-fuzz", dependencies: ["AgentboxCore", "AgentboxJournal", "AgentboxModels", "AgentboxSandbox"]),
         // `make bench` micro-benchmarks (journal throughput); not installed.
         .executableTarget(name: "agentbox-bench", dependencies: ["AgentboxCore", "AgentboxJournal", "AgentboxModels"]),
         .testTarget(name: "AgentboxCoreTests", dependencies: ["AgentboxCore", "AgentboxSandbox", "AgentboxJournal"]),

@@ -348,3 +348,16 @@ import Testing
         #expect(logs.contains("\"state\":\"failed\"") && logs.contains("sandbox protocol"), "\(logs.suffix(800))")
     }
 }
+
+/// Every parser of untrusted bytes survives mutated input (a short run of `make fuzz`; the seed is
+/// printed, and a failing input is left in fuzz-crash-TARGET.bin in the working directory).
+@Suite struct FuzzTests {
+    @Test func parsersSurviveMutatedInput() {
+        let fuzzer = TestEnv.repoRoot + "/.build/debug/agentbox-fuzz"
+        let seed = UInt64.random(in: 1...UInt64(UInt32.max))
+        let dir = TestEnv.workspace()
+        let r = run([fuzzer, "--seconds", "10", "--seed", String(seed)], cwd: dir)
+        #expect(r.code == 0, "seed \(seed): \(r)")
+        #expect(r.out.components(separatedBy: "no crash").count - 1 == 10, "every target ran: \(r.out)")
+    }
+}
