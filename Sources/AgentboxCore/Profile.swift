@@ -28,6 +28,9 @@ public struct Profile: Equatable, Sendable {
     public var seccomp: String? = nil
     public var landlock: LandlockMode = .bestEffort
     public var hostname: String = "agentbox"
+    /// Every file this profile was read from: its own and those of its `extends` chain (absolute).
+    /// They decide the next sandbox's policy, so no sandbox may write them.
+    public var files: [String] = []
 
     public init(name: String, path: String = "") {
         self.name = name

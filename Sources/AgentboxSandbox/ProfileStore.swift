@@ -15,7 +15,9 @@ public enum ProfileStore {
     static func searchCandidates() -> [String] {
         var dirs: [String] = []
         if let env = AgentboxPaths.env("AGENTBOX_PROFILES") {
-            dirs += env.split(separator: ":").map(String.init)
+            // Relative entries are taken from the current directory, as the lookup does.
+            let cwd = getcwd(nil, 0).map { p in defer { free(p) }; return String(cString: p) } ?? "/"
+            dirs += env.split(separator: ":").map { $0.hasPrefix("/") ? String($0) : cwd + "/" + $0 }
         }
         if let config = AgentboxPaths.configDir() { dirs.append(config + "/profiles") }
         // The built-in profiles: one folder, decided by where the binary is (so that no other folder a
@@ -79,6 +81,7 @@ public enum ProfileStore {
             ? String(path.split(separator: "/").last!.dropLast(path.hasSuffix(".json") ? 5 : 0)) : nameOrPath
         do {
             var profile = try Profile.parse(text, name: name, file: path, base: base)
+            profile.files = [path] + (base?.files ?? [])
             if let seccomp = profile.seccomp, !seccomp.hasPrefix("/") {
                 profile.seccomp = (RealHostPaths().canonical(seccomp) ?? seccomp)
             }

@@ -25,7 +25,9 @@ public enum ProtectedPaths {
         }
         if let exe = ProfileStore.executablePath() { out.append(ProtectedPath(exe, "agentbox's binary", .readOnly)) }
         if let initPath = try? Sandbox.locateInit() { out.append(ProtectedPath(initPath, "agentbox-init", .readOnly)) }
-        if profile.path.hasPrefix("/") { out.append(ProtectedPath(profile.path, "the profile in use", .readOnly)) }
+        for file in profile.files + [profile.path] where file.hasPrefix("/") && !out.contains(where: { $0.path == file }) {
+            out.append(ProtectedPath(file, "the profile in use", .readOnly))
+        }
         if let seccomp = profile.seccomp, seccomp.hasPrefix("/") {
             out.append(ProtectedPath(seccomp, "the profile's seccomp policy", .readOnly))
         }

@@ -361,3 +361,28 @@ import Testing
         #expect(r.out.components(separatedBy: "no crash").count - 1 == 10, "every target ran: \(r.out)")
     }
 }
+
+extension OwnFilesTests {
+    @Test func aProfileKeptInTheWorkspaceAndItsParentCannotBeRewrittenForTheNextRun() throws {
+        let ws = TestEnv.workspace()
+        try #"{"extends": "workspace-write", "env": {"FROM": "base"}}"#.write(toFile: ws + "/base.json", atomically: true, encoding: .utf8)
+        try #"{"extends": "./base.json", "description": "mine"}"#.write(toFile: ws + "/mine.json", atomically: true, encoding: .utf8)
+        let before = ["base.json", "mine.json"].map { FileManager.default.contents(atPath: ws + "/" + $0) }
+        let r = run([TestEnv.agentbox, "exec", "--profile", "./mine.json", "--", "/bin/sh", "-c", """
+            echo "[$FROM]"; printf '{"seccomp": null}' > base.json; printf '{}' > mine.json; rm -f base.json mine.json; echo done
+            """], cwd: ws)
+        #expect(r.out == "[base]\ndone\n", "\(r)")
+        #expect(["base.json", "mine.json"].map { FileManager.default.contents(atPath: ws + "/" + $0) } == before)
+    }
+
+    @Test func aRelativeProfileFolderThatASandboxCouldCreateIsRefused() {
+        let ws = TestEnv.workspace()
+        let r = run([TestEnv.agentbox, "exec", "--", "/bin/true"], cwd: ws, env: ["AGENTBOX_PROFILES": "my-profiles"])
+        #expect(r.code == 125 && r.err.contains("\(ws)/my-profiles does not exist"), "\(r)")
+        _ = shell("mkdir '\(ws)/my-profiles'")
+        let ok = run([TestEnv.agentbox, "exec", "--", "/bin/sh", "-c", "touch my-profiles/workspace-write.json || echo ro"], cwd: ws,
+                     env: ["AGENTBOX_PROFILES": "my-profiles"])
+        #expect(ok.code == 0 && ok.out.contains("ro"), "\(ok)")
+        #expect(!FileManager.default.fileExists(atPath: ws + "/my-profiles/workspace-write.json"))
+    }
+}
