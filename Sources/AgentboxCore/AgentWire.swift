@@ -46,6 +46,15 @@ public enum AgentWire {
 
 /// Text helpers of the built-in tools, shared by the init (which runs them) and the tests.
 public enum ToolText {
+    /// At most `maxBytes` of `text` (cut on a character boundary) and a note of how much was cut.
+    public static func clip(_ text: String, maxBytes: Int) -> String {
+        let utf8 = Array(text.utf8)
+        guard utf8.count > maxBytes else { return text }
+        var end = maxBytes
+        while end > 0 && utf8[end] & 0xC0 == 0x80 { end -= 1 }
+        return String(decoding: utf8[..<end], as: UTF8.self) + " [... \(utf8.count - end) bytes cut by agentbox]"
+    }
+
     /// Keeps the first and last `limit / 2` bytes of `bytes` with a marker between them saying how many
     /// bytes were cut; cuts fall on UTF-8 character boundaries. Returns the text and whether it was cut.
     public static func headTail(_ bytes: [UInt8], limit: Int) -> (String, Bool) {

@@ -53,6 +53,11 @@ public final class AgentRun {
     public static let maxReminders = 2
     /// Tool calls of one turn that are run; the model gets an error result for each one past it.
     public static let maxCallsPerTurn = 32
+    /// Bytes kept of an agent's confession fields (the rest is cut with a note).
+    public static let confessionCaps = (category: 64, summary: 1024, details: 16 << 10)
+    /// Free space the journal's filesystem must keep (DiskFloor) plus what one step may write: below it
+    /// the run stops rather than fill the host's disk.
+    public static let stepReserve: UInt64 = 64 << 20
 
     let store: RunStore
     let policy: SandboxPolicy
@@ -320,6 +325,12 @@ public final class AgentRun {
                         by: "supervisor")
             ending = .budget(exceeded.description)
         }
+        if ending == nil, DiskFloor.reached(store.runsDir + "/" + id, adding: AgentRun.stepReserve) {
+            let what = "the journal's disk is almost full: the run was stopped before the next model call"
+            try writer.append(RecordType.limit, .object([("kind", "journal_disk"), ("detail", .string(what))]), critical: true)
+            try confess(severity: "blocker", category: "limits", summary: what, details: nil, by: "supervisor")
+            ending = .stopped(what)
+        }
         if ending != nil {
             box.sendAgent(["t": "end"])
             return
@@ -496,8 +507,12 @@ public final class AgentRun {
         }
         switch call.name {
         case "confess":
-            let seq = try confess(severity: args["severity"]!.stringValue!, category: args["category"]!.stringValue!,
-                                  summary: args["summary"]!.stringValue!, details: args["details"]?.stringValue, by: "agent")
+            // Confessions go to the node's feed, read by people: one is at most a few KiB.
+            let c = AgentRun.confessionCaps
+            let seq = try confess(severity: args["severity"]!.stringValue!,
+                                  category: ToolText.clip(args["category"]!.stringValue!, maxBytes: c.category),
+                                  summary: ToolText.clip(args["summary"]!.stringValue!, maxBytes: c.summary),
+                                  details: args["details"]?.stringValue.map { ToolText.clip($0, maxBytes: c.details) }, by: "agent")
             try answer(call, ToolResult(callID: id, content: "confession recorded (journal seq \(seq)); the operators of this machine will see it"), extra: [])
         case "finish":
             let status = args["status"]!.stringValue!

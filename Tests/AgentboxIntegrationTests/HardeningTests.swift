@@ -386,3 +386,27 @@ extension OwnFilesTests {
         #expect(!FileManager.default.fileExists(atPath: ws + "/my-profiles/workspace-write.json"))
     }
 }
+
+extension ModelBoundTests {
+    @Test func anAgentsConfessionIsClippedForTheFeed() throws {
+        let home = TestEnv.workspace()
+        let r = agentRun("bigconfess", home: home, extra: ["--name", "loud"])
+        #expect(r.code == 0, "\(r)")
+        let feed = try String(contentsOfFile: home + "/confessions.jsonl", encoding: .utf8)
+        let line = feed.split(separator: "\n").first.map(String.init) ?? ""
+        #expect(line.utf8.count < 2000 && line.contains("bytes cut by agentbox"), "\(line.prefix(300))")
+        let logs = run([TestEnv.agentbox, "logs", "loud", "--json"], env: ["AGENTBOX_HOME": home]).out
+        let confession = logs.split(separator: "\n").first { $0.contains("\"type\":\"confession\"") } ?? ""
+        #expect(confession.utf8.count < 20_000, "the journal's record is clipped too: \(confession.utf8.count) bytes")
+    }
+
+    @Test(.enabled(if: TestEnv.isRoot)) func aRunStopsBeforeItsJournalFillsTheDisk() throws {
+        let home = TestEnv.workspace()
+        #expect(shell("mount -t tmpfs -o size=48m agentbox-test-run-home '\(home)'").code == 0)
+        defer { _ = shell("umount -l '\(home)'") }
+        let r = agentRun("spin", home: home, extra: ["--name", "tight"])
+        #expect(r.code == 1 && r.err.contains("disk is almost full"), "\(r)")
+        let logs = run([TestEnv.agentbox, "logs", "tight", "--json"], env: ["AGENTBOX_HOME": home]).out
+        #expect(logs.contains("\"kind\":\"journal_disk\"") && logs.contains("\"type\":\"run.ended\""), "\(logs.suffix(600))")
+    }
+}

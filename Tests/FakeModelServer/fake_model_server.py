@@ -151,12 +151,19 @@ def script_many(step, results):
     return ("", [call("finish", status="success", summary="32 ran")])
 
 
+def script_bigconfess(step, results):
+    """A confession far larger than an operator's feed should hold."""
+    if step == 0:
+        return ("", [call("confess", severity="warning", category="c" * 300, summary="s" * 5000, details="d" * 100000)])
+    return ("", [call("finish", status="success", summary="confessed")])
+
+
 def script_talk(step, results):
     return ("I think the task is done.", [])
 
 
 AGENT_SCRIPTS = {"fix": script_fix, "badargs": script_badargs, "loop": script_loop, "spin": script_spin, "sleep": script_sleep,
-                 "slow": script_slow, "talk": script_talk, "many": script_many, "idle": script_idle, "leak": script_leak}
+                 "slow": script_slow, "talk": script_talk, "many": script_many, "bigconfess": script_bigconfess, "idle": script_idle, "leak": script_leak}
 
 
 def tool_results_openai(msgs):
