@@ -7,7 +7,7 @@ PREFIX    ?= /usr/local
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Static Swift stdlib for fast start (a Foundation-free init, ~1 ms). The -l flags work around
 # SwiftPM not adding FoundationEssentials' own static dependencies when linking statically.
-STATIC    := --static-swift-stdlib -Xlinker -l_FoundationCShims -Xlinker -l_FoundationCollections -Xlinker -lswiftSynchronization
+STATIC    := --disable-local-rpath --static-swift-stdlib -Xlinker -l_FoundationCShims -Xlinker -l_FoundationCollections -Xlinker -lswiftSynchronization
 BUILD_DEPS := libseccomp-dev libcap-dev libcurl4-openssl-dev pkg-config
 TEST_DEPS  := util-linux passwd procps bash coreutils python3
 BENCH_DEPS := hyperfine bubblewrap runc python3

@@ -253,6 +253,20 @@ public enum PolicyResolver {
             mounts.filter { $0.kind != .symlink && $0.kind != .pin && isInside(path, $0.target) }
                 .max { depth($0.target) < depth($1.target) }
         }
+        // The host looks these paths up by name: a symlink on the way that a sandbox can replace (it is
+        // in a folder a writable bind exposes) would let it choose what the host finds there next time.
+        for p in protected {
+            var parent = "/"
+            for component in normalize(p.path).split(separator: "/") {
+                let literal = (parent == "/" ? "" : parent) + "/" + component
+                if host.symlinkText(literal) != nil, let w = innermost(parent), w.writable {
+                    throw AgentboxError(stage: "policy", "\(literal) is a symlink inside the writable bind \(w.target), on the way to \(p.what) (\(p.path)): a sandbox could replace it",
+                                        hint: "use a workspace that does not contain \(literal), or point agentbox at a real folder (AGENTBOX_HOME, XDG_CONFIG_HOME, XDG_CACHE_HOME)")
+                }
+                guard let c = host.canonical(literal) else { break }
+                parent = c
+            }
+        }
         // Hidden paths first: a read-only path inside a hidden one is covered already.
         for p in protected.filter({ $0.access == .hidden }) + protected.filter({ $0.access == .readOnly }) {
             let path = normalize(p.path)

@@ -23,8 +23,14 @@ public enum ProtectedPaths {
         for dir in ProfileStore.searchCandidates() where dir.hasPrefix("/") {
             out.append(ProtectedPath(dir, "a profile folder", .readOnly))
         }
-        if let exe = ProfileStore.executablePath() { out.append(ProtectedPath(exe, "agentbox's binary", .readOnly)) }
-        if let initPath = try? Sandbox.locateInit() { out.append(ProtectedPath(initPath, "agentbox-init", .readOnly)) }
+        // The folders of the binaries, not only the files: the dynamic loader and dlopen (libcurl) look
+        // for libraries next to the binary ($ORIGIN), and agentbox-init is looked for there first.
+        if let exe = ProfileStore.executablePath(), let slash = exe.lastIndex(of: "/") {
+            out.append(ProtectedPath(String(exe[..<slash]), "the folder of agentbox's binary", .readOnly))
+        }
+        if let initPath = try? Sandbox.locateInit(), let slash = initPath.lastIndex(of: "/") {
+            out.append(ProtectedPath(String(initPath[..<slash]), "the folder of agentbox-init", .readOnly))
+        }
         for file in profile.files + [profile.path] where file.hasPrefix("/") && !out.contains(where: { $0.path == file }) {
             out.append(ProtectedPath(file, "the profile in use", .readOnly))
         }

@@ -302,6 +302,21 @@ struct FakeHost: HostPaths {
         }
     }
 
+    @Test func aSymlinkOnTheWayInsideAWritableBindIsRefusedOutsideItIsFine() {
+        var h = host
+        h.links["/home/u/.cfg"] = "home/u/.config"  // FakeHost resolves a link to "/" + its text
+        var o = SandboxOptions()
+        o.workspace = "/home/u"
+        let linked = [ProtectedPath("/home/u/.cfg/agentbox", "agentbox's configuration", .hidden)]
+        #expect(throws: AgentboxError.self) {
+            try PolicyResolver.resolve(profile: Profile(name: "t"), options: o, cwd: "/home/u", host: h, protected: linked)
+        }
+        o.workspace = "/work/proj"
+        #expect(throws: Never.self) {
+            try PolicyResolver.resolve(profile: Profile(name: "t"), options: o, cwd: "/work/proj", host: h, protected: linked)
+        }
+    }
+
     @Test func profileRWEntriesGetTheSameChecksAsTheOption() {
         var p = Profile(name: "t", path: "/etc/agentbox/p.json")
         p.rw = ["/proc"]

@@ -151,13 +151,27 @@ import Testing
         _ = shell("cp -r '\(TestEnv.installDir)' '\(ws)/tools' && rm -f '\(ws)/tools/probe'")
         let files = ["tools/agentbox", "tools/agentbox-init", "tools/sandbox-profiles/workspace-write.json"]
         let before = files.map { FileManager.default.contents(atPath: ws + "/" + $0) }
+        let namesBefore = Set((try? FileManager.default.contentsOfDirectory(atPath: ws + "/tools")) ?? [])
         let r = run([ws + "/tools/agentbox", "exec", "--", "/bin/sh", "-c", """
             echo x > tools/agentbox-init; echo x >> tools/sandbox-profiles/workspace-write.json; cp /bin/true tools/agentbox
+            cp /bin/true tools/libseccomp.so.2; cp /bin/true tools/libcurl.so.4  # found through $ORIGIN
             mv tools/sandbox-profiles tools/p2; mv tools tools2; echo done
             """], cwd: ws)
         #expect(r.code == 0 && r.out == "done\n", "\(r)")
         #expect(files.map { FileManager.default.contents(atPath: ws + "/" + $0) } == before, "agentbox's files are unchanged")
         #expect(!FileManager.default.fileExists(atPath: ws + "/tools2"))
+        let names = Set((try? FileManager.default.contentsOfDirectory(atPath: ws + "/tools")) ?? [])
+        #expect(names == namesBefore, "nothing can be planted next to the binary (libraries, another init)")
+    }
+
+    @Test func aSymlinkOnTheWayToAgentboxsFilesInsideTheWorkspaceIsRefused() throws {
+        let home = TestEnv.workspace()
+        try FileManager.default.createDirectory(atPath: home + "/dotfiles/config/agentbox", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: home + "/.config", withDestinationPath: "dotfiles/config")
+        let r = run([TestEnv.agentbox, "exec", "--", "/bin/sh", "-c", "rm .config; mkdir -p .config/agentbox/profiles"], cwd: home,
+                    env: ["HOME": home, "AGENTBOX_HOME": home + "/state"])
+        #expect(r.code == 125 && r.err.contains("\(home)/.config is a symlink inside the writable bind"), "\(r)")
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: home + "/.config")) == "dotfiles/config")
     }
 
     @Test func bindsInsideAgentboxsStateAreRefused() {
@@ -183,7 +197,7 @@ import Testing
 
 /// Kernel resources no cgroup counts: a sandbox gets a bound on each, so it cannot take them from the
 /// host user who started it (root included) or from other sandboxes.
-@Suite struct SharedResourceTests {
+@Suite(.serialized) struct SharedResourceTests {
     static let exhaust = """
         import ctypes, os, sys
         libc = ctypes.CDLL(None)
