@@ -73,6 +73,16 @@ public struct WireReader {
     }
 }
 
+/// A file as the kernel knows it: a path can be swapped, this cannot.
+public struct FileIdentity: Equatable, Sendable {
+    public var device: UInt64
+    public var inode: UInt64
+    public init(device: UInt64, inode: UInt64) {
+        self.device = device
+        self.inode = inode
+    }
+}
+
 /// Everything the init needs to finish building the sandbox and start the command.
 public struct SetupSpec: Equatable, Sendable {
     public static let version: UInt32 = 3
@@ -87,6 +97,11 @@ public struct SetupSpec: Equatable, Sendable {
     /// Index in the handed-over fds (fd 3 + 1 + index) of a detached, idmapped mount for the
     /// mount at the same position in `mounts`; -1 when the mount is a plain bind.
     public var mountFds: [Int32] = []
+    /// (st_dev, st_ino) of the host path of each mount (its source for a bind, its target for a hide or a
+    /// pin), taken by the supervisor without following symlinks; (0, 0) for symlinks. The init checks
+    /// every source and every target inside a host bind against it, so a path swapped while the sandbox
+    /// is built (another sandbox renaming folders in a shared workspace) fails the setup.
+    public var mountIdentities: [FileIdentity] = []
     public var tmpSize: UInt64 = 256 << 20
     public var workdir = "/"
     public var argv: [String] = []
@@ -127,6 +142,9 @@ public struct SetupSpec: Equatable, Sendable {
             w.string(m.target)
             w.u8(m.directory ? 1 : 0)
             w.i32(i < mountFds.count ? mountFds[i] : -1)
+            let identity = i < mountIdentities.count ? mountIdentities[i] : FileIdentity(device: 0, inode: 0)
+            w.u64(identity.device)
+            w.u64(identity.inode)
         }
         w.u64(tmpSize)
         w.string(workdir)
@@ -164,6 +182,7 @@ public struct SetupSpec: Equatable, Sendable {
             let target = try r.string()
             s.mounts.append(MountEntry(kind, source: source, target: target, directory: try r.u8() != 0))
             s.mountFds.append(try r.i32())
+            s.mountIdentities.append(FileIdentity(device: try r.u64(), inode: try r.u64()))
         }
         s.tmpSize = try r.u64()
         s.workdir = try r.string()

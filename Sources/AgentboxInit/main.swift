@@ -64,6 +64,18 @@ func setNoSuidNoDev(_ path: String) throws(SetupFailure) {
     try check(mount("", path, nil, UInt(MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV) | locked, nil), "make \(path) nosuid,nodev")
 }
 
+/// `path` opened (O_PATH) with no symlink anywhere on the way (plain O_PATH before Linux 5.6); -1 and errno.
+func openNoSymlinks(_ path: String) -> Int32 {
+    let fd = ab_open_path_nofollow(AT_FDCWD, path)
+    return fd < 0 && errno == ENOSYS ? open(path, AB_O_PATH | O_CLOEXEC) : fd
+}
+
+func identity(_ fd: Int32) -> FileIdentity {
+    var st = stat()
+    guard fstat(fd, &st) == 0 else { return FileIdentity(device: 0, inode: 0) }
+    return FileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+}
+
 /// Builds the new root. Like bubblewrap: a staging tmpfs on /tmp becomes the root first, with the host's
 /// root at /oldroot (so any host path, /tmp's included, can be a bind source) and the final root at
 /// /newroot; after the binds the host is detached and /newroot becomes /.
@@ -107,37 +119,71 @@ func buildFilesystem(_ spec: SetupSpec) throws(SetupFailure) {
     try check(mount("agentbox-tmp", root + "/tmp", "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=1777,size=\(spec.tmpSize),nr_inodes=\(SharedResourceBounds.inodes(spec.tmpSize))"),
               "mount /tmp")
 
-    // The profile's binds, parents first.
+    // The profile's binds, parents first. Every source and target is opened with no symlink on the way
+    // and checked against what the supervisor resolved (FileIdentity), and mounts are attached to those
+    // descriptors, never to a path looked up again: a folder swapped meanwhile (another sandbox renaming
+    // folders in a shared workspace) fails the setup instead of moving a bind or a hide elsewhere.
     let empty = "/empty"  // in the staging tmpfs: never visible inside
     try touch(empty)
+    let ours = Set([root, root + "/tmp", root + "/dev", root + "/dev/shm"].compactMap { path -> UInt64? in
+        var st = stat()
+        return stat(path, &st) == 0 ? UInt64(st.st_dev) : nil
+    })
     for (i, m) in spec.mounts.enumerated() {
         let target = root + m.target
-        switch m.kind {
-        case .symlink:
+        let expected = i < spec.mountIdentities.count ? spec.mountIdentities[i] : FileIdentity(device: 0, inode: 0)
+        if m.kind == .symlink {
             let parent = String(target[..<(target.lastIndex(of: "/") ?? target.startIndex)])
             try mkdirs(parent)
             try check(symlink(m.source, target), "symlink \(m.target) -> \(m.source)")
-        case .bindRO, .bindRW:
-            if m.directory { try mkdirs(target) } else { try touch(target) }
-            let fdIndex = i < spec.mountFds.count ? spec.mountFds[i] : -1
-            if fdIndex >= 0 {
-                try check(ab_move_mount(channel + 1 + fdIndex, "", AT_FDCWD, target, AB_MOVE_MOUNT_F_EMPTY_PATH),
-                          "attach the idmapped mount of \(m.target)")
-            } else {
-                try check(mount(host + m.source, target, nil, UInt(MS_BIND | MS_REC), nil), "bind \(m.target)")
-            }
-            if m.kind == .bindRO { try setReadOnly(target, recursive: true) } else { try setNoSuidNoDev(target) }
-        case .pin:
-            try check(mount(target, target, nil, UInt(MS_BIND | MS_REC), nil), "pin \(m.target) (bind it on itself)")
-        case .hideDir:
-            try mkdirs(target)
-            try check(mount("agentbox-hidden", target, "tmpfs", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY), "mode=0555,size=4k"),
-                      "hide \(m.target)")
-        case .hideFile:
-            try touch(target)
-            try check(mount(empty, target, nil, UInt(MS_BIND), nil), "hide \(m.target)")
-            try setReadOnly(target, recursive: false)
+            continue
         }
+        // The target: in one of the sandbox's own filesystems (created here), or the host's object.
+        var tgt = openNoSymlinks(target)
+        if tgt < 0 && errno == ENOENT {
+            if m.kind == .hideFile || ((m.kind == .bindRO || m.kind == .bindRW) && !m.directory) { try touch(target) } else { try mkdirs(target) }
+            tgt = openNoSymlinks(target)
+        }
+        try check(tgt, "open the mount point \(m.target)")
+        defer { close(tgt) }
+        let found = identity(tgt)
+        if !ours.contains(found.device) && expected.device != 0 && found != expected {
+            throw SetupFailure(stage: "mount \(m.target)", code: 0, detail: "it changed while the sandbox was being built (renamed?); try again")
+        }
+        if m.kind == .hideDir {
+            try check(mount("agentbox-hidden", root + "/proc/self/fd/\(tgt)", "tmpfs", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY),
+                            "mode=0555,size=4k"), "hide \(m.target)")
+            continue
+        }
+        // A detached tree: the idmapped one the supervisor made, a clone of the source, of /empty, or
+        // of the target itself (a pin); its flags are set before it is attached.
+        let fdIndex = i < spec.mountFds.count ? spec.mountFds[i] : -1
+        var tree: Int32
+        switch m.kind {
+        case .bindRO, .bindRW:
+            guard fdIndex < 0 else {
+                tree = dup(channel + 1 + fdIndex)
+                break
+            }
+            let src = openNoSymlinks(host + m.source)
+            try check(src, "open the bind source \(m.source)")
+            defer { close(src) }
+            if expected.device != 0 && identity(src) != expected {
+                throw SetupFailure(stage: "bind \(m.source)", code: 0, detail: "it changed while the sandbox was being built (renamed?); try again")
+            }
+            tree = ab_open_tree(src, "", AB_OPEN_TREE_CLONE | AB_OPEN_TREE_CLOEXEC | AB_AT_RECURSIVE | AB_AT_EMPTY_PATH)
+        case .hideFile:
+            tree = ab_open_tree(AT_FDCWD, empty, AB_OPEN_TREE_CLONE | AB_OPEN_TREE_CLOEXEC)
+        default:  // .pin
+            tree = ab_open_tree(tgt, "", AB_OPEN_TREE_CLONE | AB_OPEN_TREE_CLOEXEC | AB_AT_RECURSIVE | AB_AT_EMPTY_PATH)
+        }
+        try check(tree, "clone the mount for \(m.target)")
+        defer { close(tree) }
+        let readOnly = m.kind == .bindRO || m.kind == .hideFile
+        let attrs = AB_MOUNT_ATTR_NOSUID | AB_MOUNT_ATTR_NODEV | (readOnly ? AB_MOUNT_ATTR_RDONLY : 0)
+        try check(ab_mount_setattr(tree, "", AB_AT_EMPTY_PATH | AB_AT_RECURSIVE, attrs, 0, 0, -1),
+                  "make \(m.target) \(readOnly ? "read-only" : "nosuid,nodev")")
+        try check(ab_move_mount(tree, "", tgt, "", AB_MOVE_MOUNT_F_EMPTY_PATH | AB_MOVE_MOUNT_T_EMPTY_PATH), "attach \(m.target)")
     }
     // The idmapped mount fds (4, 5, ...) are attached now; nothing else is open above the channel but
     // the signalfd, which must stay.

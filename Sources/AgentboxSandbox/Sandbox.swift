@@ -153,7 +153,14 @@ public final class Sandbox {
                 }
                 helpers[key] = userns
             }
-            let tree = ab_open_tree(AT_FDCWD, m.source, AB_OPEN_TREE_CLONE | AB_OPEN_TREE_CLOEXEC | AB_AT_RECURSIVE)
+            // Opened without following symlinks: the folder checked is the folder bound.
+            let source: Int32
+            do { source = try Sandbox.openNoSymlinks(m.source) } catch {
+                for fd in fds { close(fd) }
+                throw error
+            }
+            let tree = ab_open_tree(source, "", AB_OPEN_TREE_CLONE | AB_OPEN_TREE_CLOEXEC | AB_AT_RECURSIVE | AB_AT_EMPTY_PATH)
+            close(source)
             guard tree >= 0 else {
                 throw AgentboxError(stage: "idmap \(m.source)", "open_tree: \(FileIO.errnoString())",
                                     hint: "idmapped mounts need Linux 5.12+; `agentbox doctor` checks this host")
@@ -169,6 +176,31 @@ public final class Sandbox {
             fds.append(tree)
         }
         return fds
+    }
+
+    /// `path` opened (O_PATH) with no symlink anywhere on the way; plain O_PATH before Linux 5.6.
+    static func openNoSymlinks(_ path: String) throws(AgentboxError) -> Int32 {
+        var fd = ab_open_path_nofollow(AT_FDCWD, path)
+        if fd < 0 && errno == ENOSYS { fd = open(path, AB_O_PATH | O_CLOEXEC) }
+        guard fd >= 0 else {
+            throw AgentboxError(stage: "policy", "\(path): \(errno == ELOOP ? "a symlink appeared on the way to it after the policy was resolved" : FileIO.errnoString())",
+                                hint: errno == ELOOP ? "something renamed folders in the workspace while the sandbox was built; try again" : "")
+        }
+        return fd
+    }
+
+    /// The identity of each mount's host path (FileIdentity), for the init's checks.
+    func mountIdentities() throws(AgentboxError) -> [FileIdentity] {
+        var out: [FileIdentity] = []
+        for m in policy.mounts {
+            guard m.kind != .symlink else { out.append(FileIdentity(device: 0, inode: 0)); continue }
+            let fd = try Sandbox.openNoSymlinks(m.kind == .bindRO || m.kind == .bindRW ? m.source : m.target)
+            var st = stat()
+            let ok = fstat(fd, &st) == 0
+            close(fd)
+            out.append(ok ? FileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino)) : FileIdentity(device: 0, inode: 0))
+        }
+        return out
     }
 
     /// What the cgroup cannot enforce here, replaced by rlimits where possible.
@@ -220,6 +252,7 @@ public final class Sandbox {
         spec.gid = ident.gid
         spec.dropGroups = !ident.denySetgroups
         spec.mounts = policy.mounts
+        spec.mountIdentities = try mountIdentities()
         spec.tmpSize = policy.limits.tmpSize
         spec.workdir = policy.workdir
         spec.argv = argv

@@ -62,6 +62,7 @@ const unsigned int AB_OPEN_TREE_CLOEXEC = O_CLOEXEC;
 const unsigned int AB_AT_RECURSIVE = 0x8000;
 const unsigned int AB_AT_EMPTY_PATH = 0x1000;
 const unsigned int AB_MOVE_MOUNT_F_EMPTY_PATH = 0x00000004;
+const unsigned int AB_MOVE_MOUNT_T_EMPTY_PATH = 0x00000040;
 const uint64_t AB_MOUNT_ATTR_RDONLY = 0x00000001;
 const uint64_t AB_MOUNT_ATTR_NOSUID = 0x00000002;
 const uint64_t AB_MOUNT_ATTR_NODEV = 0x00000004;
@@ -283,6 +284,14 @@ done:
 
 int ab_open_tree(int dfd, const char *path, unsigned int flags) {
     return (int)syscall(SYS_open_tree, dfd, path, flags);
+}
+
+int ab_open_path_nofollow(int dfd, const char *path) {
+    struct { uint64_t flags, mode, resolve; } how = {O_PATH | O_CLOEXEC, 0, 0x04 /* RESOLVE_NO_SYMLINKS */ | 0x02 /* NO_MAGICLINKS */};
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+    return (int)syscall(SYS_openat2, dfd, path, &how, sizeof how);
 }
 
 int ab_move_mount(int from_dfd, const char *from_path, int to_dfd, const char *to_path, unsigned int flags) {

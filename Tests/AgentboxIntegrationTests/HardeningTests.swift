@@ -424,3 +424,39 @@ extension ModelBoundTests {
         #expect(logs.contains("\"kind\":\"journal_disk\"") && logs.contains("\"type\":\"run.ended\""), "\(logs.suffix(600))")
     }
 }
+
+extension OwnFilesTests {
+    /// Another sandbox of the same user swaps folders of a shared workspace while this one is built:
+    /// every bind and cover lands on what the supervisor checked, or the setup fails.
+    @Test func swappingFoldersWhileASandboxIsBuiltNeverExposesAgentboxsFiles() throws {
+        let home = TestEnv.workspace()
+        try FileManager.default.createDirectory(atPath: home + "/proj", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: home + "/projlink", withDestinationPath: ".")
+        let env = ["HOME": home, "AGENTBOX_HOME": home + "/.local/state/agentbox"]
+        let swapper = """
+            import ctypes, time
+            libc = ctypes.CDLL(None, use_errno=True)
+            end = time.time() + float(12)
+            open("swapping", "w").close()
+            while time.time() < end:
+                libc.syscall(316, -100, b"proj", -100, b"projlink", 2)  # renameat2(RENAME_EXCHANGE)
+            """
+        let a = Process()
+        a.executableURL = URL(fileURLWithPath: TestEnv.agentbox)
+        a.arguments = ["exec", "--", "/usr/bin/python3", "-c", swapper]
+        a.currentDirectoryURL = URL(fileURLWithPath: home)
+        a.environment = env.merging(["PATH": "/usr/bin:/bin"]) { $1 }
+        a.standardOutput = FileHandle.nullDevice
+        a.standardError = FileHandle.nullDevice
+        try a.run()
+        defer { a.terminate(); a.waitUntilExit() }
+        #expect(eventually(10) { FileManager.default.fileExists(atPath: home + "/swapping") })
+        // Relative to the workspace: the swap would make it the whole home.
+        let plant = "mkdir -p .config/agentbox/profiles && touch .config/agentbox/profiles/PLANTED"
+        for _ in 0..<25 {
+            _ = run([TestEnv.agentbox, "exec", "--workspace", home + "/proj", "--", "/bin/sh", "-c", plant], cwd: "/", env: env)
+        }
+        #expect(!FileManager.default.fileExists(atPath: home + "/.config/agentbox/profiles/PLANTED"),
+                "a sandbox built during the swaps reached agentbox's configuration")
+    }
+}

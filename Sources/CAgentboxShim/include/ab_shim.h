@@ -66,12 +66,16 @@ int ab_move_mount(int from_dfd, const char *_Nonnull from_path, int to_dfd, cons
 int ab_mount_setattr(int dfd, const char *_Nonnull path, unsigned int flags, uint64_t attr_set, uint64_t attr_clr,
                      uint64_t propagation, int userns_fd);
 int ab_pivot_root(const char *_Nonnull new_root, const char *_Nonnull put_old);
+/// openat2(dfd, path, O_PATH | O_CLOEXEC, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS): the object at
+/// exactly this path, with no symlink anywhere on the way (ELOOP otherwise; ENOSYS before Linux 5.6).
+int ab_open_path_nofollow(int dfd, const char *_Nonnull path);
 
 extern const unsigned int AB_OPEN_TREE_CLONE;
 extern const unsigned int AB_OPEN_TREE_CLOEXEC;
 extern const unsigned int AB_AT_RECURSIVE;
 extern const unsigned int AB_AT_EMPTY_PATH;
 extern const unsigned int AB_MOVE_MOUNT_F_EMPTY_PATH;
+extern const unsigned int AB_MOVE_MOUNT_T_EMPTY_PATH;
 extern const uint64_t AB_MOUNT_ATTR_RDONLY;
 extern const uint64_t AB_MOUNT_ATTR_NOSUID;
 extern const uint64_t AB_MOUNT_ATTR_NODEV;
