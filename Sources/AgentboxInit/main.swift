@@ -181,9 +181,17 @@ func buildFilesystem(_ spec: SetupSpec) throws(SetupFailure) {
         defer { close(tree) }
         let readOnly = m.kind == .bindRO || m.kind == .hideFile
         let attrs = AB_MOUNT_ATTR_NOSUID | AB_MOUNT_ATTR_NODEV | (readOnly ? AB_MOUNT_ATTR_RDONLY : 0)
-        try check(ab_mount_setattr(tree, "", AB_AT_EMPTY_PATH | AB_AT_RECURSIVE, attrs, 0, 0, -1),
-                  "make \(m.target) \(readOnly ? "read-only" : "nosuid,nodev")")
+        let what = "make \(m.target) \(readOnly ? "read-only" : "nosuid,nodev")"
+        let setattr = ab_mount_setattr(tree, "", AB_AT_EMPTY_PATH | AB_AT_RECURSIVE, attrs, 0, 0, -1)
+        if setattr < 0 && errno != ENOSYS { try check(setattr, what) }
         try check(ab_move_mount(tree, "", tgt, "", AB_MOVE_MOUNT_F_EMPTY_PATH | AB_MOVE_MOUNT_T_EMPTY_PATH), "attach \(m.target)")
+        if setattr < 0 {
+            // Before Linux 5.12: remount the attached mount through its descriptor (not recursive).
+            let path = root + "/proc/self/fd/\(tree)"
+            var st = statvfs()
+            let locked = statvfs(path, &st) == 0 ? UInt(st.f_flag) & UInt(MS_NOEXEC | MS_NOSUID | MS_NODEV | MS_RDONLY) : 0
+            try check(mount("", path, nil, UInt(MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | (readOnly ? MS_RDONLY : 0)) | locked, nil), what)
+        }
     }
     // The idmapped mount fds (4, 5, ...) are attached now; nothing else is open above the channel but
     // the signalfd, which must stay.

@@ -185,6 +185,30 @@ final class OutputGatherer {
         self.dir = dir
     }
 
+    /// The longest prefix of `bytes` whose journal encoding fits `budget`, and that encoding's size: JSON
+    /// escaping when the bytes are UTF-8 (controls cost 6 or 2, quotes and backslashes 2, C1 controls
+    /// counted as 6 by their two bytes, conservatively), else base64 (4 per 3).
+    static func fit(_ bytes: [UInt8], budget: UInt64) -> (count: Int, cost: UInt64) {
+        let utf8 = bytes.withUnsafeBufferPointer { JSON.isValidUTF8($0) }
+        if !utf8 {
+            let n = min(bytes.count, Int(min(budget, UInt64(Int.max / 4)) / 4 * 3))
+            return (n, UInt64((n + 2) / 3 * 4))
+        }
+        var cost: UInt64 = 0
+        for (i, b) in bytes.enumerated() {
+            let c: UInt64
+            switch b {
+            case 0x0A, 0x0D, 0x09, 0x22, 0x5C: c = 2
+            case 0..<0x20: c = 6
+            case 0x80...0x9F, 0xC2: c = 3
+            default: c = 1
+            }
+            if cost + c > budget { return (i, cost) }
+            cost += c
+        }
+        return (bytes.count, cost)
+    }
+
     /// The part of `bytes` that may be stored (all, a prefix, or nothing), deciding when to stop.
     func admit(_ stream: String, _ bytes: [UInt8]) throws(AgentboxError) -> ArraySlice<UInt8> {
         if dropReason == nil {
@@ -192,16 +216,15 @@ final class OutputGatherer {
             // what the writer holds but has not written yet.
             if !dir.isEmpty && DiskFloor.reached(dir, adding: UInt64(bytes.count * 6 + writer.pendingBytes + 4096)) {
                 dropReason = .disk
-            } else if stored + UInt64(bytes.count) > cap {
+            } else {
+                // The cap counts what the journal stores: escaped text (a NUL byte is six), or base64.
+                let (keep, cost) = OutputGatherer.fit(bytes, budget: cap - stored)
+                stored += cost
+                if keep == bytes.count { return bytes[...] }
                 dropReason = .cap
-                let keep = Int(cap - stored)
-                stored = cap
                 dropped[stream, default: 0] += UInt64(bytes.count - keep)
                 try onFirstDrop?(.cap)
                 return bytes[..<keep]
-            } else {
-                stored += UInt64(bytes.count)
-                return bytes[...]
             }
             try onFirstDrop?(.disk)
         }
