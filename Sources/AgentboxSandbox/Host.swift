@@ -134,7 +134,7 @@ public struct HostReport: Sendable {
                 ? "setuid/setgid bits refused on every write path (seccomp file-mode guard in every profile); writable binds nosuid,nodev"
                 : (sandboxWorks ? "a sandbox could make a setuid file on the host: do not run untrusted code here" : "not checked: no sandbox could be built")),
             ("limits", cgroupWritable, cgroupWritable ? "memory, pids, cpu enforced by \(cgroupMode.rawValue) cgroups" : "no cgroup: pids via RLIMIT_NPROC, memory via per-process RLIMIT_AS, cpus not enforced (--strict-limits fails instead)"),
-            ("never host root", true, rootless ? "sandbox user is you (uid \(uid))" : (idmappedMounts ? "sandbox maps to host uid \(Sandbox.rootMappedID); workspace idmapped to its owner" : "sandbox maps to host uid \(Sandbox.rootMappedID); idmapped mounts unavailable: workspace files would be owned by that uid")),
+            ("never host root", true, rootless ? "sandbox user is you (uid \(uid))" : (idmappedMounts ? "each sandbox maps to its own host uid in \(Sandbox.rootMappedIDs.lowerBound)-\(Sandbox.rootMappedIDs.upperBound - 1); workspace idmapped to its owner" : "each sandbox maps to its own host uid in \(Sandbox.rootMappedIDs.lowerBound)-\(Sandbox.rootMappedIDs.upperBound - 1); idmapped mounts unavailable: workspace files would be owned by that uid")),
         ]
     }
 

@@ -40,8 +40,11 @@ public struct SandboxWarning: Sendable {
 /// One sandbox: resolve identity and limits, build it, run one command, tear it down.
 /// The supervisor side never runs Swift between clone() and execve(): see ab_spawn.
 public final class Sandbox {
-    /// The unprivileged host uid/gid that uid 0 of a sandbox maps to when agentbox runs as root.
-    public static let rootMappedID: UInt32 = 2_147_400_000
+    /// The unprivileged host uids/gids that uid 0 of a sandbox maps to when agentbox runs as root: one
+    /// picked at random per sandbox (it also owns the sandbox's user namespace), so that what the host
+    /// counts per user (epoll watches, pipe buffers, inotify instances, pending signals) is counted per
+    /// sandbox, not for all root-run sandboxes together, nor for root.
+    public static let rootMappedIDs: Range<UInt32> = 2_147_400_000 ..< 2_147_400_000 + 65_536
 
     /// Seconds between a forwarded SIGTERM/SIGINT and SIGKILL of the whole sandbox.
     public static let gracePeriod = 10.0
@@ -123,7 +126,9 @@ public final class Sandbox {
 
     func identity() -> Identity {
         if geteuid() == 0 {
-            let h = Sandbox.rootMappedID
+            var random: UInt32 = 0
+            _ = withUnsafeMutableBytes(of: &random) { ab_getrandom($0.baseAddress!, 4) }
+            let h = Sandbox.rootMappedIDs.lowerBound + random % UInt32(Sandbox.rootMappedIDs.count)
             return Identity(uid: 0, gid: 0, uidMap: "0 \(h) 1\n", gidMap: "0 \(h) 1\n", denySetgroups: false,
                             keepCaps: false, hostUID: h, hostGID: h)
         }
@@ -347,7 +352,7 @@ public final class Sandbox {
                                                  sync_fd: sync[0], keep_caps: ident.keepCaps ? 1 : 0,
                                                  cgroup_fd: cgroup?.cloneFd ?? -1, uid: ident.uid, gid: ident.gid,
                                                  drop_groups: ident.denySetgroups ? 0 : 1, stdout_fd: devNull >= 0 ? devNull : outPipe[1],
-                                                 stderr_fd: errPipe[1])
+                                                 stderr_fd: errPipe[1], owner_uid: geteuid() == 0 ? ident.hostUID : uid_t.max)
                         return ab_spawn(&args, &pidfd)
                     }
                 }

@@ -15,6 +15,7 @@
 #include <spawn.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
@@ -28,6 +29,7 @@
 #include <sys/wait.h>
 #include <sys/eventfd.h>
 #include <grp.h>
+#include <linux/securebits.h>
 #include <unistd.h>
 
 #ifndef CLONE_PIDFD
@@ -176,6 +178,8 @@ static void child_fail(const char *what) {
 
 static void child_main(const struct ab_spawn_args *a) {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) child_fail("prctl(PR_SET_PDEATHSIG)");
+    // The securebit that kept the parent thread's capabilities across its euid change is not the sandbox's.
+    if (a->owner_uid != (uid_t)-1 && prctl(PR_SET_SECUREBITS, 0, 0, 0, 0) < 0) child_fail("prctl(PR_SET_SECUREBITS)");
     // Wait for the parent: it writes the uid/gid maps and places us in the cgroup first.
     char go = 0;
     ssize_t r;
@@ -224,15 +228,39 @@ pid_t ab_spawn(const struct ab_spawn_args *a, int *pidfd_out) {
         ca.flags |= CLONE_INTO_CGROUP;
         ca.cgroup = (uint64_t)a->cgroup_fd;
     }
+    // The new user namespace belongs to the effective uid of the thread that creates it. Root changes it
+    // for this thread only (raw syscall: glibc would change every thread), keeping its capabilities
+    // (SECBIT_NO_SETUID_FIXUP) for CLONE_INTO_CGROUP; both are restored right after the clone.
+    int owner = a->owner_uid != (uid_t)-1 && geteuid() == 0;
+    int bits = 0, dumpable = 1;
+    if (owner) {
+        bits = prctl(PR_GET_SECUREBITS, 0, 0, 0, 0);
+        dumpable = prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
+        if (bits < 0 || prctl(PR_SET_SECUREBITS, bits | SECBIT_NO_SETUID_FIXUP, 0, 0, 0) < 0) return -1;
+        if (syscall(SYS_setresuid, -1, a->owner_uid, -1) < 0) {
+            int e = errno;
+            prctl(PR_SET_SECUREBITS, bits, 0, 0, 0);
+            errno = e;
+            return -1;
+        }
+    }
     long pid = syscall(SYS_clone3, &ca, sizeof ca);
     if (pid < 0 && errno == ENOSYS && a->cgroup_fd < 0) {
         pid = syscall(SYS_clone, (unsigned long)a->clone_flags | CLONE_PIDFD | SIGCHLD, NULL, &pidfd, NULL, 0);
     }
-    if (pid < 0) return -1;
     if (pid == 0) {
         child_main(a);
         _exit(125);
     }
+    if (owner) {
+        int e = errno;
+        // Back to root; a failure here would leave this thread unprivileged: stop rather than go on.
+        if (syscall(SYS_setresuid, -1, 0, -1) < 0) abort();
+        prctl(PR_SET_SECUREBITS, bits, 0, 0, 0);
+        prctl(PR_SET_DUMPABLE, dumpable, 0, 0, 0);  // an euid change made the process non-dumpable
+        errno = e;
+    }
+    if (pid < 0) return -1;
     *pidfd_out = pidfd;
     return (pid_t)pid;
 }

@@ -48,6 +48,11 @@ struct ab_spawn_args {
     /// When >= 0, placed on fd 1 / fd 2 of the child (journaled runs capture output); -1 inherits.
     int stdout_fd;
     int stderr_fd;
+    /// When not (uid_t)-1 and the caller is root: the user namespace is created with this effective uid
+    /// (changed for the calling thread only, capabilities kept), so that what the host counts per user
+    /// for the sandbox (inotify instances, pending signals, message queues...) is charged to this uid
+    /// and not to root.
+    uid_t owner_uid;
 };
 
 /// Clones a child into new namespaces (clone3, falling back to clone). Returns the child's pid and
