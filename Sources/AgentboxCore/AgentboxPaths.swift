@@ -7,29 +7,47 @@ import Musl
 /// Where agentbox keeps what it trusts: its state (journals, locks, the confession feed), its
 /// configuration (profiles, prices) and its cache (compiled seccomp programs). None of it may be
 /// writable from inside a sandbox (docs/security.md, "agentbox's own files").
+///
+/// Every path here is absolute: the one value is both what agentbox uses and what it protects (a relative
+/// `AGENTBOX_HOME` is taken from the current directory; relative `XDG_*` values are ignored, as the XDG
+/// base directory spec says; a relative `HOME` is not a home).
 public enum AgentboxPaths {
     /// `AGENTBOX_HOME`, else `$XDG_STATE_HOME/agentbox`, else `~/.local/state/agentbox` (root: `/var/lib/agentbox`).
     public static func home() -> String {
-        if let h = env("AGENTBOX_HOME") { return h }
+        if let h = file("AGENTBOX_HOME") { return h }
         if geteuid() == 0 { return "/var/lib/agentbox" }
-        if let x = env("XDG_STATE_HOME") { return x + "/agentbox" }
-        if let h = env("HOME") { return h + "/.local/state/agentbox" }
+        if let x = dir("XDG_STATE_HOME") { return x + "/agentbox" }
+        if let h = dir("HOME") { return h + "/.local/state/agentbox" }
         return "/tmp/agentbox-\(getuid())"
     }
 
     /// `$XDG_CONFIG_HOME/agentbox`, else `~/.config/agentbox` (profiles, prices.json).
     public static func configDir() -> String? {
-        if let x = env("XDG_CONFIG_HOME") { return x + "/agentbox" }
-        if let h = env("HOME") { return h + "/.config/agentbox" }
+        if let x = dir("XDG_CONFIG_HOME") { return x + "/agentbox" }
+        if let h = dir("HOME") { return h + "/.config/agentbox" }
         return nil
     }
 
     /// `/var/cache/agentbox` for root, else `$XDG_CACHE_HOME/agentbox`, else `~/.cache/agentbox`.
     public static func cacheDir() -> String? {
         if geteuid() == 0 { return "/var/cache/agentbox" }
-        if let x = env("XDG_CACHE_HOME") { return x + "/agentbox" }
-        if let h = env("HOME") { return h + "/.cache/agentbox" }
+        if let x = dir("XDG_CACHE_HOME") { return x + "/agentbox" }
+        if let h = dir("HOME") { return h + "/.cache/agentbox" }
         return nil
+    }
+
+    /// A file or folder named by an environment variable (`AGENTBOX_PRICES`, `AGENTBOX_CA_BUNDLE`,
+    /// `AGENTBOX_INIT`...), made absolute from the current directory.
+    public static func file(_ name: String) -> String? {
+        guard let v = env(name) else { return nil }
+        if v.hasPrefix("/") { return v }
+        let cwd = getcwd(nil, 0).map { p in defer { free(p) }; return String(cString: p) } ?? "/"
+        return (cwd == "/" ? "" : cwd) + "/" + v
+    }
+
+    /// A base folder from the environment: absolute, or ignored.
+    static func dir(_ name: String) -> String? {
+        env(name).flatMap { $0.hasPrefix("/") ? $0 : nil }
     }
 
     /// A non-empty environment variable.

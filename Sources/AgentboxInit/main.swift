@@ -70,6 +70,57 @@ func openNoSymlinks(_ path: String) -> Int32 {
     return fd < 0 && errno == ENOSYS ? open(path, AB_O_PATH | O_CLOEXEC) : fd
 }
 
+/// Opens the mount point `path` under `root` one component at a time, with no symlink on the way.
+/// What is missing is created there (a folder, or an empty file for a file bind), but only in the
+/// sandbox's own filesystems (`ours`): a missing component inside a host bind means the host changed
+/// under us (the supervisor saw it exist), and creating it would write where a swap points.
+func mountPoint(root: String, _ path: String, file: Bool, ours: Set<UInt64>) throws(SetupFailure) -> Int32 {
+    var fd = openNoSymlinks(root)
+    try check(fd, "open the new root")
+    let parts = path.split(separator: "/")
+    for (i, part) in parts.enumerated() {
+        let name = String(part)
+        var next = openComponent(fd, name)
+        if next < 0 && errno == ENOENT {
+            let parentDevice = identity(fd).device
+            guard ours.contains(parentDevice) else {
+                close(fd)
+                throw SetupFailure(stage: "mount \(path)", code: ENOENT, detail: "it vanished while the sandbox was being built (renamed?); try again")
+            }
+            let last = i == parts.count - 1
+            let rc: Int32
+            if last && file {
+                let created = openat(fd, name, O_RDONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+                rc = created
+                if created >= 0 { close(created) }
+            } else {
+                rc = mkdirat(fd, name, 0o755)
+            }
+            if rc < 0 && errno != EEXIST { let e = errno; close(fd); throw SetupFailure(stage: "create \(path)", code: e, detail: "") }
+            next = openComponent(fd, name)
+        }
+        let e = errno
+        close(fd)
+        if next < 0 { throw SetupFailure(stage: "open the mount point \(path)", code: e, detail: e == ELOOP ? "a symlink on the way" : "") }
+        fd = next
+    }
+    return fd
+}
+
+/// One path component under `dir`, not a symlink (before Linux 5.6: O_NOFOLLOW, then checked).
+func openComponent(_ dir: Int32, _ name: String) -> Int32 {
+    let fd = ab_open_path_nofollow(dir, name)
+    guard fd < 0 && errno == ENOSYS else { return fd }
+    let plain = openat(dir, name, AB_O_PATH | O_NOFOLLOW | O_CLOEXEC)
+    var st = stat()
+    if plain >= 0 && fstat(plain, &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK {
+        close(plain)
+        errno = ELOOP
+        return -1
+    }
+    return plain
+}
+
 func identity(_ fd: Int32) -> FileIdentity {
     var st = stat()
     guard fstat(fd, &st) == 0 else { return FileIdentity(device: 0, inode: 0) }
@@ -139,12 +190,8 @@ func buildFilesystem(_ spec: SetupSpec) throws(SetupFailure) {
             continue
         }
         // The target: in one of the sandbox's own filesystems (created here), or the host's object.
-        var tgt = openNoSymlinks(target)
-        if tgt < 0 && errno == ENOENT {
-            if m.kind == .hideFile || ((m.kind == .bindRO || m.kind == .bindRW) && !m.directory) { try touch(target) } else { try mkdirs(target) }
-            tgt = openNoSymlinks(target)
-        }
-        try check(tgt, "open the mount point \(m.target)")
+        let file = m.kind == .hideFile || ((m.kind == .bindRO || m.kind == .bindRW) && !m.directory)
+        let tgt = try mountPoint(root: root, m.target, file: file, ours: ours)
         defer { close(tgt) }
         let found = identity(tgt)
         if !ours.contains(found.device) && expected.device != 0 && found != expected {

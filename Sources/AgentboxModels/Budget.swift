@@ -40,7 +40,7 @@ public struct PriceTable: Sendable {
 
     /// `$AGENTBOX_PRICES`, else `$XDG_CONFIG_HOME/agentbox/prices.json` (`~/.config/...`), when it exists.
     public static func defaultFile() -> String? {
-        if let p = getenv("AGENTBOX_PRICES"), p.pointee != 0 { return String(cString: p) }
+        if let p = AgentboxPaths.file("AGENTBOX_PRICES") { return p }
         guard let config = AgentboxPaths.configDir() else { return nil }
         let path = config + "/prices.json"
         return FileIO.exists(path) ? path : nil

@@ -19,7 +19,7 @@ public enum HTTPClient {
             var t = Timeouts()
             if let v = getenv("AGENTBOX_MODEL_IDLE_TIMEOUT").flatMap({ Double(String(cString: $0)) }), v > 0 { t.idle = v }
             if let v = getenv("AGENTBOX_MODEL_CONNECT_TIMEOUT").flatMap({ Double(String(cString: $0)) }), v > 0 { t.connect = v }
-            if let v = getenv("AGENTBOX_CA_BUNDLE"), v.pointee != 0 { t.caBundle = String(cString: v) }
+            if let v = AgentboxPaths.file("AGENTBOX_CA_BUNDLE") { t.caBundle = v }
             return t
         }
     }

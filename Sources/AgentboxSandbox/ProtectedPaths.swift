@@ -17,8 +17,12 @@ public enum ProtectedPaths {
         state(AgentboxPaths.home(), "agentbox's state (AGENTBOX_HOME: journals, locks, confessions)")
         state(AgentboxPaths.configDir(), "agentbox's configuration (profiles, prices)")
         state(AgentboxPaths.cacheDir(), "agentbox's cache")
-        if let prices = AgentboxPaths.env("AGENTBOX_PRICES"), prices.hasPrefix("/") {
+        if let prices = AgentboxPaths.file("AGENTBOX_PRICES") {
             out.append(ProtectedPath(prices, "the prices file (AGENTBOX_PRICES)", .hidden))
+        }
+        // The CAs the gateway trusts for the model's HTTPS (libcurl reads the file at each connection).
+        if let ca = AgentboxPaths.file("AGENTBOX_CA_BUNDLE") {
+            out.append(ProtectedPath(ca, "the CA bundle the model gateway trusts (AGENTBOX_CA_BUNDLE)", .readOnly))
         }
         for dir in ProfileStore.searchCandidates() where dir.hasPrefix("/") {
             out.append(ProtectedPath(dir, "a profile folder", .readOnly))

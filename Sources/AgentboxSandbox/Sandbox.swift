@@ -102,7 +102,7 @@ public final class Sandbox {
 
     /// Finds agentbox-init: $AGENTBOX_INIT, next to this executable, or in ../libexec/agentbox/.
     public static func locateInit() throws(AgentboxError) -> String {
-        if let env = getenv("AGENTBOX_INIT") { return String(cString: env) }
+        if let path = AgentboxPaths.file("AGENTBOX_INIT") { return path }
         guard let exe = ProfileStore.executablePath() else { throw AgentboxError(stage: "locate agentbox-init", "cannot read /proc/self/exe") }
         let dir = String(exe[..<exe.lastIndex(of: "/")!])
         for candidate in [dir + "/agentbox-init", dir + "/../libexec/agentbox/agentbox-init"] where access(candidate, X_OK) == 0 {
@@ -139,44 +139,46 @@ public final class Sandbox {
 
     /// For root: each writable bind becomes a detached mount idmapped so that the sandbox's host uid
     /// reads and writes as the directory's owner (files created there belong to that owner).
-    func idmappedMounts(_ id: Identity) throws(AgentboxError) -> [Int32] {
+    func idmappedMounts(_ id: Identity, identities: [FileIdentity]) throws(AgentboxError) -> [Int32] {
         guard geteuid() == 0 else { return [] }
         var fds: [Int32] = []
         var helpers: [String: Int32] = [:]
         defer { for fd in helpers.values { close(fd) } }
-        for m in policy.mounts where m.kind == .bindRW {
+        func fail(_ error: AgentboxError) -> AgentboxError {
+            for fd in fds { close(fd) }
+            return error
+        }
+        for (i, m) in policy.mounts.enumerated() where m.kind == .bindRW {
+            // One descriptor, opened without following symlinks, for the owner, the identity check and
+            // the clone: the folder checked is the folder bound.
+            let source: Int32
+            do { source = try Sandbox.openNoSymlinks(m.source) } catch { throw fail(error) }
+            defer { close(source) }
             var st = stat()
-            guard stat(m.source, &st) == 0 else {
-                throw AgentboxError(stage: "idmap \(m.source)", FileIO.errnoString())
+            guard fstat(source, &st) == 0 else { throw fail(AgentboxError(stage: "idmap \(m.source)", FileIO.errnoString())) }
+            if i < identities.count, identities[i] != FileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino)) {
+                throw fail(AgentboxError(stage: "idmap \(m.source)", "it changed while the sandbox was being built (renamed?)", hint: "try again"))
             }
             let key = "\(st.st_uid):\(st.st_gid)"
             var userns = helpers[key] ?? -1
             if userns < 0 {
                 userns = ab_make_userns_fd("\(st.st_uid) \(id.hostUID) 1", "\(st.st_gid) \(id.hostGID) 1")
                 guard userns >= 0 else {
-                    throw AgentboxError(stage: "idmap \(m.source)", "creating the mapping namespace failed: \(FileIO.errnoString())")
+                    throw fail(AgentboxError(stage: "idmap \(m.source)", "creating the mapping namespace failed: \(FileIO.errnoString())"))
                 }
                 helpers[key] = userns
             }
-            // Opened without following symlinks: the folder checked is the folder bound.
-            let source: Int32
-            do { source = try Sandbox.openNoSymlinks(m.source) } catch {
-                for fd in fds { close(fd) }
-                throw error
-            }
             let tree = ab_open_tree(source, "", AB_OPEN_TREE_CLONE | AB_OPEN_TREE_CLOEXEC | AB_AT_RECURSIVE | AB_AT_EMPTY_PATH)
-            close(source)
             guard tree >= 0 else {
-                throw AgentboxError(stage: "idmap \(m.source)", "open_tree: \(FileIO.errnoString())",
-                                    hint: "idmapped mounts need Linux 5.12+; `agentbox doctor` checks this host")
+                throw fail(AgentboxError(stage: "idmap \(m.source)", "open_tree: \(FileIO.errnoString())",
+                                         hint: "idmapped mounts need Linux 5.12+; `agentbox doctor` checks this host"))
             }
             if ab_mount_setattr(tree, "", AB_AT_EMPTY_PATH | AB_AT_RECURSIVE,
                                 AB_MOUNT_ATTR_IDMAP | AB_MOUNT_ATTR_NOSUID | AB_MOUNT_ATTR_NODEV, 0, 0, userns) < 0 {
                 let err = errno
                 close(tree)
-                for fd in fds { close(fd) }
-                throw AgentboxError(stage: "idmap \(m.source)", "mount_setattr(MOUNT_ATTR_IDMAP): \(FileIO.errnoString(err))",
-                                    hint: "the filesystem of \(m.source) may not support idmapped mounts; run agentbox as the directory's owner instead of root")
+                throw fail(AgentboxError(stage: "idmap \(m.source)", "mount_setattr(MOUNT_ATTR_IDMAP): \(FileIO.errnoString(err))",
+                                         hint: "the filesystem of \(m.source) may not support idmapped mounts; run agentbox as the directory's owner instead of root"))
             }
             fds.append(tree)
         }
@@ -284,7 +286,7 @@ public final class Sandbox {
         cgroupHandle = cgroup
         defer { cgroup?.destroy(); cgroupHandle = nil }
 
-        let mountFds = try idmappedMounts(ident)
+        let mountFds = try idmappedMounts(ident, identities: spec.mountIdentities)
         var fdIndex: Int32 = 0
         spec.mountFds = policy.mounts.map { m in
             guard m.kind == .bindRW, geteuid() == 0 else { return -1 }

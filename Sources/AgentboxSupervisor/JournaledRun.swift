@@ -166,6 +166,8 @@ extension JournaledRun {
 /// records, and the host needs its disk). Past either, output is still passed through, and counted.
 final class OutputGatherer {
     static let recordBytes = 256 << 10
+    /// What an output record takes besides its text: `{"v":1,"seq":...,"crc":"..."}` and the stream name.
+    static let recordOverhead: UInt64 = 160
     let writer: JournalWriter
     let cap: UInt64
     let dir: String
@@ -200,7 +202,8 @@ final class OutputGatherer {
             switch b {
             case 0x0A, 0x0D, 0x09, 0x22, 0x5C: c = 2
             case 0..<0x20: c = 6
-            case 0x80...0x9F, 0xC2: c = 3
+            case 0x80...0x9F, 0xC2: c = 3  // C1 controls: \u0085 for two bytes
+            case 0xE2: c = 4  // U+2028/U+2029: \u2028 for three bytes
             default: c = 1
             }
             if cost + c > budget { return (i, cost) }
@@ -217,9 +220,12 @@ final class OutputGatherer {
             if !dir.isEmpty && DiskFloor.reached(dir, adding: UInt64(bytes.count * 6 + writer.pendingBytes + 4096)) {
                 dropReason = .disk
             } else {
-                // The cap counts what the journal stores: escaped text (a NUL byte is six), or base64.
-                let (keep, cost) = OutputGatherer.fit(bytes, budget: cap - stored)
-                stored += cost
+                // The cap counts what the journal stores: escaped text (a NUL byte is six), or base64,
+                // and each record's own fields (a command alternating one-byte writes to stdout and
+                // stderr makes one record per byte).
+                let overhead = OutputGatherer.recordOverhead
+                let (keep, cost) = OutputGatherer.fit(bytes, budget: cap - stored > overhead ? cap - stored - overhead : 0)
+                stored = min(cap, stored + cost + overhead)
                 if keep == bytes.count { return bytes[...] }
                 dropReason = .cap
                 dropped[stream, default: 0] += UInt64(bytes.count - keep)

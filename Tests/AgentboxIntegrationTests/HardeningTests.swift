@@ -478,3 +478,24 @@ extension JournalBoundTests {
         #expect((Int(size) ?? .max) < (1 << 20) + 64 * 1024, "journal of \(size) bytes for a 1M cap")
     }
 }
+
+extension OwnFilesTests {
+    @Test func relativeSettingsNameTheSamePathsThatAreProtected() throws {
+        let ws = TestEnv.workspace()
+        try "{}".write(toFile: ws + "/prices.json", atomically: true, encoding: .utf8)
+        try "not a CA".write(toFile: ws + "/ca.pem", atomically: true, encoding: .utf8)
+        let env = ["AGENTBOX_HOME": ".abhome", "AGENTBOX_PRICES": "prices.json", "AGENTBOX_CA_BUNDLE": "ca.pem", "XDG_CACHE_HOME": ".xc"]
+        let first = run([TestEnv.agentbox, "exec", "--name", "first", "--", "/bin/true"], cwd: ws, env: env)
+        #expect(first.code == 0, "\(first)")
+        let r = run([TestEnv.agentbox, "exec", "--", "/bin/sh", "-c", """
+            for f in .abhome/runs/*/journal.jsonl .abhome/confessions.jsonl prices.json ca.pem; do echo forged >> "$f"; done; \
+            mkdir -p .xc/agentbox && echo forged > .xc/agentbox/x; echo done
+            """], cwd: ws, env: env)
+        #expect(r.code == 0 && r.out == "done\n", "\(r)")
+        #expect(r.err.contains("hiding \(ws)/.abhome"), "\(r.err)")
+        let verify = run([TestEnv.agentbox, "journal", "verify", "first"], cwd: ws, env: env)
+        #expect(verify.code == 0, "\(verify)")
+        #expect(try String(contentsOfFile: ws + "/prices.json", encoding: .utf8) == "{}")
+        #expect(try String(contentsOfFile: ws + "/ca.pem", encoding: .utf8) == "not a CA")
+    }
+}
