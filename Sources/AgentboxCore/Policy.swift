@@ -259,7 +259,7 @@ public enum PolicyResolver {
             var parent = "/"
             for component in normalize(p.path).split(separator: "/") {
                 let literal = (parent == "/" ? "" : parent) + "/" + component
-                if host.symlinkText(literal) != nil, let w = innermost(parent), w.writable {
+                if let w = innermost(parent), w.writable, host.symlinkText(literal) != nil {
                     throw AgentboxError(stage: "policy", "\(literal) is a symlink inside the writable bind \(w.target), on the way to \(p.what) (\(p.path)): a sandbox could replace it",
                                         hint: "use a workspace that does not contain \(literal), or point agentbox at a real folder (AGENTBOX_HOME, XDG_CONFIG_HOME, XDG_CACHE_HOME)")
                 }

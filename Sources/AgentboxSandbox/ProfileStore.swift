@@ -150,10 +150,22 @@ public enum SeccompCache {
         return try policy.compile()
     }
 
+    /// The guard's rules as text, for its cache key (built once; string interpolation of the rule
+    /// structs goes through reflection and cost milliseconds per sandbox).
+    static let guardSource: [UInt8] = {
+        let p = SeccompPolicy.fileModeGuard
+        var text = "file-mode guard: \(p.defaultAction)"
+        for r in p.rules {
+            text += "\n\(r.names.joined(separator: ",")) \(r.action) \(r.errnoRet ?? 0)"
+            for a in r.args { text += " \(a.index):\(a.op):\(a.value):\(a.valueTwo)" }
+        }
+        return Array(text.utf8)
+    }()
+
     /// The file-mode guard's program (SeccompPolicy.fileModeGuard).
     static func guardProgram() throws(AgentboxError) -> [UInt8] {
         let guardPolicy = SeccompPolicy.fileModeGuard
-        return try program(source: Array("file-mode guard \(guardPolicy.rules)".utf8)) { () throws(AgentboxError) -> [UInt8] in
+        return try program(source: SeccompCache.guardSource) { () throws(AgentboxError) -> [UInt8] in
             try guardPolicy.compile()
         }
     }
