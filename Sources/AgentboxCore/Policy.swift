@@ -203,6 +203,13 @@ public enum PolicyResolver {
             guard let c = host.canonical(path) else { continue }
             add(MountEntry(host.isDirectory(c) ? .hideDir : .hideFile, source: "", target: c))
         }
+        // A bind inside a hidden folder has nowhere to go (the cover is an empty read-only tmpfs).
+        for m in mounts where m.kind == .bindRO || m.kind == .bindRW {
+            if let h = mounts.first(where: { $0.kind == .hideDir && m.target != $0.target && isInside(m.target, $0.target) }) {
+                throw AgentboxError(stage: "policy", "\(m.target) is inside \(h.target), which is hidden: it cannot also be bound",
+                                    hint: "drop the --hide (or the profile's hide entry) or the bind inside it")
+            }
+        }
         let protections = try protect(protected, mounts: &mounts, host: host)
         // Parents before children: a bind inside another bind must be mounted after it.
         mounts = stableSorted(mounts) { depth($0.target) < depth($1.target) }

@@ -274,7 +274,11 @@ func applyLandlock(_ spec: SetupSpec) throws(SetupFailure) -> Int32 {
         let fd = open(path, AB_O_PATH | O_CLOEXEC)
         if fd < 0 { return }  // nothing there: nothing to allow
         defer { close(fd) }
-        try check(ab_landlock_add_path(ruleset, fd, rights & all), "landlock: rule for \(path)")
+        // A file (`--rw FILE`) takes only the rights of files: execute, write, read, truncate, ioctl.
+        var st = stat()
+        let fileRights: UInt64 = 1 << 0 | 1 << 1 | 1 << 2 | 1 << 14 | AB_LANDLOCK_ACCESS_FS_IOCTL_DEV
+        let mask = fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) != S_IFDIR ? all & fileRights : all
+        try check(ab_landlock_add_path(ruleset, fd, rights & mask), "landlock: rule for \(path)")
     }
     try allow("/", read)
     // Devices: read/write the nodes (null, tty, pts), no creation.

@@ -206,7 +206,13 @@ final class OutputGatherer {
             case 0xE2: c = 4  // U+2028/U+2029: \u2028 for three bytes
             default: c = 1
             }
-            if cost + c > budget { return (i, cost) }
+            if cost + c > budget {
+                // Stop at a character's start: half a character is not UTF-8 and would be stored as
+                // base64, a third larger than what was charged.
+                var start = i
+                while start > 0 && bytes[start] & 0xC0 == 0x80 { start -= 1 }
+                return start == i ? (i, cost) : fit(Array(bytes[..<start]), budget: budget)
+            }
             cost += c
         }
         return (bytes.count, cost)

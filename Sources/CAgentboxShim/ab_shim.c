@@ -257,7 +257,7 @@ pid_t ab_spawn(const struct ab_spawn_args *a, int *pidfd_out) {
         if (syscall(SYS_setresuid, -1, 0, -1) < 0) abort();
         prctl(PR_SET_SECUREBITS, bits, 0, 0, 0);
         // The euid change made the process non-dumpable; it stays so (restoring it measured 2.5 ms per
-        // sandbox here): a root supervisor needs no core dumps, and one holding an API key is better without.
+        // sandbox here): a root supervisor needs no core dumps.
         errno = e;
     }
     if (pid < 0) return -1;

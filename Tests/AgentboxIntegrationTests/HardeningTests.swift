@@ -499,3 +499,31 @@ extension OwnFilesTests {
         #expect(try String(contentsOfFile: ws + "/ca.pem", encoding: .utf8) == "not a CA")
     }
 }
+
+extension JournalBoundTests {
+    @Test func aCapThatFallsInsideACharacterStillHolds() throws {
+        let home = TestEnv.workspace()
+        let ws = TestEnv.workspace()
+        try #"import os; os.write(1, ("a" + "\u00e9" * 60000).encode())"#.write(toFile: ws + "/u.py", atomically: true, encoding: .utf8)
+        let r = shell("cd '\(ws)' && AGENTBOX_HOME='\(home)' '\(TestEnv.agentbox)' exec --name accents --journal-output 16K -- python3 u.py > /dev/null")
+        #expect(r.code == 0, "\(r)")
+        let stored = shell("AGENTBOX_HOME='\(home)' '\(TestEnv.agentbox)' logs accents --json | grep '\"type\":\"output\"' | wc -c").out
+        #expect((Int(stored.trimmingCharacters(in: .whitespacesAndNewlines)) ?? .max) <= 16 << 10, "\(stored) bytes of output records")
+    }
+}
+
+@Suite struct BindShapesTests {
+    @Test func aWritableFileBindWorksWithLandlock() throws {
+        let file = TestEnv.workspace() + "/notes.txt"
+        try "x\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let r = sh("echo y >> '\(file)' && cat '\(file)'", ["--rw", file])
+        #expect(r.code == 0 && r.out == "x\ny\n", "\(r)")
+    }
+
+    @Test func aBindInsideAHiddenFolderIsAClearError() throws {
+        let ws = TestEnv.workspace()
+        try FileManager.default.createDirectory(atPath: ws + "/d/in", withIntermediateDirectories: true)
+        let r = sh("true", ["--hide", "d", "--ro", "d/in"], in: ws)
+        #expect(r.code == 125 && r.err.contains("\(ws)/d/in is inside \(ws)/d, which is hidden"), "\(r)")
+    }
+}
