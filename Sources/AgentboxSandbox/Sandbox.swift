@@ -342,6 +342,14 @@ public final class Sandbox {
         let cArgv: [UnsafeMutablePointer<CChar>?] = [strdup("agentbox-init"), nil]
         let cEnv: [UnsafeMutablePointer<CChar>?] = policy.env.map { strdup("\($0.0)=\($0.1)") } + [nil]
         defer { for p in cArgv + cEnv { free(p) } }
+        // The init is executed through a descriptor opened here, by the supervisor: the sandbox user
+        // needs no search permission on the folders above it (a clone under /root, a 0700 folder).
+        let initFD = open(initPath, AB_O_PATH | O_CLOEXEC)
+        guard initFD >= 0 else {
+            throw AgentboxError(stage: "spawn", "cannot open agentbox-init at \(initPath): \(FileIO.errnoString())",
+                                hint: "reinstall with `make install`, or set AGENTBOX_INIT to its path")
+        }
+        defer { close(initFD) }
         let handover: [Int32] = [sp[1]] + mountFds
         var pidfd: Int32 = -1
         let flags = AB_CLONE_NEWUSER | AB_CLONE_NEWPID | AB_CLONE_NEWNS | AB_CLONE_NEWNET | AB_CLONE_NEWUTS | AB_CLONE_NEWIPC
@@ -354,7 +362,8 @@ public final class Sandbox {
                                                  sync_fd: sync[0], keep_caps: ident.keepCaps ? 1 : 0,
                                                  cgroup_fd: cgroup?.cloneFd ?? -1, uid: ident.uid, gid: ident.gid,
                                                  drop_groups: ident.denySetgroups ? 0 : 1, stdout_fd: devNull >= 0 ? devNull : outPipe[1],
-                                                 stderr_fd: errPipe[1], owner_uid: geteuid() == 0 ? ident.hostUID : uid_t.max)
+                                                 stderr_fd: errPipe[1], owner_uid: geteuid() == 0 ? ident.hostUID : uid_t.max,
+                                                 exec_fd: initFD)
                         return ab_spawn(&args, &pidfd)
                     }
                 }

@@ -157,20 +157,39 @@ int ab_cap_get(uint64_t *effective, uint64_t *permitted, uint64_t *inheritable) 
 
 // MARK: spawn
 
+/// The name and meaning of the errnos a spawn can meet (strerror is not async-signal-safe).
+static const char *errno_words(int e) {
+    switch (e) {
+    case EACCES: return "EACCES: permission denied";
+    case ENOENT: return "ENOENT: no such file";
+    case ENOEXEC: return "ENOEXEC: not an executable for this machine";
+    case EPERM: return "EPERM: operation not permitted";
+    case ENOMEM: return "ENOMEM: out of memory";
+    case EINVAL: return "EINVAL: invalid argument";
+    case ETXTBSY: return "ETXTBSY: the file is being written";
+    default: return 0;
+    }
+}
+
 static void child_fail(const char *what) {
-    // Async-signal-safe report: the stage and the errno number.
+    // Async-signal-safe report: the stage and the errno (name and words when known, else the number).
     int err = errno;
-    char buf[160];
+    char buf[512];
     size_t n = 0;
     const char *prefix = "agentbox: sandbox child: ";
     for (const char *p = prefix; *p && n < sizeof buf - 32; p++) buf[n++] = *p;
     for (const char *p = what; *p && n < sizeof buf - 32; p++) buf[n++] = *p;
-    const char *mid = " failed: errno ";
+    const char *words = errno_words(err);
+    const char *mid = words ? " failed: " : " failed: errno ";
     for (const char *p = mid; *p; p++) buf[n++] = *p;
-    char digits[12];
-    int d = 0;
-    do { digits[d++] = (char)('0' + err % 10); err /= 10; } while (err && d < 11);
-    while (d) buf[n++] = digits[--d];
+    if (words) {
+        for (const char *p = words; *p && n < sizeof buf - 2; p++) buf[n++] = *p;
+    } else {
+        char digits[12];
+        int d = 0;
+        do { digits[d++] = (char)('0' + err % 10); err /= 10; } while (err && d < 11);
+        while (d) buf[n++] = digits[--d];
+    }
     buf[n++] = '\n';
     (void)!write(2, buf, n);
     _exit(125);
@@ -178,6 +197,11 @@ static void child_fail(const char *what) {
 
 static void child_main(const struct ab_spawn_args *a) {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) child_fail("prctl(PR_SET_PDEATHSIG)");
+    // SIGPIPE is ignored by the supervisor (a closed stdout must not kill a run); not by the sandbox.
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    if (sigaction(SIGPIPE, &dfl, NULL) < 0) child_fail("sigaction(SIGPIPE)");
     // The securebit that kept the parent thread's capabilities across its euid change is not the sandbox's.
     if (a->owner_uid != (uid_t)-1 && prctl(PR_SET_SECUREBITS, 0, 0, 0, 0) < 0) child_fail("prctl(PR_SET_SECUREBITS)");
     // Wait for the parent: it writes the uid/gid maps and places us in the cgroup first.
@@ -199,22 +223,44 @@ static void child_main(const struct ab_spawn_args *a) {
     if (a->stdout_fd >= 0 && dup2(a->stdout_fd, 1) < 0) child_fail("dup2 stdout");
     if (a->stderr_fd >= 0 && dup2(a->stderr_fd, 2) < 0) child_fail("dup2 stderr");
     // Move the fds we hand over out of the way of their targets, then into place at 3, 4, ...
-    int high = 3 + a->nfds + 64;
+    int high = 3 + a->nfds + 64 + 1;
     int moved[64];
     if (a->nfds > 64) { errno = EINVAL; child_fail("fd handover"); }
     for (int i = 0; i < a->nfds; i++) {
         moved[i] = fcntl(a->fds[i], F_DUPFD_CLOEXEC, high);
         if (moved[i] < 0) child_fail("fcntl(F_DUPFD)");
     }
+    int exec_fd = -1;
+    if (a->exec_fd >= 0) {
+        exec_fd = fcntl(a->exec_fd, F_DUPFD_CLOEXEC, high + 64);
+        if (exec_fd < 0) child_fail("fcntl(F_DUPFD) of agentbox-init");
+    }
     for (int i = 0; i < a->nfds; i++) {
         if (dup2(moved[i], 3 + i) < 0) child_fail("dup2");
     }
-    if (syscall(SYS_close_range, 3 + a->nfds, ~0U, 0) < 0) {
-        for (int fd = 3 + a->nfds; fd < 65536; fd++) close(fd);
+    // Keep the init's descriptor just after the handed-over ones (close-on-exec: gone after the exec).
+    int keep = 3 + a->nfds;
+    if (exec_fd >= 0) {
+        if (dup3(exec_fd, keep, O_CLOEXEC) < 0) child_fail("dup3 of agentbox-init");
+        exec_fd = keep++;
+    }
+    if (syscall(SYS_close_range, keep, ~0U, 0) < 0) {
+        for (int fd = keep; fd < 65536; fd++) close(fd);
     }
     if (a->keep_caps && ab_keep_caps_across_exec() < 0) child_fail("keeping capabilities across exec");
-    execve(a->path, a->argv, a->envp);
-    child_fail("execve of agentbox-init");
+    if (exec_fd >= 0) {
+        syscall(SYS_execveat, exec_fd, "", a->argv, a->envp, AT_EMPTY_PATH);
+    } else {
+        execve(a->path, a->argv, a->envp);
+    }
+    // Name the file: "execve of /usr/local/libexec/agentbox/agentbox-init failed: EACCES: ...".
+    char what[320];
+    const char *prefix = "execve of ";
+    size_t n = 0;
+    for (const char *p = prefix; *p; p++) what[n++] = *p;
+    for (const char *p = a->path; *p && n < sizeof what - 1; p++) what[n++] = *p;
+    what[n] = 0;
+    child_fail(what);
 }
 
 pid_t ab_spawn(const struct ab_spawn_args *a, int *pidfd_out) {

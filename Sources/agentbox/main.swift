@@ -422,6 +422,9 @@ var unblock = sigset_t()
 sigemptyset(&unblock)
 for sig in [SIGINT, SIGTERM, SIGHUP, SIGQUIT] { sigaddset(&unblock, sig) }
 sigprocmask(SIG_UNBLOCK, &unblock, nil)
+// A reader that goes away (`agentbox run --json | head -1`) must not kill a run: writes to it fail with
+// EPIPE and are dropped, the journal keeps everything. (The sandbox gets SIGPIPE back: ab_spawn.)
+signal(SIGPIPE, SIG_IGN)
 
 // Usage errors exit 125 (docs/cli.md), not ArgumentParser's 64; help and --version exit 0.
 do {

@@ -527,3 +527,37 @@ extension JournalBoundTests {
         #expect(r.code == 125 && r.err.contains("\(ws)/d/in is inside \(ws)/d, which is hidden"), "\(r)")
     }
 }
+
+/// Issue 10, first part: runs survive their surroundings.
+@Suite struct SurroundingsTests {
+    @Test(.enabled(if: TestEnv.isRoot)) func theInitRunsFromUnderAPrivateFolder() throws {
+        // The build directory itself (a clone under /root or a mkdtemp folder is 0700), and a copy
+        // under a 0700 folder: the sandbox's uid cannot search either.
+        let parent = TestEnv.workspace()
+        chmod(parent, 0o700)
+        _ = shell("mkdir '\(parent)/ab' && cp -r '\(TestEnv.installDir)'/agentbox '\(TestEnv.installDir)'/agentbox-init '\(TestEnv.installDir)'/sandbox-profiles '\(parent)/ab/'")
+        for binary in [parent + "/ab/agentbox", TestEnv.repoRoot + "/.build/debug/agentbox"] {
+            let r = run([binary, "exec", "--", "/bin/sh", "-c", "echo inside"], cwd: TestEnv.workspace())
+            #expect(r.code == 0 && r.out == "inside\n", "\(binary): \(r)")
+        }
+    }
+
+    @Test func aReaderThatGoesAwayDoesNotStopARun() throws {
+        let home = TestEnv.workspace()
+        let ws = TestEnv.workspace()
+        let replay = ws + "/session.json"
+        try #"{"turns": [{"text": "done", "tool_calls": [{"name": "finish", "arguments": {"status": "success", "summary": "ok"}}]}]}"#
+            .write(toFile: replay, atomically: true, encoding: .utf8)
+        let r = run(["/bin/bash", "-c", "'\(TestEnv.agentbox)' run --name piped --model replay:\(replay) --task t --json | head -1 > /dev/null; echo ${PIPESTATUS[0]}"],
+                    cwd: ws, env: ["AGENTBOX_HOME": home])
+        #expect(r.out == "0\n", "the run's own exit code, not 141: \(r)")
+        let logs = run([TestEnv.agentbox, "logs", "piped", "--json"], env: ["AGENTBOX_HOME": home]).out
+        #expect(logs.contains("\"type\":\"run.ended\",\"data\":{\"state\":\"finished\""), "\(logs.suffix(400))")
+    }
+
+    @Test func theSandboxStillGetsSIGPIPE() {
+        // `yes | head -1` ends because yes dies of SIGPIPE: the supervisor ignores it, the sandbox must not.
+        let r = sh("yes | head -1; echo done")
+        #expect(r.code == 0 && r.out == "y\ndone\n", "\(r)")
+    }
+}

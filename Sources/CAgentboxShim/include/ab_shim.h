@@ -53,6 +53,10 @@ struct ab_spawn_args {
     /// for the sandbox (inotify instances, pending signals, message queues...) is charged to this uid
     /// and not to root.
     uid_t owner_uid;
+    /// When >= 0: agentbox-init opened (O_PATH) by the parent, executed through this descriptor
+    /// (execveat AT_EMPTY_PATH), so that the sandbox user needs no search permission on the folders
+    /// above it (a clone under /root or any 0700 folder). `path` is then only used in messages.
+    int exec_fd;
 };
 
 /// Clones a child into new namespaces (clone3, falling back to clone). Returns the child's pid and
