@@ -11,6 +11,7 @@
 #include <linux/seccomp.h>
 #include <net/if.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <spawn.h>
 #include <signal.h>
@@ -195,7 +196,7 @@ static void child_fail(const char *what) {
     _exit(125);
 }
 
-static void child_main(const struct ab_spawn_args *a) {
+static void child_main(const struct ab_spawn_args *a, const sigset_t *mask) {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) child_fail("prctl(PR_SET_PDEATHSIG)");
     // SIGPIPE is ignored by the supervisor (a closed stdout must not kill a run); not by the sandbox.
     struct sigaction dfl;
@@ -209,10 +210,12 @@ static void child_main(const struct ab_spawn_args *a) {
     ssize_t r;
     do { r = read(a->sync_fd, &go, 1); } while (r < 0 && errno == EINTR);
     if (r != 1) _exit(125);  // the parent gave up or died; it reports why
-    // Become the sandbox user inside the new user namespace (the maps are written now).
-    if (a->drop_groups && setgroups(0, NULL) < 0) child_fail("setgroups");
-    if (setresgid(a->gid, a->gid, a->gid) < 0) child_fail("setresgid");
-    if (setresuid(a->uid, a->uid, a->uid) < 0) child_fail("setresuid");
+    // Become the sandbox user inside the new user namespace (the maps are written now). Raw system
+    // calls: glibc's wrappers signal every thread of the process to change their ids too, and after a
+    // clone of a multithreaded process only this thread exists (its locks may be held by no one).
+    if (a->drop_groups && syscall(SYS_setgroups, 0, NULL) < 0) child_fail("setgroups");
+    if (syscall(SYS_setresgid, a->gid, a->gid, a->gid) < 0) child_fail("setresgid");
+    if (syscall(SYS_setresuid, a->uid, a->uid, a->uid) < 0) child_fail("setresuid");
     // Changing credentials cleared the parent-death signal: arm it again, then make sure the parent did
     // not die in between (its end of the control channel would have hung up).
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) child_fail("prctl(PR_SET_PDEATHSIG)");
@@ -248,11 +251,23 @@ static void child_main(const struct ab_spawn_args *a) {
         for (int fd = keep; fd < 65536; fd++) close(fd);
     }
     if (a->keep_caps && ab_keep_caps_across_exec() < 0) child_fail("keeping capabilities across exec");
-    if (exec_fd >= 0) {
-        syscall(SYS_execveat, exec_fd, "", a->argv, a->envp, AT_EMPTY_PATH);
-    } else {
-        execve(a->path, a->argv, a->envp);
+    // Every signal was blocked across the clone (a handler of the parent's, running here, could touch
+    // state of threads that do not exist here). Handlers go back to default, then the mask is the
+    // caller's again, as the exec would see it from a plain fork.
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct sigaction old;
+        if (sigaction(sig, NULL, &old) == 0 && old.sa_handler != SIG_IGN && old.sa_handler != SIG_DFL) {
+            struct sigaction reset;
+            memset(&reset, 0, sizeof reset);
+            reset.sa_handler = SIG_DFL;
+            sigaction(sig, &reset, NULL);
+        }
     }
+    sigprocmask(SIG_SETMASK, mask, NULL);
+    if (exec_fd >= 0) syscall(SYS_execveat, exec_fd, "", a->argv, a->envp, AT_EMPTY_PATH);
+    // ENOENT from execveat: a script (AGENTBOX_INIT pointing at a wrapper) whose interpreter cannot
+    // open the close-on-exec descriptor; it is run by path instead.
+    if (exec_fd < 0 || errno == ENOENT) execve(a->path, a->argv, a->envp);
     // Name the file: "execve of /usr/local/libexec/agentbox/agentbox-init failed: EACCES: ...".
     char what[320];
     const char *prefix = "execve of ";
@@ -289,14 +304,20 @@ pid_t ab_spawn(const struct ab_spawn_args *a, int *pidfd_out) {
             return -1;
         }
     }
+    sigset_t all, mask;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &mask);
     long pid = syscall(SYS_clone3, &ca, sizeof ca);
     if (pid < 0 && errno == ENOSYS && a->cgroup_fd < 0) {
         pid = syscall(SYS_clone, (unsigned long)a->clone_flags | CLONE_PIDFD | SIGCHLD, NULL, &pidfd, NULL, 0);
     }
     if (pid == 0) {
-        child_main(a);
+        child_main(a, &mask);
         _exit(125);
     }
+    int clone_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &mask, NULL);
+    errno = clone_errno;
     if (owner) {
         int e = errno;
         // Back to root; a failure here would leave this thread unprivileged: stop rather than go on.
