@@ -262,23 +262,31 @@ public enum PolicyResolver {
         }
         // The host looks these paths up by name: a symlink on the way that a sandbox can replace (it is
         // in a folder a writable bind exposes) would let it choose what the host finds there next time.
+        // Where each path is, symlinks resolved as far as it exists (a missing tail kept as written).
+        var resolved: [String: String] = [:]
         for p in protected {
             var parent = "/"
-            for component in normalize(p.path).split(separator: "/") {
+            let components = normalize(p.path).split(separator: "/")
+            for (i, component) in components.enumerated() {
                 let literal = (parent == "/" ? "" : parent) + "/" + component
                 if let w = innermost(parent), w.writable, host.symlinkText(literal) != nil {
                     throw AgentboxError(stage: "policy", "\(literal) is a symlink inside the writable bind \(w.target), on the way to \(p.what) (\(p.path)): a sandbox could replace it",
                                         hint: "use a workspace that does not contain \(literal), or point agentbox at a real folder (AGENTBOX_HOME, XDG_CONFIG_HOME, XDG_CACHE_HOME)")
                 }
-                guard let c = host.canonical(literal) else { break }
+                guard let c = host.canonical(literal) else {
+                    parent = ([literal] + components[(i + 1)...].map(String.init)).joined(separator: "/")
+                    break
+                }
                 parent = c
             }
+            resolved[p.path] = parent
         }
         // Hidden paths first: a read-only path inside a hidden one is covered already.
         for p in protected.filter({ $0.access == .hidden }) + protected.filter({ $0.access == .readOnly }) {
             let path = normalize(p.path)
             guard let c = host.canonical(path) else {
-                if let w = innermost(path), w.writable {
+                let where_ = resolved[p.path] ?? path
+                if let w = innermost(where_), w.writable {
                     throw AgentboxError(stage: "policy", "\(p.what) \(path) does not exist and lies inside the writable bind \(w.target): a sandbox could create it",
                                         hint: "create \(path) first, or use a workspace that does not contain it")
                 }

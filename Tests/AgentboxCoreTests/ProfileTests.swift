@@ -317,6 +317,17 @@ struct FakeHost: HostPaths {
         }
     }
 
+    @Test func aMissingPathReachedThroughASymlinkOutsideTheBindsIsStillRefused() {
+        var h = host
+        h.links["/data"] = "work/proj"  // /data -> /work/proj, the workspace
+        var o = SandboxOptions()
+        o.workspace = "/work/proj"
+        let missing = [ProtectedPath("/data/profiles", "a profile folder", .readOnly)]
+        #expect(throws: AgentboxError.self, "a sandbox could create /work/proj/profiles") {
+            try PolicyResolver.resolve(profile: Profile(name: "t"), options: o, cwd: "/work/proj", host: h, protected: missing)
+        }
+    }
+
     @Test func profileRWEntriesGetTheSameChecksAsTheOption() {
         var p = Profile(name: "t", path: "/etc/agentbox/p.json")
         p.rw = ["/proc"]
