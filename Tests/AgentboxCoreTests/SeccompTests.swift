@@ -99,7 +99,7 @@ import Testing
         let file = cachedFile(dir)
         var bytes = [UInt8](FileManager.default.contents(atPath: file)!)
         bytes[bytes.count - 3] ^= 0xff  // the program's last instruction: an attacker's ALLOW
-        FileManager.default.createFile(atPath: file, contents: Data(bytes), attributes: [.posixPermissions: 0o600])
+        _ = FileManager.default.createFile(atPath: file, contents: Data(bytes), attributes: [.posixPermissions: 0o600])
         let (program, compiled) = try fetch(dir)
         #expect(compiled && program == good)
     }
@@ -111,7 +111,7 @@ import Testing
         // The same bytes under another key (another agentbox version, kernel or source): not this program.
         let program = try SeccompPolicy.fileModeGuard.compile()
         let forged = SeccompCache.encode(program, key: Array("agentbox 0.0.1; anything".utf8))
-        FileManager.default.createFile(atPath: file, contents: Data(forged), attributes: [.posixPermissions: 0o600])
+        _ = FileManager.default.createFile(atPath: file, contents: Data(forged), attributes: [.posixPermissions: 0o600])
         #expect(try fetch(dir).1)
     }
 

@@ -21,7 +21,7 @@ import Testing
         #expect(nf.code == 127, "\(nf)")
         #expect(nf.err.contains("no-such-command-xyz: command not found"))
         let ws = TestEnv.workspace()
-        FileManager.default.createFile(atPath: ws + "/script.sh", contents: Data("#!/bin/sh\necho hi\n".utf8))
+        _ = FileManager.default.createFile(atPath: ws + "/script.sh", contents: Data("#!/bin/sh\necho hi\n".utf8))
         let ne = exec([], ["./script.sh"], in: ws)
         #expect(ne.code == 126, "\(ne)")
     }
@@ -99,7 +99,7 @@ import Testing
 
     @Test func tmpIsPrivateWritableAndCapped() throws {
         let marker = "/tmp/agentbox-host-only-\(UUID().uuidString.prefix(6))"
-        FileManager.default.createFile(atPath: marker, contents: Data("x".utf8))
+        _ = FileManager.default.createFile(atPath: marker, contents: Data("x".utf8))
         defer { try? FileManager.default.removeItem(atPath: marker) }
         let r = sh("[ -e \(marker) ] && echo leaked; echo ok > /tmp/f && cat /tmp/f; head -c 3000000 /dev/zero > /tmp/big; echo rc=$?",
                    ["--tmp-size", "1M"])
@@ -180,7 +180,7 @@ import Testing
     @Test func symlinkInTheWorkspaceCannotReachHostFiles() throws {
         let ws = TestEnv.workspace()
         let secret = "/root/agentbox-secret-\(UUID().uuidString.prefix(6))"
-        FileManager.default.createFile(atPath: secret, contents: Data("topsecret".utf8))
+        _ = FileManager.default.createFile(atPath: secret, contents: Data("topsecret".utf8))
         defer { try? FileManager.default.removeItem(atPath: secret) }
         try FileManager.default.createSymbolicLink(atPath: ws + "/link", withDestinationPath: secret)
         let r = sh("cat link", in: ws)

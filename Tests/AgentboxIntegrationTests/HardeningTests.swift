@@ -354,7 +354,7 @@ import Testing
             s.send(bytes([0xEE]) + b"not a message")
             import time; time.sleep(2)
             """
-        FileManager.default.createFile(atPath: path, contents: Data(script.utf8))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(script.utf8))
         chmod(path, 0o755)
         return path
     }()

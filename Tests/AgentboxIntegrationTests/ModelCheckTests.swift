@@ -13,7 +13,7 @@ final class FakeModelServer: @unchecked Sendable {
     init(tlsCert: String? = nil, tlsKey: String? = nil) throws {
         tls = tlsCert != nil
         violations = "/tmp/agentbox-fake-violations-\(UUID().uuidString.prefix(8))"
-        FileManager.default.createFile(atPath: violations, contents: Data())
+        _ = FileManager.default.createFile(atPath: violations, contents: Data())
         let portFile = violations + ".port"
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["python3", TestEnv.repoRoot + "/Tests/FakeModelServer/fake_model_server.py", "--key", FakeModelServer.key,
