@@ -7,8 +7,10 @@ public enum AgentWire {
     public static let maxMessage = 16 << 20
 
     /// The packets of one message.
-    public static func packets(_ message: JSON) -> [[UInt8]] {
-        let bytes = message.serializedBytes
+    public static func packets(_ message: JSON) -> [[UInt8]] { packets(encoded: message.serializedBytes) }
+
+    /// The packets of one message already encoded (`JSON.serializedBytes`).
+    public static func packets(encoded bytes: [UInt8]) -> [[UInt8]] {
         var out: [[UInt8]] = []
         var offset = 0
         repeat {

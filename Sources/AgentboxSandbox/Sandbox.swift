@@ -84,8 +84,12 @@ public final class Sandbox {
 
     /// Agent mode: sends a message to the loop in the sandbox. False when the channel is gone.
     @discardableResult
-    public func sendAgent(_ message: JSON) -> Bool {
-        for p in AgentWire.packets(message) {
+    public func sendAgent(_ message: JSON) -> Bool { sendAgent(encoded: message.serializedBytes) }
+
+    /// Agent mode: sends a message already encoded (`JSON.serializedBytes`).
+    @discardableResult
+    public func sendAgent(encoded: [UInt8]) -> Bool {
+        for p in AgentWire.packets(encoded: encoded) {
             var n: Int
             repeat { n = p.withUnsafeBytes { send(channelFD, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } } while n < 0 && errno == EINTR
             if n != p.count { return false }

@@ -522,14 +522,14 @@ public final class AgentRun {
         default:
             // What the loop in the sandbox cannot take (AgentWire.maxMessage once encoded) is answered
             // as any bad call is: a model must never be able to make a run fail as agentbox's fault.
-            let message: JSON = ["t": "go", "args": args]
-            guard message.serializedBytes.count <= AgentWire.maxMessage else {
+            let message = JSON.object([("t", "go"), ("args", args)]).serializedBytes
+            guard message.count <= AgentWire.maxMessage else {
                 try answer(call, ToolResult(callID: id, content: "\(call.name): the arguments are too large (more than \(AgentWire.maxMessage >> 20) MiB once encoded); write the content in smaller parts",
                                             isError: true), extra: [])
                 return
             }
             running = (id, call.name, Clock.monotonic())
-            box.sendAgent(message)
+            box.sendAgent(encoded: message)
         }
     }
 

@@ -229,9 +229,12 @@ final class OutputGatherer {
                 // The cap counts what the journal stores: escaped text (a NUL byte is six), or base64,
                 // and each record's own fields (a command alternating one-byte writes to stdout and
                 // stderr makes one record per byte).
+                // `stored` is counted exactly after each append (emit); the encoding is estimated only
+                // when even the worst case (every byte escaped as six) might not fit.
                 let overhead = OutputGatherer.recordOverhead
-                let (keep, cost) = OutputGatherer.fit(bytes, budget: cap - stored > overhead ? cap - stored - overhead : 0)
-                stored = min(cap, stored + cost + overhead)
+                let left = cap > stored ? cap - stored : 0
+                if UInt64(bytes.count) * 6 + overhead <= left { return bytes[...] }
+                let (keep, _) = OutputGatherer.fit(bytes, budget: left > overhead ? left - overhead : 0)
                 if keep == bytes.count { return bytes[...] }
                 dropReason = .cap
                 dropped[stream, default: 0] += UInt64(bytes.count - keep)
@@ -283,7 +286,11 @@ final class OutputGatherer {
         bytes.removeLast(keep)
         if !bytes.isEmpty {
             let admitted = try admit(stream, bytes)
-            if !admitted.isEmpty { try writer.appendOutput(stream: stream, bytes: Array(admitted)) }
+            if !admitted.isEmpty {
+                let before = writer.bytesAppended
+                try writer.appendOutput(stream: stream, bytes: Array(admitted))
+                stored += writer.bytesAppended - before
+            }
         }
         buffers[stream] = rest
     }
