@@ -38,11 +38,13 @@ public enum AgentboxPaths {
 
     /// A file or folder named by an environment variable (`AGENTBOX_PRICES`, `AGENTBOX_CA_BUNDLE`,
     /// `AGENTBOX_INIT`...), made absolute from the current directory.
-    public static func file(_ name: String) -> String? {
-        guard let v = env(name) else { return nil }
-        if v.hasPrefix("/") { return v }
+    public static func file(_ name: String) -> String? { env(name).map(absolute) }
+
+    /// `path` made absolute from the current directory.
+    public static func absolute(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
         let cwd = getcwd(nil, 0).map { p in defer { free(p) }; return String(cString: p) } ?? "/"
-        return (cwd == "/" ? "" : cwd) + "/" + v
+        return (cwd == "/" ? "" : cwd) + "/" + path
     }
 
     /// A base folder from the environment: absolute, or ignored.

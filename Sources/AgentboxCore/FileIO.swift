@@ -48,6 +48,18 @@ public enum FileIO {
         return out
     }
 
+    /// `mkdir -p` with private (0700) folders for what it creates. Throws naming the folder it could not create.
+    public static func makeDirectories(_ path: String) throws(AgentboxError) {
+        if isDirectory(path) { return }
+        var current = ""
+        for part in path.split(separator: "/") {
+            current += "/" + part
+            if mkdir(current, 0o700) < 0 && errno != EEXIST {
+                throw AgentboxError(stage: "create \(current)", errnoString())
+            }
+        }
+    }
+
     public static func readString(_ path: String) throws(AgentboxError) -> String {
         String(decoding: try read(path), as: UTF8.self)
     }

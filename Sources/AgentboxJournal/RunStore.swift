@@ -16,13 +16,8 @@ public struct RunStore: Sendable {
     /// Creates missing directories; the ones agentbox creates are private (0700): journals hold
     /// everything a command printed.
     func mkdirs(_ path: String) throws(AgentboxError) {
-        var current = ""
-        for part in path.split(separator: "/") {
-            current += "/" + part
-            if mkdir(current, 0o700) < 0 && errno != EEXIST {
-                throw AgentboxError(stage: "journal", "cannot create \(current): \(FileIO.errnoString())",
-                                    hint: "set AGENTBOX_HOME to a writable directory")
-            }
+        do { try FileIO.makeDirectories(path) } catch {
+            throw AgentboxError(stage: "journal", "cannot \(error.stage): \(error.message)", hint: "set AGENTBOX_HOME to a writable directory")
         }
     }
 

@@ -16,8 +16,7 @@ public enum ProfileStore {
         var dirs: [String] = []
         if let env = AgentboxPaths.env("AGENTBOX_PROFILES") {
             // Relative entries are taken from the current directory, as the lookup does.
-            let cwd = getcwd(nil, 0).map { p in defer { free(p) }; return String(cString: p) } ?? "/"
-            dirs += env.split(separator: ":").map { $0.hasPrefix("/") ? String($0) : cwd + "/" + $0 }
+            dirs += env.split(separator: ":").map { AgentboxPaths.absolute(String($0)) }
         }
         if let config = AgentboxPaths.configDir() { dirs.append(config + "/profiles") }
         // The built-in profiles: one folder, decided by where the binary is (so that no other folder a
@@ -236,11 +235,7 @@ public enum SeccompCache {
     /// Best effort: a private folder, then a temporary file renamed into place, so readers never see
     /// half a program.
     static func store(_ program: [UInt8], key: [UInt8], dir: String, name: String) {
-        var path = ""
-        for part in dir.split(separator: "/") {
-            path += "/" + part
-            mkdir(path, 0o700)
-        }
+        try? FileIO.makeDirectories(dir)
         let tmp = dir + "/" + name + ".\(getpid()).tmp"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return }

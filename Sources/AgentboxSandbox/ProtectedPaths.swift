@@ -11,7 +11,7 @@ public enum ProtectedPaths {
         var out: [ProtectedPath] = []
         func state(_ path: String?, _ what: String) {
             guard let path else { return }
-            makeDirectories(path)
+            try? FileIO.makeDirectories(path)  // a failure shows when the path is protected or used
             out.append(ProtectedPath(path, what, .hidden))
         }
         state(AgentboxPaths.home(), "agentbox's state (AGENTBOX_HOME: journals, locks, confessions)")
@@ -42,15 +42,5 @@ public enum ProtectedPaths {
             out.append(ProtectedPath(seccomp, "the profile's seccomp policy", .readOnly))
         }
         return out
-    }
-
-    /// mkdir -p with private (0700) folders; best effort (a failure shows up when the path is used).
-    static func makeDirectories(_ path: String) {
-        if FileIO.isDirectory(path) { return }
-        var current = ""
-        for part in path.split(separator: "/") {
-            current += "/" + part
-            mkdir(current, 0o700)
-        }
     }
 }
