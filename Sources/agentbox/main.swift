@@ -40,6 +40,12 @@ enum Console {
         while off < bytes.count {
             let n = bytes[off...].withUnsafeBytes { Glibc.write(1, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
+            if n < 0 && errno == EPIPE {
+                // The reader went away (`confessions -f | head -1`): end as a pipeline expects, as if
+                // SIGPIPE were not ignored. (Runs never write here while they run: see SIGPIPE below.)
+                signal(SIGPIPE, SIG_DFL)
+                raise(SIGPIPE)
+            }
             if n <= 0 { return }
             off += n
         }

@@ -1,3 +1,4 @@
+import AgentboxCore
 import Foundation
 import Testing
 
@@ -560,5 +561,18 @@ extension JournalBoundTests {
         // `yes | head -1` ends because yes dies of SIGPIPE: the supervisor ignores it, the sandbox must not.
         let r = sh("yes | head -1; echo done")
         #expect(r.code == 0 && r.out == "y\ndone\n", "\(r)")
+    }
+}
+
+extension SurroundingsTests {
+    @Test func aFollowingViewEndsWhenItsReaderGoesAway() throws {
+        let home = TestEnv.workspace()
+        // More than a pipe holds, so a write meets the closed pipe. Feed lines carry a CRC-32C.
+        let body = Array(#"{"ts":"2026-11-30T00:00:00Z","run":"abc","name":null,"seq":1,"severity":"warning","category":"c","summary":"s""#.utf8)
+        let line = String(decoding: body, as: UTF8.self) + ",\"crc\":\"\(CRC32C.hex(CRC32C.checksum(body)))\"}"
+        try (Array(repeating: line, count: 3000).joined(separator: "\n") + "\n").write(toFile: home + "/confessions.jsonl", atomically: true, encoding: .utf8)
+        let r = run(["/bin/bash", "-c", "timeout 10 '\(TestEnv.agentbox)' confessions -f | head -1 > /dev/null; echo ${PIPESTATUS[0]}"],
+                    env: ["AGENTBOX_HOME": home])
+        #expect(r.out == "141\n", "ends like any pipeline stage whose reader left (124 would be the timeout): \(r)")
     }
 }
