@@ -92,7 +92,7 @@ final class AgentLoop {
     }
 
     /// The supervisor's next message, reaping orphans while waiting.
-    func awaitReply() throws(ChannelClosed) -> JSON {
+    func awaitReply() throws(ChannelClosed) -> AgentMessage {
         var fds = [pollfd(fd: channel, events: Int16(POLLIN), revents: 0), pollfd(fd: sigfd, events: Int16(POLLIN), revents: 0)]
         while inbox.isEmpty {
             let rc = poll(&fds, -1)
@@ -100,31 +100,31 @@ final class AgentLoop {
             if fds[1].revents != 0 { _ = reap() }
             if fds[0].revents & Int16(POLLIN) != 0 { try readChannel() } else if fds[0].revents != 0 { throw ChannelClosed() }
         }
-        return inbox.removeFirst()
+        do { return try AgentMessage(json: inbox.removeFirst()) } catch { throw ChannelClosed() }
     }
+
+    func send(_ message: AgentMessage) throws(ChannelClosed) { try sendJSON(message.json) }
 
     /// The loop: returns the init's exit status (0: the supervisor ended the run).
     func run() -> Int32 {
         do throws(ChannelClosed) {
             while true {
-                try sendJSON(["t": "next"])
-                let reply = try awaitReply()
-                switch reply["t"]?.stringValue {
-                case "end": return 0
-                case "turn":
-                    for call in reply["calls"]?.arrayValue ?? [] {
-                        guard let id = call["id"]?.stringValue, let name = call["name"]?.stringValue else { return 125 }
-                        try sendJSON(["t": "tool_start", "id": .string(id)])
-                        let answer = try awaitReply()
-                        switch answer["t"]?.stringValue {
-                        case "done": continue  // the supervisor answered it (confess, finish, bad arguments, stopping)
-                        case "go":
+                try send(.next)
+                switch try awaitReply() {
+                case .end: return 0
+                case let .turn(calls):
+                    for call in calls {
+                        try send(.toolStart(id: call.id))
+                        switch try awaitReply() {
+                        case .done: continue  // the supervisor answered it (confess, finish, bad arguments, stopping)
+                        case let .go(args):
                             let started = monotonic()
-                            var result = execute(name, answer["args"] ?? .object([]))
-                            result.append(("id", .string(id)))
-                            result.append(("t", "tool_done"))
-                            result.append(("duration_ms", .number(((monotonic() - started) * 1e6).rounded() / 1000)))
-                            try sendJSON(.object(result))
+                            let outcome = execute(call.name, args)
+                            var report = AgentMessage.ToolReport(id: call.id, content: outcome.first { $0.0 == "content" }?.1.stringValue ?? "",
+                                                                 isError: outcome.first { $0.0 == "is_error" }?.1.boolValue ?? false,
+                                                                 facts: outcome.filter { $0.0 != "content" && $0.0 != "is_error" })
+                            report.facts.append(("duration_ms", .number(((monotonic() - started) * 1e6).rounded() / 1000)))
+                            try send(.toolDone(report))
                         default: return 125
                         }
                     }
@@ -137,11 +137,11 @@ final class AgentLoop {
     }
 
     func execute(_ name: String, _ args: JSON) -> [(String, JSON)] {
-        switch name {
-        case "shell": return shell(args)
-        case "read_file": return inChild(name) { readFile(args) }
-        case "write_file": return inChild(name) { writeFile(args) }
-        case "edit_file": return inChild(name) { editFile(args) }
+        switch BuiltinTool(rawValue: name) {
+        case .shell?: return shell(args)
+        case .readFile?: return inChild(name) { readFile(args) }
+        case .writeFile?: return inChild(name) { writeFile(args) }
+        case .editFile?: return inChild(name) { editFile(args) }
         default: return failure("\(name) is not a tool the sandbox runs")
         }
     }
@@ -242,7 +242,8 @@ final class AgentLoop {
             text = ToolText.join(head: head, tail: tail, cut: total - head.count - tail.count, limit: Int(spec.outputLimit))
             truncated = true
         }
-        let seconds = ((monotonic() - started) * 100).rounded() / 100
+        // No duration in the text: the same command with the same output is the same result to the
+        // stuck-loop rule (the journal has duration_ms).
         var fields: [(String, JSON)] = []
         if timedOut {
             text = "timed out after \(Int(timeout)) s: the command's process group was killed\n" + text
@@ -250,7 +251,7 @@ final class AgentLoop {
         } else if let s = status {
             let code = (s & 0x7f) == 0 ? (s >> 8) & 0xff : 128 + (s & 0x7f)
             let how = (s & 0x7f) == 0 ? "exit code \(code)" : "killed by signal \(s & 0x7f)"
-            text = "\(how) (\(seconds) s)\n" + text
+            text = how + "\n" + text
             fields = [("is_error", false), ("exit_code", .number(Double(code)))]
         }
         fields += [("content", .string(text)), ("truncated", .bool(truncated)), ("output_bytes", .number(Double(total)))]

@@ -67,21 +67,39 @@ public struct JournalRecord: Sendable {
     }
 }
 
-/// Record types written today (docs/journal.md). Agent records (model requests, tool calls) come later.
-public enum RecordType {
-    public static let journalOpened = "journal.opened"
-    public static let journalRecovered = "journal.recovered"
-    public static let runStarted = "run.started"
-    public static let sandboxReady = "sandbox.ready"
-    public static let output = "output"
+/// Every record type agentbox writes (docs/journal.md). A record's `type` stays a string when read: a
+/// journal written by a later version may hold types this one does not know (`kind` is nil for them).
+public enum RecordType: String, CaseIterable, Sendable {
+    case journalOpened = "journal.opened"
+    case journalRecovered = "journal.recovered"
+    case runStarted = "run.started"
+    case sandboxReady = "sandbox.ready"
+    case output
     /// Output passed through but not stored (the run's cap, or the disk's floor): bytes per stream.
-    public static let outputDropped = "output.dropped"
-    public static let warning = "warning"
-    public static let limit = "limit"
-    public static let confession = "confession"
-    public static let exit = "exit"
-    public static let usage = "usage"
-    public static let runEnded = "run.ended"
+    case outputDropped = "output.dropped"
+    case warning
+    case limit
+    case confession
+    case exit
+    case usage
+    case runEnded = "run.ended"
+    // Agent runs (docs/agent.md).
+    case modelRequest = "model.request"
+    case modelAttempt = "model.attempt"
+    case modelResponse = "model.response"
+    case modelError = "model.error"
+    case modelCancelled = "model.cancelled"
+    case toolCall = "tool.call"
+    case toolDone = "tool.done"
+    case toolInterrupted = "tool.interrupted"
+    case reminder
+    case budget
+    case contextCompacted = "context.compacted"
+}
+
+extension JournalRecord {
+    /// The record's type when this version knows it.
+    public var kind: RecordType? { RecordType(rawValue: type) }
 }
 
 extension JSON {

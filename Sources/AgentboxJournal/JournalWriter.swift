@@ -122,10 +122,10 @@ public final class JournalWriter {
 
     /// Appends a record; returns its seq. Critical records are on disk when this returns.
     @discardableResult
-    public func append(_ type: String, _ data: JSON, critical: Bool) throws(AgentboxError) -> UInt64 {
+    public func append(_ type: RecordType, _ data: JSON, critical: Bool) throws(AgentboxError) -> UInt64 {
         if let failure { throw failure }
         seq += 1
-        let record = JournalRecord(seq: seq, epoch: epoch, type: type, data: data)
+        let record = JournalRecord(seq: seq, epoch: epoch, type: type.rawValue, data: data)
         let line = record.line()
         bytesAppended += UInt64(line.count)
         pending += line

@@ -124,8 +124,8 @@ public struct RunSummary: Sendable {
         damage = scan.damage?.description
         var ended: JournalRecord? = nil
         for r in scan.records {
-            switch r.type {
-            case RecordType.runStarted:
+            switch r.kind {
+            case .runStarted?:
                 name = r.data["name"]?.stringValue
                 kind = r.data["kind"]?.stringValue ?? "exec"
                 startedAt = r.ts
@@ -133,10 +133,10 @@ public struct RunSummary: Sendable {
                 argv = r.data["argv"]?.arrayValue?.compactMap(\.stringValue) ?? []
                 task = r.data["task"]?.stringValue
                 grace = r.data["grace_s"]?.numberValue
-            case RecordType.sandboxReady: isolation = r.data
-            case RecordType.usage: usage = r.data
-            case RecordType.exit: exitCode = r.data["code"]?.intValue
-            case RecordType.runEnded: ended = r
+            case .sandboxReady?: isolation = r.data
+            case .usage?: usage = r.data
+            case .exit?: exitCode = r.data["code"]?.intValue
+            case .runEnded?: ended = r
             default: break
             }
         }

@@ -9,7 +9,7 @@ public struct ResponseCaps: Sendable, Equatable {
     public var bytes = 16 << 20
     /// Characters of the answer's text.
     public var text = 4 << 20
-    /// Tool calls in one answer (a run also answers at most `AgentRun.maxCallsPerTurn` of them).
+    /// Tool calls in one answer (a run also answers at most `AgentSession.maxCallsPerTurn` of them).
     public var toolCalls = 256
     /// Bytes of one tool call's arguments.
     public var argumentBytes = 4 << 20

@@ -44,26 +44,16 @@ public enum AgentEvent {
     case note(String)
 }
 
-/// One agent run: the sandbox with the loop inside, and this side of it: the model gateway, the
-/// conversation, budgets, watchdogs and the journal. All of it runs on the supervision thread except
-/// the model call itself (ModelWorker). docs/agent.md.
+/// One agent run: the sandbox with the loop inside, and this side of it. `AgentRun` wires the pieces
+/// (journal, sandbox, model gateway thread, node feed, display) and is the sandbox's delegate; the
+/// protocol logic is `AgentSession`'s. All of it runs on the supervision thread except the model call
+/// itself (ModelWorker). docs/agent.md.
 public final class AgentRun {
-    public static let stuckWarnAt = 3
-    public static let stuckStopAt = 5
-    public static let maxReminders = 2
-    /// Tool calls of one turn that are run; the model gets an error result for each one past it.
-    public static let maxCallsPerTurn = 32
-    /// Bytes kept of an agent's confession fields (the rest is cut with a note).
-    public static let confessionCaps = (category: 64, summary: 1024, details: 16 << 10)
-    /// Free space the journal's filesystem must keep (DiskFloor) plus what one step may write: below it
-    /// the run stops rather than fill the host's disk.
-    public static let stepReserve: UInt64 = 64 << 20
-
     let store: RunStore
     let policy: SandboxPolicy
     let task: AgentTask
-    let warn: (String) -> Void
-    let progress: (AgentEvent) -> Void
+    let warnHandler: (String) -> Void
+    let progressHandler: (AgentEvent) -> Void
     /// Sees every journal line as written (`run --json`).
     public var journalObserver: (([UInt8]) -> Void)? = nil
     /// Called once the run is journaled (`--detach` reports the id then).
@@ -73,45 +63,18 @@ public final class AgentRun {
     /// Seconds a stopped run's current tool may take before the sandbox is killed.
     public var grace = Sandbox.gracePeriod
 
-    enum Ending {
-        case finished(status: String, summary: String)
-        case budget(String)
-        case stopped(String)
-        case interrupted(signal: Int32)
-    }
-
-    // Loop state.
     var writer: JournalWriter! = nil
     var box: Sandbox! = nil
     var worker: ModelWorker! = nil
-    var conversation: Conversation
-    var accounting: Accounting
-    var ending: Ending? = nil
-    var turn: AssistantTurn? = nil
-    var nextCall = 0
-    var results: [ToolResult] = []
-    var running: (id: String, name: String, started: Double)? = nil
-    var reminders = 0
-    var lastKey = ""
-    var repeats = 0
-    var lastReport = CgroupReport()
-    var requestStarted = 0.0
-    let started = Clock.monotonic()
-    /// Long runs: old tool results are shortened before a request once the conversation passes this
-    /// many bytes (`AGENTBOX_CONTEXT_BYTES`, default 400 kB, about 100k tokens).
-    public var compactor = Compactor(limit: ModelSpec.env("AGENTBOX_CONTEXT_BYTES").flatMap { Int($0) }.map { max(10_000, $0) } ?? 400_000)
-    var retriedContext = false
-    lazy var keyRedactor: SecretRedactor? = task.model.apiKey.flatMap { SecretRedactor(secret: $0) }
+    var session: AgentSession! = nil
 
     public init(store: RunStore = RunStore(), policy: SandboxPolicy, task: AgentTask, warn: @escaping (String) -> Void,
                 progress: @escaping (AgentEvent) -> Void) {
         self.store = store
         self.policy = policy
         self.task = task
-        self.warn = warn
-        self.progress = progress
-        conversation = Conversation(system: AgentRun.systemPrompt(policy: policy, budget: task.budget), messages: [.user(task.task)])
-        accounting = Accounting(provider: task.model.provider.rawValue, model: task.model.model, prices: task.prices)
+        self.warnHandler = warn
+        self.progressHandler = progress
     }
 
     /// An agent runs unattended: without a limit from the profile or the options, a run gets a memory
@@ -140,21 +103,22 @@ public final class AgentRun {
                                                     limits: limits, budget: b))
     }
 
-    // MARK: running
-
     public func run() throws(AgentboxError) -> AgentOutcome {
-        try accounting.validate(task.budget)
+        try Accounting(provider: task.model.provider.rawValue, model: task.model.model, prices: task.prices).validate(task.budget)
         let provider = try makeProvider(task.model)
         let (id, writer) = try store.createRun()
         self.id = id
         self.writer = writer
         writer.observer = journalObserver
+        let session = AgentSession(host: self, runID: id, task: task, policy: policy, grace: grace,
+                                   system: AgentRun.systemPrompt(policy: policy, budget: task.budget))
+        self.session = session
         let modelJSON: JSON = .object([("provider", .string(task.model.provider.rawValue)), ("model", .string(task.model.model)),
                                        ("base_url", task.model.baseURL.isEmpty ? .null : .string(task.model.baseURL))])
-        try writer.append(RecordType.runStarted, .object([
+        try writer.append(.runStarted, .object([
             ("id", .string(id)), ("name", task.name.isEmpty ? .null : .string(task.name)), ("kind", "run"),
-            ("task", .string(task.task)), ("model", modelJSON), ("budget", budgetJSON),
-            ("system_prompt", .string(conversation.system)),
+            ("task", .string(task.task)), ("model", modelJSON), ("budget", session.budgetJSON),
+            ("system_prompt", .string(session.conversation.system)),
             ("grace_s", .number(grace)),
             ("tools", .array(BuiltinTools.definitions.map { .string($0.name) })),
             ("policy", policy.json),
@@ -163,46 +127,30 @@ public final class AgentRun {
             ("host", JournaledRun.hostFacts()),
         ]), critical: true)
         onJournaled?(id, store.journalPath(id))
-        progress(.started(id: id, journal: store.journalPath(id)))
+        progressHandler(.started(id: id, journal: store.journalPath(id)))
         let envFiles = policy.exposedEnvFiles(AgentRun.envFiles(in: policy.workspace))
         if !envFiles.isEmpty {
             let message = "the workspace holds \(envFiles.joined(separator: ", ")), readable in the sandbox: the agent and the model "
                 + "see any secret in it (only the model's API key is redacted); pass " + envFiles.map { "--hide \($0)" }.joined(separator: " ")
-            warn(message)
-            try writer.append(RecordType.warning, .object([("message", .string(message))]), critical: false)
+            warnHandler(message)
+            try writer.append(.warning, .object([("message", .string(message))]), critical: false)
         }
 
         worker = ModelWorker(provider: provider)
-        let box = Sandbox(id: id, policy: policy, argv: []) { [warn] w in
-            warn(w.message)
-            _ = try? writer.append(RecordType.warning, .object([("message", .string(w.message))]), critical: false)
+        let box = Sandbox(id: id, policy: policy, argv: [], mode: .agent) { [warnHandler] w in
+            warnHandler(w.message)
+            _ = try? writer.append(.warning, .object([("message", .string(w.message))]), critical: false)
         }
         self.box = box
         box.grace = grace
-        box.agentMessage = { [unowned self] message throws(AgentboxError) in try self.received(message) }
-        box.wakeFD = worker.fd
-        box.onWake = { [unowned self] () throws(AgentboxError) in try self.modelDone() }
-        box.onStopSignal = { [unowned self] sig in self.stop(signal: sig) }
-        box.tick = { [unowned self] () throws(AgentboxError) in
-            try writer.flushIfDue()
-            self.heartbeat()
-        }
-        box.onReady = { [policy] abi, cgroup in
-            _ = try? writer.append(RecordType.sandboxReady, .object([
-                ("landlock_abi", .number(Double(abi))),
-                ("cgroup", cgroup.map { .string($0) } ?? .null),
-                ("seccomp", .bool(policy.profile.seccomp != nil)),
-                ("namespaces", ["user", "pid", "mount", "net", "uts", "ipc", "cgroup"]),
-            ]), critical: false)
-        }
 
         let result: SandboxResult
         do {
-            result = try box.run()
+            result = try box.run(delegate: self)
         } catch {
             worker.cancel()
             worker.join()
-            _ = try? writer.append(RecordType.runEnded, .object([
+            _ = try? writer.append(.runEnded, .object([
                 ("state", "failed"), ("exit_code", .number(Double(error.exitCode))),
                 ("reason", .string("\(error.stage): \(error.message)")),
             ]), critical: true)
@@ -210,7 +158,10 @@ public final class AgentRun {
         }
         worker.cancel()
         worker.join()
-        return try conclude(result)
+        try writer.flush(sync: false)
+        let outcome = try session.conclude(result)
+        try writer.finish()
+        return outcome
     }
 
     /// The regular files (symlinks followed) at the top of `dir` whose names start with `.env`, with
@@ -229,480 +180,62 @@ public final class AgentRun {
         }
         return out
     }
+}
 
-    /// Long work shows progress: a line every 30 s while a tool runs or the model is thinking.
-    static let heartbeatInterval = 30.0
-    var lastHeartbeat = 0.0
-
-    func heartbeat() {
-        let now = Clock.monotonic()
-        let since: Double
-        let what: String
-        if let running { since = running.started; what = "\(running.name) still running" } else if worker?.busy == true {
-            since = requestStarted; what = "waiting for the model"
-        } else { return }
-        guard now - since >= AgentRun.heartbeatInterval, now - lastHeartbeat >= AgentRun.heartbeatInterval else { return }
-        lastHeartbeat = now
-        progress(.note("\(what) (\(Int(now - since)) s)"))
-    }
-
-    var budgetJSON: JSON {
-        let b = task.budget
-        return .object([("max_steps", b.maxSteps.map { .number(Double($0)) } ?? .null),
-                        ("max_tool_calls", b.maxToolCalls.map { .number(Double($0)) } ?? .null),
-                        ("max_tokens", b.maxTokens.map { .number(Double($0)) } ?? .null),
-                        ("max_cost", b.maxCost.map { .number($0) } ?? .null),
-                        ("timeout_s", policy.limits.timeout.map { .number($0) } ?? .null)])
-    }
-
-    func stop(signal: Int32) {
-        if case .interrupted? = ending { return }
-        ending = .interrupted(signal: signal)
-        _ = try? writer.append(RecordType.warning, .object([("message", .string("signal \(signal): stopping the run (the current tool may finish within \(Int(box.grace)) s)"))]),
+extension AgentRun: SandboxDelegate {
+    public func sandboxReady(landlockABI: Int32, cgroup: String?) {
+        _ = try? writer.append(.sandboxReady, JournaledRun.readyRecord(landlockABI: landlockABI, cgroup: cgroup, seccomp: policy.profile.seccomp != nil),
                                critical: false)
-        progress(.note("stopping: the current tool may finish within \(Int(box.grace)) s"))
-        worker.cancel()
     }
 
-    func violation(_ what: String) -> AgentboxError {
-        AgentboxError(stage: "agent protocol", "the sandbox sent \(what)", hint: "agentbox-init and agentbox must come from the same build")
+    public func sandboxMessage(_ message: AgentMessage) throws(AgentboxError) { try session.received(message) }
+
+    public var wakeFD: Int32 { worker.fd }
+
+    public func sandboxWake() throws(AgentboxError) {
+        guard let outcome = worker.collect() else { return }
+        try session.modelDone(outcome)
     }
 
-    /// A message from the loop in the sandbox.
-    func received(_ message: JSON) throws(AgentboxError) {
-        switch message["t"]?.stringValue {
-        case "next": try next()
-        case "tool_start":
-            guard let id = message["id"]?.stringValue else { throw violation("a tool_start without an id") }
-            try toolStart(id)
-        case "tool_done":
-            guard let id = message["id"]?.stringValue, let running, running.id == id else {
-                throw violation("a result for a tool call that is not running")
-            }
-            guard let content = message["content"]?.stringValue, let isError = message["is_error"]?.boolValue else {
-                throw violation("a tool result without a string content and a boolean is_error")
-            }
-            var result = ToolResult(callID: id, content: content, isError: isError)
-            var extra: [(String, JSON)] = []
-            for key in ["exit_code", "timed_out", "truncated", "output_bytes", "duration_ms"] {
-                guard let v = message[key] else { continue }
-                guard v.numberValue != nil || v.boolValue != nil else { throw violation("a tool result whose \(key) is \(v.typeName)") }
-                extra.append((key, v))
-            }
-            self.running = nil
-            try checkLimits(&result)
-            try redactKey(&result, tool: running.name)
-            try complete(result, name: running.name, extra: extra, seconds: Clock.monotonic() - running.started)
-        default:
-            throw violation("an unknown message \(message["t"]?.serialized ?? "without a type")")
-        }
+    public func sandboxTick() throws(AgentboxError) {
+        try writer.flushIfDue()
+        session.heartbeat()
     }
 
-    /// The loop asks for the next turn: close the previous one, check the budget, call the model.
-    func next() throws(AgentboxError) {
-        guard running == nil, !worker.busy else { throw violation("\"next\" while a call is in progress") }
-        if let turn {
-            guard nextCall == turn.toolCalls.count else { throw violation("\"next\" before every tool call of the turn was answered") }
-            if !results.isEmpty { conversation.messages.append(.toolResults(results)) }
-            if turn.toolCalls.isEmpty && ending == nil {
-                reminders += 1
-                if reminders > AgentRun.maxReminders {
-                    ending = .stopped("the model stopped calling tools without calling finish (\(AgentRun.maxReminders) reminders)")
-                } else {
-                    conversation.messages.append(.user(AgentPrompt.reminder))
-                    try writer.append("reminder", .object([("text", .string(AgentPrompt.reminder)), ("count", .number(Double(reminders)))]),
-                                      critical: false)
-                }
-            }
-            self.turn = nil
-            results = []
-            nextCall = 0
-        }
-        if ending == nil, let exceeded = try accounting.check(task.budget) {
-            try writer.append("budget", .object([("kind", .string(budgetKind(exceeded))), ("detail", .string(exceeded.description))]),
-                              critical: true)
-            try confess(severity: "warning", category: "budget", summary: exceeded.description + ": the run was stopped", details: nil,
-                        by: "supervisor")
-            ending = .budget(exceeded.description)
-        }
-        if ending == nil, DiskFloor.reached(store.runsDir + "/" + id, adding: AgentRun.stepReserve) {
-            let what = "the journal's disk is almost full: the run was stopped before the next model call"
-            try writer.append(RecordType.limit, .object([("kind", "journal_disk"), ("detail", .string(what))]), critical: true)
-            try confess(severity: "blocker", category: "limits", summary: what, details: nil, by: "supervisor")
-            ending = .stopped(what)
-        }
-        if ending != nil {
-            box.sendAgent(["t": "end"])
-            return
-        }
-        try compact(compactor, reason: "size")
-        retriedContext = false
-        try request()
-    }
-
-    /// Applies a compaction rule and journals what it shortened; false when nothing could be.
-    @discardableResult
-    func compact(_ rule: Compactor, force: Bool = false, reason: String) throws(AgentboxError) -> Bool {
-        let before = Compactor.size(conversation)
-        let elided = rule.compact(&conversation, force: force)
-        guard !elided.isEmpty else { return false }
-        try writer.append("context.compacted", .object([
-            ("reason", .string(reason)), ("bytes_before", .number(Double(before))),
-            ("bytes_after", .number(Double(Compactor.size(conversation)))), ("limit", .number(Double(rule.limit))),
-            ("target", .number(Double(rule.target))), ("elided", .array(elided.map { .string($0) })),
-        ]), critical: false)
-        progress(.note("conversation compacted (\(reason)): \(elided.count) old tool result(s) shortened, \(before / 1000) kB -> \(Compactor.size(conversation) / 1000) kB"))
+    public func sandboxStopSignal(_ signal: Int32) -> Bool {
+        session.stop(signal: signal)
         return true
     }
+}
 
-    func request() throws(AgentboxError) {
-        requestStarted = Clock.monotonic()
-        try writer.append("model.request", .object([("step", .number(Double(accounting.steps + 1))),
-                                                     ("messages", .number(Double(conversation.messages.count)))]), critical: false)
-        guard worker.start(conversation, tools: BuiltinTools.definitions) else {
+extension AgentRun: AgentSessionHost {
+    @discardableResult
+    public func journal(_ type: RecordType, _ data: JSON, critical: Bool) throws(AgentboxError) -> UInt64 {
+        try writer.append(type, data, critical: critical)
+    }
+
+    public func send(encoded: [UInt8]) { box.send(encoded: encoded) }
+
+    public var modelBusy: Bool { worker.busy }
+
+    public func startModelCall(_ conversation: Conversation, tools: [ToolDefinition]) throws(AgentboxError) {
+        guard worker.start(conversation, tools: tools) else {
             throw AgentboxError(stage: "model gateway", "cannot start a thread: \(FileIO.errnoString())")
         }
     }
 
-    func budgetKind(_ e: Accounting.Exceeded) -> String {
-        switch e {
-        case .steps: return "steps"
-        case .toolCalls: return "tool_calls"
-        case .tokens: return "tokens"
-        case .cost: return "cost"
-        case .wallTime: return "time"
-        }
+    public func cancelModelCall() { worker.cancel() }
+
+    public func cgroupReport() -> CgroupReport? { box.cgroupReport() }
+
+    public func journalDiskLow(reserve: UInt64) -> Bool { DiskFloor.reached(store.runsDir + "/" + id, adding: reserve) }
+
+    public func feedConfession(seq: UInt64, severity: String, category: String, summary: String) throws(AgentboxError) {
+        try ConfessionFeed.append(store: store, run: id, name: task.name.isEmpty ? nil : task.name, seq: seq, severity: severity,
+                                  category: category, summary: summary)
     }
 
-    /// The gateway's call finished.
-    func modelDone() throws(AgentboxError) {
-        guard let outcome = worker.collect() else { return }
-        let attempts = outcome.attempts
-        let requestDigest: JSON = outcome.request.map { .object([("bytes", .number(Double($0.bytes))), ("crc32c", .string(CRC32C.hex($0.crc32c)))]) } ?? .null
-        let seconds = Clock.monotonic() - requestStarted
-        let attemptsJSON: JSON = .array(attempts.map { a in
-            .object([("attempt", .number(Double(a.number))), ("status", a.status.map { .number(Double($0)) } ?? .null),
-                     ("error", a.error.map { .string($0.description) } ?? .null), ("wait_s", .number(a.waitBefore)),
-                     ("seconds", .number((a.seconds * 1000).rounded() / 1000))])
-        })
-        for a in attempts where a.error != nil {
-            try writer.append("model.attempt", .object([("attempt", .number(Double(a.number))),
-                                                        ("status", a.status.map { .number(Double($0)) } ?? .null),
-                                                        ("error", .string(a.error!.description)), ("kind", .string(a.error!.kind.rawValue))]),
-                              critical: false)
-        }
-        switch outcome.result {
-        case var .success(turn):
-            // Every call needs a unique, non-empty id (Anthropic requires it; results are matched by it).
-            var seen = Set<String>()
-            for i in turn.toolCalls.indices where turn.toolCalls[i].id.isEmpty || !seen.insert(turn.toolCalls[i].id).inserted {
-                turn.toolCalls[i].id = "call_\(accounting.steps + 1)_\(i)"
-                seen.insert(turn.toolCalls[i].id)
-            }
-            accounting.record(turn.usage)
-            try writer.append("model.response", .object([
-                ("step", .number(Double(accounting.steps))),
-                ("turn", AgentRun.turnJSON(turn)),
-                ("attempts", attemptsJSON),
-                ("request", requestDigest),
-                ("seconds", .number((seconds * 1000).rounded() / 1000)),
-                ("total_tokens", .number(Double(accounting.usage.total))),
-                ("cost", accounting.cost.map { .number($0) } ?? .null),
-            ]), critical: true)
-            progress(.modelResponse(step: accounting.steps, turn: turn, seconds: seconds, attempts: attempts.count,
-                                    totalTokens: accounting.usage.total, cost: accounting.cost, elapsed: Clock.monotonic() - started))
-            if attempts.count >= 3 {
-                try confess(severity: "warning", category: "model",
-                            summary: "the model call of step \(accounting.steps) needed \(attempts.count) attempts", details: attempts.compactMap { $0.error?.description }.joined(separator: "\n"),
-                            by: "supervisor")
-            }
-            conversation.messages.append(.assistant(turn))
-            if !turn.toolCalls.isEmpty { reminders = 0 }
-            self.turn = turn
-            nextCall = 0
-            results = []
-            // When the run is stopping, the loop still gets the turn: toolStart answers its calls as skipped.
-            box.sendAgent(["t": "turn", "calls": .array(turn.toolCalls.map { .object([("id", .string($0.id)), ("name", .string($0.name))]) })])
-        case let .failure(error):
-            if error.kind == .contextLength, ending == nil, !retriedContext {
-                // Too long for the model after all: shorten harder (to half) and ask once more.
-                retriedContext = true
-                var rule = compactor
-                rule.target = Compactor.size(conversation) / 2
-                if try compact(rule, force: true, reason: "the model's context length was exceeded") {
-                    try request()
-                    return
-                }
-            }
-            if error.kind == .cancelled, ending != nil {
-                try writer.append("model.cancelled", .object([("reason", "the run is stopping")]), critical: false)
-            } else {
-                try writer.append("model.error", .object([("kind", .string(error.kind.rawValue)), ("error", .string(error.description)),
-                                                          ("attempts", attemptsJSON), ("request", requestDigest)]), critical: true)
-                try confess(severity: "blocker", category: "model",
-                            summary: "the model call failed after \(attempts.count) attempt(s): \(error.description)", details: nil, by: "supervisor")
-                if ending == nil { ending = .stopped("the model call failed: \(error.description)") }
-            }
-            box.sendAgent(["t": "end"])
-        }
-    }
+    public func progress(_ event: AgentEvent) { progressHandler(event) }
 
-    static func turnJSON(_ turn: AssistantTurn) -> JSON {
-        .object([
-            ("text", .string(turn.text)),
-            ("tool_calls", .array(turn.toolCalls.map { .object([("id", .string($0.id)), ("name", .string($0.name)), ("arguments", .string($0.arguments))]) })),
-            ("thinking", .array(turn.thinking)),
-            ("stop_reason", .string(turn.stopReason.rawValue)),
-            ("usage", turn.usage.json),
-        ])
-    }
-
-    /// The loop is about to run the next call of the turn: journal it, then let it run or answer it here.
-    func toolStart(_ id: String) throws(AgentboxError) {
-        guard running == nil, let turn, nextCall < turn.toolCalls.count, turn.toolCalls[nextCall].id == id else {
-            throw violation("tool_start for \(id), which is not the next call of the turn")
-        }
-        let call = turn.toolCalls[nextCall]
-        if let ending {
-            // The run is ending: later calls are not run, and the model is not asked again.
-            try answer(call, ToolResult(callID: id, content: "skipped: \(endingText(ending))", isError: true), extra: [("skipped", true)])
-            return
-        }
-        // Bounds on what a model can make the sandbox do: calls per turn, then the run's tool-call budget.
-        if nextCall >= AgentRun.maxCallsPerTurn {
-            try answer(call, ToolResult(callID: id, content: "not run: one turn may call at most \(AgentRun.maxCallsPerTurn) tools; call fewer at once",
-                                        isError: true), extra: [("refused", "calls_per_turn")])
-            return
-        }
-        if let max = task.budget.maxToolCalls, accounting.toolCalls >= max {
-            let exceeded = Accounting.Exceeded.toolCalls(max)
-            try writer.append("budget", .object([("kind", "tool_calls"), ("detail", .string(exceeded.description))]), critical: true)
-            try confess(severity: "warning", category: "budget", summary: exceeded.description + ": the run was stopped", details: nil,
-                        by: "supervisor")
-            ending = .budget(exceeded.description)
-            try answer(call, ToolResult(callID: id, content: "skipped: \(exceeded.description)", isError: true), extra: [("skipped", true)])
-            return
-        }
-        accounting.recordToolCall()
-        let parsed = call.parsed
-        let argsJSON: JSON
-        if case let .success(v) = parsed { argsJSON = v } else { argsJSON = .string(call.arguments) }
-        try writer.append("tool.call", .object([("id", .string(id)), ("name", .string(call.name)), ("arguments", argsJSON)]), critical: true)
-        progress(.tool(name: call.name, arguments: argsJSON))
-        let args: JSON
-        switch parsed {
-        case let .failure(e):
-            try answer(call, ToolResult(callID: id, content: e.message, isError: true), extra: [])
-            return
-        case let .success(v): args = v
-        }
-        guard let def = BuiltinTools.definitions.first(where: { $0.name == call.name }) else {
-            let names = BuiltinTools.definitions.map(\.name).joined(separator: ", ")
-            try answer(call, ToolResult(callID: id, content: "there is no tool named \(call.name); the tools are: \(names)", isError: true), extra: [])
-            return
-        }
-        if let problem = AgentRun.validate(args, against: def) {
-            try answer(call, ToolResult(callID: id, content: "\(call.name): \(problem)", isError: true), extra: [])
-            return
-        }
-        switch call.name {
-        case "confess":
-            // Confessions go to the node's feed, read by people: one is at most a few KiB.
-            let c = AgentRun.confessionCaps
-            let seq = try confess(severity: args["severity"]!.stringValue!,
-                                  category: ToolText.clip(args["category"]!.stringValue!, maxBytes: c.category),
-                                  summary: ToolText.clip(args["summary"]!.stringValue!, maxBytes: c.summary),
-                                  details: args["details"]?.stringValue.map { ToolText.clip($0, maxBytes: c.details) }, by: "agent")
-            try answer(call, ToolResult(callID: id, content: "confession recorded (journal seq \(seq)); the operators of this machine will see it"), extra: [])
-        case "finish":
-            let status = args["status"]!.stringValue!
-            let summary = args["summary"]!.stringValue!
-            ending = .finished(status: status, summary: summary)
-            try answer(call, ToolResult(callID: id, content: "the run is finished (\(status))"), extra: [])
-        default:
-            // What the loop in the sandbox cannot take (AgentWire.maxMessage once encoded) is answered
-            // as any bad call is: a model must never be able to make a run fail as agentbox's fault.
-            let message = JSON.object([("t", "go"), ("args", args)]).serializedBytes
-            guard message.count <= AgentWire.maxMessage else {
-                try answer(call, ToolResult(callID: id, content: "\(call.name): the arguments are too large (more than \(AgentWire.maxMessage >> 20) MiB once encoded); write the content in smaller parts",
-                                            isError: true), extra: [])
-                return
-            }
-            running = (id, call.name, Clock.monotonic())
-            box.sendAgent(encoded: message)
-        }
-    }
-
-    func endingText(_ e: Ending) -> String {
-        switch e {
-        case .finished: return "the run already finished"
-        case let .budget(why): return why
-        case let .stopped(why): return why
-        case .interrupted: return "the run was stopped"
-        }
-    }
-
-    /// A call answered by the supervisor: journal its result and tell the loop.
-    func answer(_ call: ToolCall, _ result: ToolResult, extra: [(String, JSON)]) throws(AgentboxError) {
-        try complete(result, name: call.name, extra: extra, seconds: 0, supervisor: true)
-        box.sendAgent(["t": "done"])
-    }
-
-    /// Records a call's result (after the stuck-loop rule) and keeps it for the next request.
-    func complete(_ given: ToolResult, name: String, extra: [(String, JSON)], seconds: Double, supervisor: Bool = false) throws(AgentboxError) {
-        var result = given
-        let call = turn!.toolCalls[nextCall]
-        let skipped = extra.contains { $0.0 == "skipped" || $0.0 == "refused" }
-        var stuck: (severity: String, summary: String)? = nil
-        if !skipped {
-            let key = call.name + "\u{0}" + call.arguments + "\u{0}" + result.content
-            repeats = key == lastKey ? repeats + 1 : 1
-            lastKey = key
-            if repeats == AgentRun.stuckWarnAt {
-                result.content += "\n[agentbox: this exact call returned this exact result \(repeats) times in a row. Change your approach, or confess if you are blocked.]"
-                stuck = ("warning", "\(call.name) was called \(repeats) times in a row with the same arguments and the same result")
-            } else if repeats >= AgentRun.stuckStopAt && ending == nil {
-                stuck = ("blocker", "\(call.name) was called \(repeats) times in a row with the same arguments and result: the run was stopped")
-                ending = .stopped("stuck loop: the same call and result \(repeats) times in a row")
-            }
-        }
-        var data: [(String, JSON)] = [("id", .string(call.id)), ("name", .string(name)), ("is_error", .bool(result.isError)),
-                                      ("content", .string(result.content))]
-        data += extra
-        if !extra.contains(where: { $0.0 == "duration_ms" }) { data.append(("duration_ms", .number((seconds * 1e6).rounded() / 1000))) }
-        if supervisor { data.append(("by", "supervisor")) }
-        try writer.append("tool.done", .object(data), critical: true)
-        if !skipped { progress(.toolDone(name: name, result: result.content, isError: result.isError, seconds: seconds)) }
-        results.append(result)
-        nextCall += 1
-        if let stuck { try confess(severity: stuck.severity, category: "stuck_loop", summary: stuck.summary, details: nil, by: "supervisor") }
-    }
-
-    /// The API key never reaches the model or the journal through a tool result, even when the
-    /// workspace holds it (a `.env` file): it is replaced (also encoded, or in part at the edge of the
-    /// output cap's cut: SecretRedactor) and the operators are told.
-    func redactKey(_ result: inout ToolResult, tool: String) throws(AgentboxError) {
-        guard let redactor = keyRedactor else { return }
-        let (text, n) = redactor.redact(result.content, replacement: "[redacted by agentbox: the model API key]")
-        guard n > 0 else { return }
-        result.content = text
-        try confess(severity: "warning", category: "secrets",
-                    summary: "the model's API key appeared \(n) time(s) in the result of \(tool) and was redacted; it is readable inside the sandbox (a file in the workspace?)",
-                    details: nil, by: "supervisor")
-    }
-
-    /// After a tool ran: OOM kills and pids-limit hits in the sandbox's cgroup since the last check.
-    func checkLimits(_ result: inout ToolResult) throws(AgentboxError) {
-        guard let report = box.cgroupReport() else { return }
-        defer { lastReport = report }
-        if report.oomKills > lastReport.oomKills {
-            let what = "memory limit \(Units.formatSize(policy.limits.memory ?? 0)) reached: \(report.oomKills - lastReport.oomKills) process(es) OOM-killed"
-            try writer.append(RecordType.limit, .object([("kind", "oom"), ("detail", .string(what))]), critical: true)
-            try confess(severity: "warning", category: "limits", summary: what, details: nil, by: "supervisor")
-            result.content += "\n[agentbox: the sandbox's \(what); use less memory]"
-        }
-        if report.pidsLimitHits > lastReport.pidsLimitHits {
-            let what = "pids limit \(policy.limits.pids ?? 0) reached: fork failed \(report.pidsLimitHits - lastReport.pidsLimitHits) time(s)"
-            try writer.append(RecordType.limit, .object([("kind", "pids"), ("detail", .string(what))]), critical: true)
-            try confess(severity: "warning", category: "limits", summary: what, details: nil, by: "supervisor")
-            result.content += "\n[agentbox: the sandbox's \(what); run fewer processes at once]"
-        }
-    }
-
-    /// A confession record, mirrored to the node-wide feed. Returns its seq.
-    @discardableResult
-    func confess(severity: String, category: String, summary: String, details: String?, by: String) throws(AgentboxError) -> UInt64 {
-        var data: [(String, JSON)] = [("severity", .string(severity)), ("category", .string(category)), ("summary", .string(summary))]
-        if let details, !details.isEmpty { data.append(("details", .string(details))) }
-        data.append(("by", .string(by)))
-        let seq = try writer.append(RecordType.confession, .object(data), critical: true)
-        progress(.confession(severity: severity, category: category, summary: summary, by: by))
-        do {
-            try ConfessionFeed.append(store: store, run: id, name: task.name.isEmpty ? nil : task.name, seq: seq, severity: severity, category: category, summary: summary)
-        } catch {
-            warn("\(error.stage): \(error.message)")
-        }
-        return seq
-    }
-
-    /// Checks a tool's arguments against its schema: required parameters, types, enums.
-    static func validate(_ args: JSON, against def: ToolDefinition) -> String? {
-        let properties = def.parameters["properties"]?.objectValue ?? []
-        for name in def.parameters["required"]?.arrayValue?.compactMap(\.stringValue) ?? [] where args[name] == nil || args[name] == .null {
-            return "the parameter \(name) is required"
-        }
-        for (name, schema) in properties {
-            guard let value = args[name], value != .null else { continue }
-            switch schema["type"]?.stringValue {
-            case "string":
-                guard let s = value.stringValue else { return "\(name) must be a string, not \(value.typeName)" }
-                if let allowed = schema["enum"]?.arrayValue?.compactMap(\.stringValue), !allowed.contains(s) {
-                    return "\(name) must be one of \(allowed.joined(separator: ", ")), not \"\(s)\""
-                }
-            case "integer":
-                guard let n = value.numberValue, n == n.rounded() else { return "\(name) must be an integer, not \(value.serialized)" }
-            default: break
-            }
-        }
-        return nil
-    }
-
-    // MARK: the end
-
-    func conclude(_ result: SandboxResult) throws(AgentboxError) -> AgentOutcome {
-        try writer.flush(sync: false)
-        if let running {
-            try writer.append("tool.interrupted", .object([("id", .string(running.id)), ("name", .string(running.name)),
-                                                           ("reason", "the sandbox ended while the call ran")]), critical: true)
-        }
-        var state: String
-        var code: Int32
-        var reason: String
-        var status: String? = nil
-        var summary: String? = nil
-        if result.termination == .timedOut {
-            let what = "timeout after \(Units.formatDuration(policy.limits.timeout ?? 0)): the sandbox was killed"
-            try writer.append(RecordType.limit, .object([("kind", "timeout"), ("detail", .string(what))]), critical: true)
-            try confess(severity: "warning", category: "limits", summary: what, details: nil, by: "supervisor")
-            (state, code, reason) = ("timeout", 124, what)
-        } else if let ending {
-            switch ending {
-            case let .finished(s, text):
-                (state, code, reason) = ("finished", s == "success" ? 0 : 1, "the agent called finish with status \(s)")
-                status = s
-                summary = text
-            case let .budget(why): (state, code, reason) = ("budget", 3, why)
-            case let .stopped(why): (state, code, reason) = ("stopped", 1, why)
-            case let .interrupted(sig): (state, code, reason) = ("interrupted", 75, "stopped by signal \(sig)")
-            }
-        } else {
-            let how: String
-            switch result.termination {
-            case let .exited(c): how = "exited with status \(c)"
-            case let .signaled(s): how = "was killed by signal \(s)" + (result.oomKilled ? " (out of memory)" : "")
-            default: how = "ended"
-            }
-            (state, code, reason) = ("failed", 125, "agentbox-init \(how) before the run ended")
-            if result.oomKilled {
-                try confess(severity: "blocker", category: "limits", summary: "the sandbox ran out of memory and its init was killed", details: nil,
-                            by: "supervisor")
-            }
-        }
-        let elapsed = Clock.monotonic() - started
-        try writer.append(RecordType.usage, .object([
-            ("wall_s", .number((elapsed * 1000).rounded() / 1000)),
-            ("cpu_s", result.report.cpuSeconds.map { .number($0) } ?? .null),
-            ("peak_memory", result.report.peakMemory.map { .number(Double($0)) } ?? .null),
-            ("steps", .number(Double(accounting.steps))),
-            ("tokens", accounting.usage.json),
-            ("cost", accounting.cost.map { .number($0) } ?? .null),
-        ]), critical: false)
-        var ended: [(String, JSON)] = [("state", .string(state)), ("exit_code", .number(Double(code))), ("reason", .string(reason))]
-        if let status { ended.append(("status", .string(status))) }
-        if let summary { ended.append(("summary", .string(summary))) }
-        try writer.append(RecordType.runEnded, .object(ended), critical: true)
-        try writer.finish()
-        return AgentOutcome(id: id, state: state, exitCode: code, status: status, summary: summary, reason: reason, steps: accounting.steps,
-                            usage: accounting.usage, cost: accounting.cost, elapsed: elapsed)
-    }
+    public func warn(_ message: String) { warnHandler(message) }
 }

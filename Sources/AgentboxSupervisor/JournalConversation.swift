@@ -18,7 +18,7 @@ public enum JournalConversation {
     }
 
     public static func requests(_ records: [JournalRecord]) throws(RebuildError) -> [Request] {
-        guard let start = records.first(where: { $0.type == RecordType.runStarted }), start.data["kind"]?.stringValue == "run",
+        guard let start = records.first(where: { $0.kind == .runStarted }), start.data["kind"]?.stringValue == "run",
               let system = start.data["system_prompt"]?.stringValue, let task = start.data["task"]?.stringValue else {
             throw RebuildError(description: "not an agent run's journal (no run.started of kind run)")
         }
@@ -30,14 +30,14 @@ public enum JournalConversation {
             pending = []
         }
         for r in records {
-            switch r.type {
-            case "tool.done":
+            switch r.kind {
+            case .toolDone?:
                 guard let id = r.data["id"]?.stringValue else { throw RebuildError(description: "seq \(r.seq): tool.done without an id") }
                 pending.append(ToolResult(callID: id, content: r.data["content"]?.stringValue ?? "", isError: r.data["is_error"]?.boolValue ?? false))
-            case "reminder":
+            case .reminder?:
                 flush()
                 conversation.messages.append(.user(r.data["text"]?.stringValue ?? ""))
-            case "context.compacted":
+            case .contextCompacted?:
                 flush()
                 let ids = Set(r.data["elided"]?.arrayValue?.compactMap(\.stringValue) ?? [])
                 let rule = Compactor(limit: r.data["limit"]?.intValue ?? 0, target: r.data["target"]?.intValue)
@@ -46,9 +46,9 @@ public enum JournalConversation {
                     for j in results.indices where ids.contains(results[j].callID) { results[j].content = rule.shorten(results[j].content) }
                     conversation.messages[i] = .toolResults(results)
                 }
-            case "model.request":
+            case .modelRequest?:
                 flush()
-            case "model.response":
+            case .modelResponse?:
                 let turnJSON = r.data["turn"] ?? .null
                 var turn = AssistantTurn(text: turnJSON["text"]?.stringValue ?? "")
                 for c in turnJSON["tool_calls"]?.arrayValue ?? [] {

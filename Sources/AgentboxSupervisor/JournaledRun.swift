@@ -44,7 +44,7 @@ public final class JournaledRun {
         let (id, writer) = try store.createRun()
         self.id = id
         let started = Clock.monotonic()
-        try writer.append(RecordType.runStarted, .object([
+        try writer.append(.runStarted, .object([
             ("id", .string(id)), ("name", .string(name)), ("kind", "exec"),
             ("argv", .array(argv.map { .string($0) })),
             ("policy", policy.json),
@@ -53,9 +53,9 @@ public final class JournaledRun {
             ("host", JournaledRun.hostFacts()),
         ]), critical: true)
 
-        let box = Sandbox(id: id, policy: policy, argv: argv) { [warn] w in
+        let box = Sandbox(id: id, policy: policy, argv: argv, captureOutput: true) { [warn] w in
             warn(w.message)
-            _ = try? writer.append(RecordType.warning, .object([("message", .string(w.message))]), critical: false)
+            _ = try? writer.append(.warning, .object([("message", .string(w.message))]), critical: false)
         }
         // Output chunks are gathered per stream into records of up to 256 KiB (a chatty command writes
         // thousands of small chunks a second); what is gathered is recorded at every tick (<= 200 ms),
@@ -68,30 +68,19 @@ public final class JournaledRun {
             warn(summary)
             try recordLimit(writer, kind: reason == .cap ? "journal_output" : "journal_disk", category: "limits", summary: summary)
         }
-        box.output = { stream, bytes throws(AgentboxError) in try gather.add(stream.rawValue, bytes) }
-        box.tick = { () throws(AgentboxError) in
-            try gather.flush(final: false)
-            try writer.flushIfDue()
-        }
-        box.onReady = { abi, cgroup in
-            _ = try? writer.append(RecordType.sandboxReady, .object([
-                ("landlock_abi", .number(Double(abi))),
-                ("cgroup", cgroup.map { .string($0) } ?? .null),
-                ("seccomp", .bool(self.policy.profile.seccomp != nil)),
-                ("namespaces", ["user", "pid", "mount", "net", "uts", "ipc", "cgroup"]),
-            ]), critical: false)
-        }
+        let delegate = Delegate(writer: writer, gather: gather, seccomp: policy.profile.seccomp != nil)
 
         let result: SandboxResult
         do {
-            result = try box.run()
+            result = try box.run(delegate: delegate)
             try gather.flush(final: true)
         } catch {
             // Setup failed or the journal could not be written: record it if the journal still works.
-            _ = try? writer.append(RecordType.runEnded, .object([
+            _ = try? writer.append(.runEnded, .object([
                 ("state", "failed"), ("exit_code", .number(Double(error.exitCode))),
                 ("reason", .string("\(error.stage): \(error.message)")),
             ]), critical: true)
+            box.deliverOutput()
             throw error
         }
 
@@ -108,7 +97,7 @@ public final class JournaledRun {
         }
         for (kind, category, summary) in events { try recordLimit(writer, kind: kind, category: category, summary: summary) }
         if let reason = gather.dropReason {
-            try writer.append(RecordType.outputDropped, .object([
+            try writer.append(.outputDropped, .object([
                 ("reason", .string(reason.rawValue)), ("cap", .number(Double(policy.limits.journalOutput))),
                 ("stored", .number(Double(gather.stored))),
                 ("stdout", .number(Double(gather.dropped["stdout"] ?? 0))), ("stderr", .number(Double(gather.dropped["stderr"] ?? 0))),
@@ -123,8 +112,8 @@ public final class JournaledRun {
         case let .notExecuted(_, reason): exitData += [("status", "not_executed"), ("reason", .string(reason))]
         }
         if result.oomKilled { exitData.append(("oom_killed", true)) }
-        try writer.append(RecordType.exit, .object(exitData), critical: false)
-        try writer.append(RecordType.usage, .object([
+        try writer.append(.exit, .object(exitData), critical: false)
+        try writer.append(.usage, .object([
             ("wall_s", .number(((Clock.monotonic() - started) * 1000).rounded() / 1000)),
             ("cpu_s", result.report.cpuSeconds.map { .number($0) } ?? .null),
             ("peak_memory", result.report.peakMemory.map { .number(Double($0)) } ?? .null),
@@ -136,18 +125,57 @@ public final class JournaledRun {
         case .notExecuted: state = "failed"
         default: state = "exited"
         }
-        try writer.append(RecordType.runEnded, .object([("state", .string(state)), ("exit_code", .number(Double(result.exitCode)))]),
+        try writer.append(.runEnded, .object([("state", .string(state)), ("exit_code", .number(Double(result.exitCode)))]),
                           critical: true)
         try writer.finish()
+        if !box.deliverOutput() {
+            warn("stopped waiting for the reader of agentbox's output: what it did not take is in the journal (agentbox logs \(id))")
+        }
         return result
     }
 }
 
 extension JournaledRun {
+    /// What the sandbox tells a journaled exec: its output and readiness go to the journal.
+    final class Delegate: SandboxDelegate {
+        let writer: JournalWriter
+        let gather: OutputGatherer
+        let seccomp: Bool
+
+        init(writer: JournalWriter, gather: OutputGatherer, seccomp: Bool) {
+            self.writer = writer
+            self.gather = gather
+            self.seccomp = seccomp
+        }
+
+        func sandboxOutput(_ stream: Sandbox.OutputStream, _ bytes: [UInt8]) throws(AgentboxError) {
+            try gather.add(stream.rawValue, bytes)
+        }
+
+        func sandboxTick() throws(AgentboxError) {
+            try gather.flush(final: false)
+            try writer.flushIfDue()
+        }
+
+        func sandboxReady(landlockABI: Int32, cgroup: String?) {
+            _ = try? writer.append(.sandboxReady, JournaledRun.readyRecord(landlockABI: landlockABI, cgroup: cgroup, seccomp: seccomp), critical: false)
+        }
+    }
+
+    /// The sandbox.ready record of every run.
+    static func readyRecord(landlockABI: Int32, cgroup: String?, seccomp: Bool) -> JSON {
+        .object([
+            ("landlock_abi", .number(Double(landlockABI))),
+            ("cgroup", cgroup.map { .string($0) } ?? .null),
+            ("seccomp", .bool(seccomp)),
+            ("namespaces", ["user", "pid", "mount", "net", "uts", "ipc", "cgroup"]),
+        ])
+    }
+
     /// A limit event and the confession the supervisor files for it (journal and node feed).
     func recordLimit(_ writer: JournalWriter, kind: String, category: String, summary: String) throws(AgentboxError) {
-        try writer.append(RecordType.limit, .object([("kind", .string(kind)), ("detail", .string(summary))]), critical: true)
-        let seq = try writer.append(RecordType.confession, .object([
+        try writer.append(.limit, .object([("kind", .string(kind)), ("detail", .string(summary))]), critical: true)
+        let seq = try writer.append(.confession, .object([
             ("severity", "warning"), ("category", .string(category)), ("summary", .string(summary)), ("by", "supervisor"),
         ]), critical: true)
         do {

@@ -7,13 +7,7 @@ import Glibc
 final class ModelWorker: @unchecked Sendable {
     let fd: Int32
     var mutex = pthread_mutex_t()
-    var outcome: Outcome? = nil
-
-    struct Outcome {
-        var result: Result<AssistantTurn, ModelError>
-        var attempts: [Attempt]
-        var request: (bytes: Int, crc32c: UInt32)?
-    }
+    var outcome: ModelCallOutcome? = nil
     var thread: pthread_t? = nil
     let provider: ModelProvider
 
@@ -37,7 +31,7 @@ final class ModelWorker: @unchecked Sendable {
         let body = ThreadBody { [self] in
             let result: Result<AssistantTurn, ModelError>
             do throws(ModelError) { result = .success(try provider.complete(conversation, tools: tools).0) } catch { result = .failure(error) }
-            let done = Outcome(result: result, attempts: provider.lastAttempts, request: provider.lastRequest)
+            let done = ModelCallOutcome(result: result, attempts: provider.lastAttempts, request: provider.lastRequest)
             pthread_mutex_lock(&mutex)
             outcome = done
             pthread_mutex_unlock(&mutex)
@@ -46,6 +40,11 @@ final class ModelWorker: @unchecked Sendable {
         }
         let arg = Unmanaged.passRetained(body).toOpaque()
         var tid = pthread_t()
+        // Every signal blocked in the thread (the supervision loop reads them from its signalfd).
+        var all = sigset_t(), old = sigset_t()
+        sigfillset(&all)
+        pthread_sigmask(SIG_SETMASK, &all, &old)
+        defer { pthread_sigmask(SIG_SETMASK, &old, nil) }
         let rc = pthread_create(&tid, nil, { p in
             Unmanaged<ThreadBody>.fromOpaque(p!).takeRetainedValue().run()
             return nil
@@ -59,7 +58,7 @@ final class ModelWorker: @unchecked Sendable {
     }
 
     /// The finished call's outcome, if it finished.
-    func collect() -> Outcome? {
+    func collect() -> ModelCallOutcome? {
         var count: UInt64 = 0
         _ = read(fd, &count, 8)
         pthread_mutex_lock(&mutex)

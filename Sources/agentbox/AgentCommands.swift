@@ -29,7 +29,7 @@ struct RunCommand: ParsableCommand {
     var taskFile: String?
     @Option(help: ArgumentHelp("A name for the run (for ps, logs, stop).", valueName: "NAME")) var name: String?
     @Option(name: .customLong("max-steps"), help: ArgumentHelp("Stop (exit 3) after N model calls.", valueName: "N")) var maxSteps: Int?
-    @Option(name: .customLong("max-tool-calls"), help: ArgumentHelp("Stop (exit 3) after N tool calls (one model call may ask for many; at most \(AgentRun.maxCallsPerTurn) of a turn are run).", valueName: "N")) var maxToolCalls: Int?
+    @Option(name: .customLong("max-tool-calls"), help: ArgumentHelp("Stop (exit 3) after N tool calls (one model call may ask for many; at most \(AgentSession.maxCallsPerTurn) of a turn are run).", valueName: "N")) var maxToolCalls: Int?
     @Option(name: .customLong("max-tokens"), help: ArgumentHelp("Stop (exit 3) once N tokens (input + output) are used.", valueName: "N"))
     var maxTokens: Int?
     @Option(name: .customLong("max-cost"), help: ArgumentHelp("Stop (exit 3) once the cost reaches USD (price table: docs/models.md).", valueName: "USD"))
@@ -90,17 +90,20 @@ struct RunCommand: ParsableCommand {
         let run = AgentRun(policy: p.policy, task: p.task, warn: { Console.warning($0) }, progress: display.show)
         if let g = ModelSpec.env("AGENTBOX_GRACE").flatMap(Double.init), g >= 0 { run.grace = g }
         if json {
-            run.journalObserver = { line in Sandbox.writeAll(1, line) }
+            run.journalObserver = { line in Console.out(bytes: line) }
         }
         run.onJournaled = { id, journal in Detach.report(id: id, journal: journal) }
+        let relay = OutputRelay(capacity: 16 << 20, overflow: .drop)
+        Console.relay = relay
         let outcome: AgentOutcome
         do {
+            defer { Console.relay = nil; Console.deliver(relay, run: run.id) }
             outcome = try run.run()
+            display.finish(outcome)
         } catch {
             Detach.fail(error)
             throw error
         }
-        display.finish(outcome)
         return outcome.exitCode
     }
 

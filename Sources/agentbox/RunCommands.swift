@@ -114,31 +114,31 @@ struct Logs: ParsableCommand {
         if json { Console.out(r.raw); return }
         let d = r.data
         func field(_ key: String) -> String { safe(d[key]?.stringValue) }
-        switch r.type {
-        case RecordType.output:
+        switch r.kind {
+        case .output?:
             let bytes = d.outputBytes
             let fd: Int32 = d["stream"]?.stringValue == "stderr" ? 2 : 1
             Sandbox.writeAll(fd, raw ? bytes : Array(TerminalText.block(bytes: bytes).utf8))
-        case RecordType.warning: Console.write(Style.dim("[\(r.seq)] warning: \(field("message"))"))
-        case RecordType.confession:
+        case .warning?: Console.write(Style.dim("[\(r.seq)] warning: \(field("message"))"))
+        case .confession?:
             Console.write("[\(r.seq)] confession \(field("severity"))/\(field("category"))"
                           + (d["by"]?.stringValue == "supervisor" ? " (by agentbox)" : "") + ": \(field("summary"))")
-        case RecordType.limit:
+        case .limit?:
             Console.write(Style.dim("[\(r.seq)] \(r.type): \(safe(d["detail"]?.stringValue ?? d["summary"]?.stringValue))"))
-        case RecordType.exit: Console.write(Style.dim("[\(r.seq)] exit \(d["code"]?.intValue.map(String.init) ?? "?") (\(field("status")))"))
-        case RecordType.runEnded:
+        case .exit?: Console.write(Style.dim("[\(r.seq)] exit \(d["code"]?.intValue.map(String.init) ?? "?") (\(field("status")))"))
+        case .runEnded?:
             var text = "[\(r.seq)] run ended: \(field("state"))"
             if let status = d["status"]?.stringValue { text += " (\(safe(status)))" }
             if let summary = d["summary"]?.stringValue ?? d["reason"]?.stringValue { text += ": " + safe(summary) }
             Console.write(Style.dim(text))
         // Agent runs: the conversation and the tools, on stdout (it is the run's output).
-        case "run.started" where d["kind"]?.stringValue == "run":
+        case .runStarted? where d["kind"]?.stringValue == "run":
             Console.out(headed(Style.bold("task:"), d["task"]?.stringValue ?? ""))
-        case "model.response":
+        case .modelResponse?:
             let turn = d["turn"] ?? .null
             Console.out(Style.bold("[\(r.seq)] step \(d["step"]?.intValue ?? 0)") + Style.dim(" (\(d["total_tokens"]?.intValue ?? 0) tokens so far)"))
             if let text = turn["text"]?.stringValue, !text.isEmpty { Console.out(TerminalText.prefixed(text, Logs.gutter)) }
-        case "tool.call":
+        case .toolCall?:
             let args = d["arguments"] ?? .null
             let name = d["name"]?.stringValue ?? "?"
             if name == "shell" {
@@ -146,15 +146,15 @@ struct Logs: ParsableCommand {
             } else {
                 Console.out(Style.bold("[\(r.seq)] ") + safe(name) + " " + safe(args.serialized))
             }
-        case "tool.done":
+        case .toolDone?:
             let mark = d["is_error"]?.boolValue == true ? "error" : "result"
             Console.out(Style.dim("[\(r.seq)] \(mark) of \(field("name")):"))
             Console.out(TerminalText.prefixed(d["content"]?.stringValue ?? "", Logs.gutter))
-        case "tool.interrupted": Console.write(Style.dim("[\(r.seq)] tool call \(field("id")) interrupted: \(field("reason"))"))
-        case "model.attempt", "model.error":
+        case .toolInterrupted?: Console.write(Style.dim("[\(r.seq)] tool call \(field("id")) interrupted: \(field("reason"))"))
+        case .modelAttempt?, .modelError?:
             Console.write(Style.dim("[\(r.seq)] \(r.type): \(field("error"))"))
-        case "budget": Console.write(Style.dim("[\(r.seq)] budget: \(field("detail"))"))
-        case RecordType.journalRecovered:
+        case .budget?: Console.write(Style.dim("[\(r.seq)] budget: \(field("detail"))"))
+        case .journalRecovered?:
             Console.write(Style.dim("[\(r.seq)] journal recovered: a torn last record (\(d["truncated_bytes"]?.intValue ?? 0) bytes) was cut"))
         default: break
         }
@@ -169,7 +169,7 @@ struct Logs: ParsableCommand {
             while true {
                 for r in try follower.poll() where r.seq > since {
                     show(r)
-                    if r.type == RecordType.runEnded { ended = true }
+                    if r.kind == .runEnded { ended = true }
                 }
                 if !follow || ended { break }
                 if !store.isLive(id) {

@@ -16,10 +16,16 @@ let agentboxVersion = AgentboxVersion.string
 enum Console {
     static let color = isatty(2) == 1 && getenv("NO_COLOR") == nil
 
+    /// While a run supervises its sandbox, what agentbox writes goes through this relay: a reader that
+    /// stalls (a pipe nobody reads) must not stall the supervision loop. Lines that do not fit are
+    /// dropped and counted (the journal has everything).
+    nonisolated(unsafe) static var relay: OutputRelay? = nil
+
     static func write(_ text: String) {
         var s = text
         if !s.hasSuffix("\n") { s += "\n" }
         let bytes = Array(s.utf8)
+        if let relay { return relay.write(2, bytes) }
         _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
     }
     static func error(_ e: AgentboxError) {
@@ -31,11 +37,23 @@ enum Console {
         let label = color ? "\u{1B}[1;33mwarning\u{1B}[0m" : "warning"
         write("agentbox: \(label): \(TerminalText.line(message))")
     }
+    /// Ends a relay: waits until its reader took what is queued (a stop signal ends the wait) and
+    /// says what was dropped.
+    static func deliver(_ relay: OutputRelay, run id: String) {
+        let complete = relay.finishUnlessSignalled()
+        if relay.dropped > 0 || !complete {
+            let what = relay.dropped > 0 ? "\(relay.dropped) bytes of agentbox's output were dropped" : "agentbox's output was not all delivered"
+            warning("\(what): its reader did not keep up; the journal has everything" + (id.isEmpty ? "" : " (agentbox logs \(id))"))
+        }
+    }
+
     static func note(_ message: String) { write("agentbox: \(TerminalText.line(message))") }
     /// A line to stdout, written at once (no stdio buffering: `logs -f --json | consumer` sees each
     /// record as it comes, and nothing is lost if the reader is killed).
-    static func out(_ text: String) {
-        let bytes = Array((text + "\n").utf8)
+    static func out(_ text: String) { out(bytes: Array((text + "\n").utf8)) }
+
+    static func out(bytes: [UInt8]) {
+        if let relay { return relay.write(1, bytes) }
         var off = 0
         while off < bytes.count {
             let n = bytes[off...].withUnsafeBytes { Glibc.write(1, $0.baseAddress, $0.count) }

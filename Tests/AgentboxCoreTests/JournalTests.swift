@@ -28,7 +28,7 @@ import Testing
             try w.append(RecordType.warning, ["message": "batched, never flushed by the caller"], critical: false)
         }
         let scan = try JournalReader.scan(path: dir + "/journal.jsonl")
-        #expect(scan.intact && scan.records.map(\.type) == [RecordType.journalOpened, RecordType.warning])
+        #expect(scan.intact && scan.records.map(\.kind) == [.journalOpened, .warning])
     }
 
     @Test func writesAndVerifiesSequenceAndChecksums() throws {
@@ -36,8 +36,8 @@ import Testing
         let scan = try JournalReader.scan(path: path)
         #expect(scan.intact)
         #expect(scan.records.map(\.seq) == Array(1...22))
-        #expect(scan.records.first?.type == RecordType.journalOpened)
-        #expect(scan.records.last?.type == RecordType.runEnded)
+        #expect(scan.records.first?.kind == RecordType.journalOpened)
+        #expect(scan.records.last?.kind == RecordType.runEnded)
         #expect(scan.records[3].data.outputBytes == Array("line 2 ü\n".utf8))
     }
 
@@ -55,7 +55,7 @@ import Testing
     /// (over the bytes as written) verifies; a journal written before they were escaped verifies too.
     @Test func lineSeparatorsStayInsideTheirRecord() throws {
         let text = "a\u{2028}b\u{2029}c\u{85}d\u{1B}]52;c;eA==\u{07}\r\n"
-        let record = JournalRecord(seq: 1, epoch: 1, type: RecordType.output, data: JSON.output(stream: "stdout", bytes: Array(text.utf8)))
+        let record = JournalRecord(seq: 1, epoch: 1, type: RecordType.output.rawValue, data: JSON.output(stream: "stdout", bytes: Array(text.utf8)))
         let line = record.line()
         let body = String(decoding: line.dropLast(), as: UTF8.self)
         #expect(line.last == 0x0A && !line.dropLast().contains(0x0A) && !line.contains(0x1B))
@@ -69,7 +69,7 @@ import Testing
         old += Array(",\"crc\":\"\(CRC32C.hex(CRC32C.checksum(old)))\"}".utf8)
         let legacy = try JournalRecord.parse(line: old[...]).get()
         #expect(legacy.data["text"]?.stringValue == "a\u{2028}b\u{85}")
-        let scan = JournalReader.scan(bytes: old + [0x0A] + JournalRecord(seq: 2, epoch: 1, type: RecordType.warning, data: ["message": "x\u{2028}"]).line())
+        let scan = JournalReader.scan(bytes: old + [0x0A] + JournalRecord(seq: 2, epoch: 1, type: RecordType.warning.rawValue, data: ["message": "x\u{2028}"]).line())
         #expect(scan.intact && scan.records.count == 2)
     }
 
@@ -91,7 +91,7 @@ import Testing
         try w.append(RecordType.runEnded, ["state": "interrupted"], critical: true)
         let scan = try JournalReader.scan(path: path)
         #expect(scan.intact)
-        #expect(scan.records.contains { $0.type == RecordType.journalRecovered })
+        #expect(scan.records.contains { $0.kind == RecordType.journalRecovered })
         #expect(scan.records.last?.epoch == 2, "a reopened journal has a new epoch")
     }
 
@@ -129,9 +129,9 @@ import Testing
         let full = try JournalReader.scan(path: w.path)
         let quick = try JournalReader.headAndTail(path: w.path, head: 4096, tail: 65536)
         #expect(quick.partial && !full.partial)
-        #expect(quick.records.first?.seq == 1 && quick.records[1].type == RecordType.runStarted)
+        #expect(quick.records.first?.seq == 1 && quick.records[1].kind == RecordType.runStarted)
         #expect(quick.records.last?.seq == full.records.last?.seq)
-        #expect(quick.records.last?.type == RecordType.runEnded)
+        #expect(quick.records.last?.kind == RecordType.runEnded)
         #expect(quick.damage == nil && quick.tornBytes == 0)
     }
 
