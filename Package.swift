@@ -47,6 +47,7 @@ let package = Package(
         .executableTarget(name: "agentbox-bench", dependencies: ["AgentboxCore", "AgentboxJournal", "AgentboxModels"]),
         .testTarget(name: "AgentboxCoreTests", dependencies: ["AgentboxCore", "AgentboxSandbox", "AgentboxJournal"]),
         .testTarget(name: "AgentboxModelsTests", dependencies: ["AgentboxCore", "AgentboxModels"]),
+        .testTarget(name: "AgentboxSupervisorTests", dependencies: ["AgentboxCore", "AgentboxJournal", "AgentboxModels", "AgentboxSandbox", "AgentboxSupervisor"]),
         .testTarget(name: "AgentboxIntegrationTests", dependencies: ["AgentboxCore", "AgentboxJournal", "AgentboxModels", "AgentboxSupervisor"]),
     ],
     swiftLanguageModes: [.v6]

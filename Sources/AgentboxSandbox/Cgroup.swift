@@ -155,7 +155,9 @@ final class CgroupV2: CgroupHandle {
 
     static func enableControllers(_ dir: String) {
         let available = FileIO.readSmall(dir + "/cgroup.controllers") ?? ""
-        let wanted = ["memory", "pids", "cpu"].filter { available.split(separator: " ").map(String.init).contains($0) }
+        // The kernel ends the list with a newline: split on any whitespace, or the last one is missed.
+        let names = available.split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
+        let wanted = ["memory", "pids", "cpu"].filter { names.contains($0) }
             .map { "+" + $0 }
         if !wanted.isEmpty { try? FileIO.write(dir + "/cgroup.subtree_control", wanted.joined(separator: " ")) }
     }
@@ -186,12 +188,19 @@ final class CgroupV2: CgroupHandle {
 final class CgroupV1: CgroupHandle {
     /// controller name -> directory
     var dirs: [(String, String)] = []
+    /// Where cpuacct is mounted: the cpu directory has cpuacct.usage when the two are co-mounted.
+    var cpuacctMount: String? = nil
     var cloneFd: Int32 { -1 }
     var description: String { "cgroup v1 " + dirs.map { $0.1 }.joined(separator: ", ") }
 
-    static func create(id: String, limits: Limits, root: String) throws(AgentboxError) -> CgroupV1 {
+    /// `mountinfo` and `procCgroup` are the texts of /proc/self/mountinfo and /proc/self/cgroup (read
+    /// when nil; given by the fixture tests).
+    static func create(id: String, limits: Limits, root: String, mountinfo: String? = nil,
+                       procCgroup: String? = nil) throws(AgentboxError) -> CgroupV1 {
         let handle = CgroupV1()
-        let own = ownCgroups()
+        let mountinfo = mountinfo ?? FileIO.readSmall("/proc/self/mountinfo") ?? ""
+        handle.cpuacctMount = controllerMount("cpuacct", root: root, mountinfo: mountinfo)
+        let own = ownCgroups(procCgroup ?? FileIO.readSmall("/proc/self/cgroup") ?? "")
         // Only the controllers a limit needs, plus cpuacct/memory for the usage report.
         var wanted: [String] = []
         if limits.memory != nil { wanted.append("memory") }
@@ -199,7 +208,7 @@ final class CgroupV1: CgroupHandle {
         if limits.cpus != nil { wanted.append("cpu") }
         do throws(AgentboxError) {
             for controller in wanted {
-                guard let mountDir = controllerMount(controller, root: root) else {
+                guard let mountDir = controllerMount(controller, root: root, mountinfo: mountinfo) else {
                     throw AgentboxError(stage: "cgroup", "the \(controller) controller is not mounted under \(root)")
                 }
                 let base = mountDir + (own[controller] ?? "")
@@ -231,8 +240,8 @@ final class CgroupV1: CgroupHandle {
     }
 
     /// The mount point of a v1 controller (from /proc/self/mountinfo; "cpu" may be co-mounted as "cpu,cpuacct").
-    static func controllerMount(_ controller: String, root: String) -> String? {
-        for line in (FileIO.readSmall("/proc/self/mountinfo") ?? "").split(separator: "\n") {
+    static func controllerMount(_ controller: String, root: String, mountinfo: String) -> String? {
+        for line in mountinfo.split(separator: "\n") {
             let fields = line.split(separator: " ")
             guard let dash = fields.firstIndex(of: "-"), dash + 3 < fields.count, fields[dash + 1] == "cgroup" else { continue }
             let options = fields[dash + 3].split(separator: ",")
@@ -242,9 +251,9 @@ final class CgroupV1: CgroupHandle {
     }
 
     /// The supervisor's own cgroup path per v1 controller, from /proc/self/cgroup.
-    static func ownCgroups() -> [String: String] {
+    static func ownCgroups(_ procCgroup: String) -> [String: String] {
         var out: [String: String] = [:]
-        for line in (FileIO.readSmall("/proc/self/cgroup") ?? "").split(separator: "\n") {
+        for line in procCgroup.split(separator: "\n") {
             let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
             guard parts.count == 3 else { continue }
             for c in parts[1].split(separator: ",") { out[String(c)] = String(parts[2]) }
@@ -266,7 +275,7 @@ final class CgroupV1: CgroupHandle {
             case "pids":
                 r.pidsLimitHits = Int(Cgroups.keyed(FileIO.readSmall(dir + "/pids.events"))["max"] ?? 0)
             case "cpu":
-                if let acct = CgroupV1.controllerMount("cpuacct", root: "/sys/fs/cgroup"), acct == dir.prefix(acct.count).description,
+                if let acct = cpuacctMount, dir.hasPrefix(acct),
                    let ns = FileIO.readSmall(dir + "/cpuacct.usage").flatMap({ UInt64($0.trimmingSpaces()) }) {
                     r.cpuSeconds = Double(ns) / 1e9
                 }

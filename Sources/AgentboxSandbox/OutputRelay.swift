@@ -2,9 +2,10 @@ import AgentboxCore
 import CAgentboxShim
 import Glibc
 
-/// Writes to agentbox's own stdout and stderr from a thread of its own, so that a reader that stalls (a
-/// pipe nobody reads, a paused terminal) never stalls the supervision loop: timeouts, signals and the
-/// journal go on. At most `capacity` bytes wait; what happens past that is the relay's `Overflow`.
+/// Writes to one of agentbox's own descriptors (stdout or stderr) from a thread of its own, so that a
+/// reader that stalls (a pipe nobody reads, a paused terminal) never stalls the supervision loop:
+/// timeouts, signals and the journal go on, and the other stream still flows. At most `capacity` bytes
+/// wait; what happens past that is the relay's `Overflow`.
 /// A reader that went away (EPIPE) is not an error: what was meant for it is dropped (the journal has it).
 public final class OutputRelay: @unchecked Sendable {
     public enum Overflow: Sendable {
@@ -16,6 +17,7 @@ public final class OutputRelay: @unchecked Sendable {
         case drop
     }
 
+    public let fd: Int32
     public let capacity: Int
     public let overflow: Overflow
     /// Readable (an eventfd) when the queue has drained below half after being full, and when the
@@ -24,17 +26,18 @@ public final class OutputRelay: @unchecked Sendable {
 
     var mutex = pthread_mutex_t()
     var cond = pthread_cond_t()
-    var queue: [(fd: Int32, bytes: [UInt8])] = []
+    var queue: [[UInt8]] = []
     var head = 0
     var queued = 0
     var full = false
     var closing = false
     var finished = false
-    var broken: Set<Int32> = []
+    var broken = false
     var thread: pthread_t? = nil
     var droppedBytes = 0
 
-    public init(capacity: Int = 4 << 20, overflow: Overflow) {
+    public init(fd: Int32, capacity: Int = 4 << 20, overflow: Overflow) {
+        self.fd = fd
         self.capacity = capacity
         self.overflow = overflow
         wakeFD = ab_eventfd()
@@ -69,12 +72,12 @@ public final class OutputRelay: @unchecked Sendable {
         return droppedBytes
     }
 
-    /// Queues `bytes` for `fd`. Never blocks.
-    public func write(_ fd: Int32, _ bytes: [UInt8]) {
+    /// Queues `bytes`. Never blocks.
+    public func write(_ bytes: [UInt8]) {
         guard !bytes.isEmpty else { return }
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
-        if broken.contains(fd) || closing { return }
+        if broken || closing { return }
         if overflow == .drop && queued + bytes.count > capacity {
             droppedBytes += bytes.count
             return
@@ -86,7 +89,7 @@ public final class OutputRelay: @unchecked Sendable {
             pthread_mutex_lock(&mutex)
             return
         }
-        queue.append((fd, bytes))
+        queue.append(bytes)
         queued += bytes.count
         if queued >= capacity { full = true }
         pthread_cond_signal(&cond)
@@ -159,8 +162,8 @@ public final class OutputRelay: @unchecked Sendable {
         while true {
             while head == queue.count && !closing { pthread_cond_wait(&cond, &mutex) }
             if head == queue.count { break }
-            let (fd, bytes) = queue[head]
-            queue[head].bytes = []
+            let bytes = queue[head]
+            queue[head] = []
             head += 1
             if head > 1024 && head * 2 > queue.count {
                 queue.removeFirst(head)
@@ -169,7 +172,7 @@ public final class OutputRelay: @unchecked Sendable {
             pthread_mutex_unlock(&mutex)
             let ok = OutputRelay.deliver(fd, bytes)
             pthread_mutex_lock(&mutex)
-            if !ok { broken.insert(fd) }
+            if !ok { broken = true }
             queued -= bytes.count
             if full && queued <= capacity / 2 {
                 full = false

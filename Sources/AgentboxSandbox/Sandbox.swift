@@ -103,8 +103,8 @@ public final class Sandbox {
     public var grace = Sandbox.gracePeriod
     let warn: (SandboxWarning) -> Void
     var process: SandboxProcess? = nil
-    /// Captured output on its way to agentbox's stdout/stderr (`captureOutput` only).
-    let relay: OutputRelay?
+    /// Captured output on its way to agentbox's stdout and stderr (`captureOutput` only).
+    let relays: [OutputRelay]
 
     public init(id: String = RunID.make(), policy: SandboxPolicy, argv: [String], mode: Mode = .command, captureOutput: Bool = false,
                 warn: @escaping (SandboxWarning) -> Void) {
@@ -114,7 +114,7 @@ public final class Sandbox {
         self.mode = mode
         self.captureOutput = captureOutput
         self.warn = warn
-        relay = captureOutput ? OutputRelay(overflow: .backpressure) : nil
+        relays = captureOutput ? [OutputRelay(fd: 1, overflow: .backpressure), OutputRelay(fd: 2, overflow: .backpressure)] : []
     }
 
     /// With `captureOutput`: waits until agentbox's own stdout/stderr have taken all of the command's
@@ -122,7 +122,7 @@ public final class Sandbox {
     /// Call it after `run` once the result is recorded: a reader that never reads then delays only the
     /// exit of agentbox, not the journal.
     @discardableResult
-    public func deliverOutput() -> Bool { relay?.finishUnlessSignalled() ?? true }
+    public func deliverOutput() -> Bool { relays.allSatisfy { $0.finishUnlessSignalled() } }
 
     /// The sandbox's cgroup counters now (OOM kills, pids-limit hits), nil without a cgroup.
     public func cgroupReport() -> CgroupReport? { process?.cgroup?.report() }
@@ -160,7 +160,7 @@ public final class Sandbox {
         let process = try launcher.launch()
         self.process = process
         defer { self.process = nil }
-        var supervision = Supervision(process: process, policy: policy, mode: mode, grace: grace, delegate: delegate, relay: relay, warn: warn, timing: timing)
+        var supervision = Supervision(process: process, policy: policy, mode: mode, grace: grace, delegate: delegate, relays: relays, warn: warn, timing: timing)
         let ending = supervision.run()
         timing.mark("init exit")
         if let failure = ending.failure { throw failure }

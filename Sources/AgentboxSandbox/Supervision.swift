@@ -55,7 +55,7 @@ struct Supervision {
     static let tickInterval: Int32 = 200
 
     enum Source: Int, CaseIterable {
-        case channel, signals, initExit, stdout, stderr, wake, relay
+        case channel, signals, initExit, stdout, stderr, wake, stdoutRoom, stderrRoom
     }
 
     let process: SandboxProcess
@@ -66,14 +66,15 @@ struct Supervision {
     let warn: (SandboxWarning) -> Void
     let timing: Timing
     var ending = SandboxEnding()
-    let relay: OutputRelay?
+    /// agentbox's stdout and stderr (empty when output is not captured).
+    let relays: [OutputRelay]
     var assembler = AgentWire.Assembler()
     var packet = [UInt8](repeating: 0, count: AgentWire.packetPayload + 64)
     var graceDeadline: Double? = nil
     var open: [Bool] = [true, true]  // stdout, stderr: not at EOF yet
 
     init(process: SandboxProcess, policy: SandboxPolicy, mode: Sandbox.Mode, grace: Double, delegate: SandboxDelegate?,
-         relay: OutputRelay?, warn: @escaping (SandboxWarning) -> Void, timing: Timing) {
+         relays: [OutputRelay], warn: @escaping (SandboxWarning) -> Void, timing: Timing) {
         self.process = process
         self.policy = policy
         self.mode = mode
@@ -81,7 +82,7 @@ struct Supervision {
         self.delegate = delegate
         self.warn = warn
         self.timing = timing
-        self.relay = relay
+        self.relays = relays
     }
 
     /// Stops the sandbox because of `error` (the first one is kept).
@@ -111,12 +112,13 @@ struct Supervision {
         fds[Source.initExit.rawValue].fd = process.pidfd.raw
         fds[Source.wake.rawValue].fd = delegate?.wakeFD ?? -1
         while true {
-            // Output is read only while the relay has room: otherwise the command waits, as under any
+            // A stream is read only while its relay has room: otherwise the command waits, as under any
             // pipe, and the loop waits for room (or anything else) instead.
-            let room = relay?.hasRoom ?? true
-            fds[Source.stdout.rawValue].fd = room && open[0] ? process.stdout.raw : -1
-            fds[Source.stderr.rawValue].fd = room && open[1] ? process.stderr.raw : -1
-            fds[Source.relay.rawValue].fd = room ? -1 : relay!.wakeFD
+            for (i, (pipe, room)) in [(Source.stdout, Source.stdoutRoom), (.stderr, .stderrRoom)].enumerated() where !relays.isEmpty {
+                let hasRoom = relays[i].hasRoom
+                fds[pipe.rawValue].fd = hasRoom && open[i] ? (i == 0 ? process.stdout.raw : process.stderr.raw) : -1
+                fds[room.rawValue].fd = hasRoom ? -1 : relays[i].wakeFD
+            }
             var timeoutMs: Int32 = -1
             if let d = [deadline, graceDeadline].compactMap({ $0 }).min() {
                 timeoutMs = Int32(max(0, min(Double(Int32.max), (d - Clock.monotonic()) * 1000)).rounded(.up))
@@ -125,9 +127,9 @@ struct Supervision {
             let rc = poll(&fds, nfds_t(fds.count), timeoutMs)
             if rc < 0 && errno != EINTR { break }
             func ready(_ s: Source) -> Bool { fds[s.rawValue].fd >= 0 && fds[s.rawValue].revents != 0 }
-            if ready(.relay) {
+            for (i, room) in [Source.stdoutRoom, .stderrRoom].enumerated() where ready(room) {
                 var n: UInt64 = 0
-                _ = read(relay!.wakeFD, &n, 8)
+                _ = read(relays[i].wakeFD, &n, 8)
             }
             for (i, s) in [(0, Source.stdout), (1, Source.stderr)] where ready(s) {
                 if !pump(fds[s.rawValue].fd, s == .stdout ? .stdout : .stderr, &chunk) { open[i] = false }
@@ -178,7 +180,7 @@ struct Supervision {
         }
         if n == 0 { return !eof }
         let bytes = Array(chunk[0..<n])
-        relay?.write(stream == .stdout ? 1 : 2, bytes)
+        if !relays.isEmpty { relays[stream == .stdout ? 0 : 1].write(bytes) }
         if let delegate { call { () throws(AgentboxError) in try delegate.sandboxOutput(stream, bytes) } }
         return true
     }

@@ -93,11 +93,11 @@ struct RunCommand: ParsableCommand {
             run.journalObserver = { line in Console.out(bytes: line) }
         }
         run.onJournaled = { id, journal in Detach.report(id: id, journal: journal) }
-        let relay = OutputRelay(capacity: 16 << 20, overflow: .drop)
-        Console.relay = relay
+        let relays = (out: OutputRelay(fd: 1, capacity: 16 << 20, overflow: .drop), err: OutputRelay(fd: 2, capacity: 1 << 20, overflow: .drop))
+        Console.relays = relays
         let outcome: AgentOutcome
         do {
-            defer { Console.relay = nil; Console.deliver(relay, run: run.id) }
+            defer { Console.relays = nil; Console.deliver(relays, run: run.id) }
             outcome = try run.run()
             display.finish(outcome)
         } catch {

@@ -19,13 +19,13 @@ enum Console {
     /// While a run supervises its sandbox, what agentbox writes goes through this relay: a reader that
     /// stalls (a pipe nobody reads) must not stall the supervision loop. Lines that do not fit are
     /// dropped and counted (the journal has everything).
-    nonisolated(unsafe) static var relay: OutputRelay? = nil
+    nonisolated(unsafe) static var relays: (out: OutputRelay, err: OutputRelay)? = nil
 
     static func write(_ text: String) {
         var s = text
         if !s.hasSuffix("\n") { s += "\n" }
         let bytes = Array(s.utf8)
-        if let relay { return relay.write(2, bytes) }
+        if let relays { return relays.err.write(bytes) }
         _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
     }
     static func error(_ e: AgentboxError) {
@@ -39,10 +39,12 @@ enum Console {
     }
     /// Ends a relay: waits until its reader took what is queued (a stop signal ends the wait) and
     /// says what was dropped.
-    static func deliver(_ relay: OutputRelay, run id: String) {
-        let complete = relay.finishUnlessSignalled()
-        if relay.dropped > 0 || !complete {
-            let what = relay.dropped > 0 ? "\(relay.dropped) bytes of agentbox's output were dropped" : "agentbox's output was not all delivered"
+    static func deliver(_ relays: (out: OutputRelay, err: OutputRelay), run id: String) {
+        // stderr first (the terminal, usually); a stop signal ends the wait for both.
+        let complete = relays.err.finishUnlessSignalled() && relays.out.finishUnlessSignalled()
+        let dropped = relays.out.dropped + relays.err.dropped
+        if dropped > 0 || !complete {
+            let what = dropped > 0 ? "\(dropped) bytes of agentbox's output were dropped" : "agentbox's output was not all delivered"
             warning("\(what): its reader did not keep up; the journal has everything" + (id.isEmpty ? "" : " (agentbox logs \(id))"))
         }
     }
@@ -53,7 +55,7 @@ enum Console {
     static func out(_ text: String) { out(bytes: Array((text + "\n").utf8)) }
 
     static func out(bytes: [UInt8]) {
-        if let relay { return relay.write(1, bytes) }
+        if let relays { return relays.out.write(bytes) }
         var off = 0
         while off < bytes.count {
             let n = bytes[off...].withUnsafeBytes { Glibc.write(1, $0.baseAddress, $0.count) }

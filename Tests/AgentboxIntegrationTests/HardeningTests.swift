@@ -576,3 +576,42 @@ extension SurroundingsTests {
         #expect(r.out == "141\n", "ends like any pipeline stage whose reader left (124 would be the timeout): \(r)")
     }
 }
+
+extension SurroundingsTests {
+    /// Runs `command` (an agentbox command line) with stdout into a FIFO whose reader never reads; after
+    /// `wait` seconds returns what `inspect NAME` says, then SIGTERMs agentbox and returns its exit
+    /// code and how long it took to go.
+    func stalled(_ command: String, name: String, home: String, cwd: String, wait: Int) -> (inspect: String, code: String, seconds: String) {
+        let script = """
+        mkfifo fifo; sleep 120 < fifo > /dev/null 2>&1 & R=$!
+        \(command) > fifo & P=$!
+        sleep \(wait)
+        '\(TestEnv.agentbox)' inspect \(name) --json > inspect.json
+        T0=$(date +%s%N); kill -TERM $P; wait $P; C=$?; T1=$(date +%s%N); kill -KILL $R
+        echo "$C $(( (T1 - T0) / 1000000 ))"
+        """
+        let r = run(["/bin/bash", "-c", script], cwd: cwd, env: ["AGENTBOX_HOME": home])
+        let parts = r.out.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        return ((try? String(contentsOfFile: cwd + "/inspect.json", encoding: .utf8)) ?? "", parts.first ?? "", parts.count > 1 ? parts[1] : "")
+    }
+
+    @Test func aStalledReaderDoesNotStallAJournaledExec() throws {
+        let home = TestEnv.workspace(), ws = TestEnv.workspace()
+        let r = stalled("'\(TestEnv.agentbox)' exec --name stall --timeout 2 -- sh -c 'yes'", name: "stall", home: home, cwd: ws, wait: 5)
+        // The timeout was acted on and journaled while stdout was full; the stop signal ends the wait
+        // for the reader; the exit code is the command's (124: timeout).
+        #expect(r.inspect.contains("\"state\": \"timeout\""), "\(r)")
+        #expect(r.code == "124" && (Int(r.seconds) ?? 9999) < 3000, "\(r)")
+    }
+
+    @Test func aStalledReaderDoesNotStallARun() throws {
+        let home = TestEnv.workspace(), ws = TestEnv.workspace()
+        // Each result is a full tool output: more --json than a pipe holds, then a call that outlives --timeout.
+        let turns = (1...8).map { #"{"tool_calls": [{"name": "shell", "arguments": {"command": "head -c 6000\#($0) /dev/zero | tr '\\0' a"}}]}"# } + [#"{"tool_calls": [{"name": "shell", "arguments": {"command": "sleep 60"}}]}"#]
+        try #"{"turns": [\#(turns.joined(separator: ","))]}"#.write(toFile: ws + "/session.json", atomically: true, encoding: .utf8)
+        let r = stalled("'\(TestEnv.agentbox)' run --name stallrun --model replay:session.json --task t --json --timeout 3",
+                        name: "stallrun", home: home, cwd: ws, wait: 6)
+        #expect(r.inspect.contains("\"state\": \"timeout\""), "\(r)")
+        #expect(r.code == "124" && (Int(r.seconds) ?? 9999) < 3000, "\(r)")
+    }
+}
