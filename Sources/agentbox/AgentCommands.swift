@@ -293,33 +293,6 @@ enum Detach {
     }
 }
 
-/// The supervisor of a live run, as a pidfd: the pid comes from the run's lock file, and the kernel's
-/// lock table (/proc/locks) must show that very process holding that lock after the pidfd is open, so
-/// a pid reused by an unrelated process is never signalled.
-func liveSupervisor(_ store: RunStore, _ id: String) throws(AgentboxError) -> (pid: pid_t, fd: Int32) {
-    let summary = try store.summary(id, full: false)
-    let lockPath = store.runsDir + "/" + id + "/lock"
-    guard summary.state == "running", let text = FileIO.readSmall(lockPath), let pid = pid_t(text.trimmingSpaces()), pid > 0 else {
-        throw AgentboxError(stage: "run", "run \(id) is not running (state: \(summary.state))", exitCode: 1)
-    }
-    let fd = ab_pidfd_open(pid)
-    var st = stat()
-    guard fd >= 0, stat(lockPath, &st) == 0 else {
-        throw AgentboxError(stage: "run", "run \(id) is not running (its supervisor, pid \(pid), is gone)", exitCode: 1)
-    }
-    // /proc/locks: "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"
-    let holds = (FileIO.readSmall("/proc/locks") ?? "").split(separator: "\n").contains { line in
-        let f = line.split(separator: " ", omittingEmptySubsequences: true)
-        guard f.count >= 6, f[1] == "FLOCK", pid_t(f[4]) == pid else { return false }
-        return f[5].split(separator: ":").last.flatMap { UInt64($0) } == UInt64(st.st_ino)
-    }
-    guard holds else {
-        close(fd)
-        throw AgentboxError(stage: "run", "run \(id) is not running (pid \(pid) does not hold its lock)", exitCode: 1)
-    }
-    return (pid, fd)
-}
-
 /// Waits until the run's writer is gone; false on timeout.
 func waitForEnd(_ store: RunStore, _ id: String, seconds: Double) -> Bool {
     let deadline = Timing.now() + seconds
@@ -337,20 +310,40 @@ func recordKilled(_ store: RunStore, _ id: String, reason: String) throws(Agentb
     try writer.finish()
 }
 
-/// A live run's supervisor, signalled through a pidfd (see `liveSupervisor`).
-struct Supervisor {
+/// The supervisor of a live run, as a pidfd (closed with this): the pid comes from the run's lock
+/// file, and the kernel's lock table (/proc/locks) must show that very process holding that lock after
+/// the pidfd is open, so a pid reused by an unrelated process is never signalled.
+final class Supervisor {
     let store = RunStore()
     let id: String
     let pid: pid_t
-    let pidfd: Int32
+    let pidfd: Descriptor
 
     init(_ target: String) throws(AgentboxError) {
-        id = try store.resolve(target)
-        (pid, pidfd) = try liveSupervisor(store, id)
+        let id = try store.resolve(target)
+        self.id = id
+        let summary = try store.summary(id, full: false)
+        let lockPath = store.runsDir + "/" + id + "/lock"
+        guard summary.state == "running", let text = FileIO.readSmall(lockPath), let pid = pid_t(text.trimmingSpaces()), pid > 0 else {
+            throw AgentboxError(stage: "run", "run \(id) is not running (state: \(summary.state))", exitCode: 1)
+        }
+        self.pid = pid
+        pidfd = Descriptor(ab_pidfd_open(pid))
+        var st = stat()
+        guard pidfd.isValid, stat(lockPath, &st) == 0 else {
+            throw AgentboxError(stage: "run", "run \(id) is not running (its supervisor, pid \(pid), is gone)", exitCode: 1)
+        }
+        // /proc/locks: "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"
+        let holds = (FileIO.readSmall("/proc/locks") ?? "").split(separator: "\n").contains { line in
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard f.count >= 6, f[1] == "FLOCK", pid_t(f[4]) == pid else { return false }
+            return f[5].split(separator: ":").last.flatMap { UInt64($0) } == UInt64(st.st_ino)
+        }
+        guard holds else { throw AgentboxError(stage: "run", "run \(id) is not running (pid \(pid) does not hold its lock)", exitCode: 1) }
     }
 
     func signal(_ sig: Int32) throws(AgentboxError) {
-        guard ab_pidfd_send_signal(pidfd, sig) == 0 else {
+        guard ab_pidfd_send_signal(pidfd.raw, sig) == 0 else {
             throw AgentboxError(stage: "signal", "signal \(sig) to pid \(pid): \(FileIO.errnoString())")
         }
     }
@@ -363,8 +356,6 @@ struct Supervisor {
         }
         try recordKilled(store, id, reason: reason)
     }
-
-    func close() { Glibc.close(pidfd) }
 }
 
 struct Stop: ParsableCommand {
@@ -377,7 +368,6 @@ struct Stop: ParsableCommand {
     func run() throws {
         guarded { () throws(AgentboxError) -> Int32 in
             let s = try Supervisor(target)
-            defer { s.close() }
             let recorded = (try? s.store.summary(s.id, full: false))?.grace
             let grace = self.grace ?? (recorded ?? Sandbox.gracePeriod) + 5
             try s.signal(SIGTERM)
@@ -400,7 +390,6 @@ struct Kill: ParsableCommand {
     func run() throws {
         guarded { () throws(AgentboxError) -> Int32 in
             let s = try Supervisor(target)
-            defer { s.close() }
             try s.kill(reason: "SIGKILL by `agentbox kill`")
             Console.note("run \(s.id): killed")
             return 0
