@@ -1,6 +1,7 @@
 # agentbox: the two commands of the README quickstart are `make demo` and `make test`.
 # Both install what is missing (Debian/Ubuntu packages, with sudo when not root), build, and run.
 
+SHELL := /bin/bash
 SWIFT_BIN ?= $(shell command -v swift 2>/dev/null || ls /opt/swift/usr/bin/swift 2>/dev/null)
 SWIFT     := $(SWIFT_BIN)
 PREFIX    ?= /usr/local
@@ -39,15 +40,20 @@ bench-deps:
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  $(SUDO) apt-get install -y $$missing >/dev/null || { $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y $$missing; }; fi
 
+# The static agentbox-init links libswiftCore.a, whose glibc dlopen reference makes ld warn "Using
+# 'dlopen' in statically linked applications requires at runtime the shared libraries...". The init
+# never loads a library (no Foundation, no NSS), so that one warning is filtered; everything else shows.
+QUIET_STATIC := 2>&1 | { grep --line-buffered -v "Using 'dlopen' in statically linked" || true; }
+
 # Debug build with the shared Swift runtime (the test frameworks are not available statically).
 build: check-swift deps
-	$(SWIFT) build
+	@set -o pipefail; $(SWIFT) build $(QUIET_STATIC)
 
 release: check-swift deps
-	$(SWIFT) build -c release $(STATIC)
+	@set -o pipefail; $(SWIFT) build -c release $(STATIC) $(QUIET_STATIC)
 
 test: build
-	$(SWIFT) test
+	@set -o pipefail; $(SWIFT) test $(QUIET_STATIC)
 
 demo: release
 	@bash examples/demo.sh $(RELEASE_BIN)/agentbox

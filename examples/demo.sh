@@ -8,13 +8,14 @@ if [ -e "$arg" ]; then AGENTBOX=$(readlink -f "$arg"); else AGENTBOX=$(command -
 failed=0
 expect() { [ "$1" = "$2" ] || { echo "demo: expected exit $2, got $1" >&2; failed=1; }; }
 here=$(cd "$(dirname "$0")" && pwd)
-ws=$(mktemp -d /tmp/agentbox-demo-XXXXXX)
-trap 'rm -rf "$ws"' EXIT
+ws=$(mktemp -d /tmp/agentbox-demo-XXXXXX)   # kept: the journals are in it (said at the end)
 cp -r "$here/hello-project/." "$ws/"
 [ "$(id -u)" = 0 ] && chown -R nobody: "$ws" 2>/dev/null
 cd "$ws"
 
-step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+# Bold headings on a terminal only, and never with NO_COLOR set (https://no-color.org).
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+step() { printf '\n%s$ %s%s\n' "$bold" "$*" "$plain"; }
 
 step agentbox doctor
 "$AGENTBOX" doctor
@@ -84,4 +85,12 @@ step "agentbox ps --all; agentbox logs demo-tests; agentbox confessions"
 step "ls -l   # files the sandbox wrote belong to the workspace's owner"
 "$AGENTBOX" exec -- sh -c 'echo result > output.txt'
 ls -l "$ws"
-[ $failed = 0 ] && printf '\n\033[1mdemo: ok\033[0m\n' || { echo "demo: FAILED" >&2; exit 1; }
+cat <<EOF
+
+The demo's projects and journals are kept in $ws:
+  AGENTBOX_HOME=$ws/.agentbox-home $AGENTBOX ps --all
+  rm -rf $ws        # when you are done with them
+agentbox itself is $AGENTBOX.
+To have it on PATH: sudo make install   (installs to /usr/local; PREFIX=... for elsewhere)
+EOF
+[ $failed = 0 ] && printf '\n%sdemo: ok%s\n' "$bold" "$plain" || { echo "demo: FAILED" >&2; exit 1; }

@@ -60,6 +60,43 @@ public enum FileIO {
         }
     }
 
+    /// `rm -r` of a folder agentbox made, never following a symlink (a link is removed, not its
+    /// target). Returns the bytes freed (regular files' sizes).
+    @discardableResult
+    public static func removeTree(_ path: String) throws(AgentboxError) -> UInt64 {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw AgentboxError(stage: "remove \(path)", errnoString()) }
+        let freed = try removeContents(fd, path)
+        guard rmdir(path) == 0 else { throw AgentboxError(stage: "remove \(path)", errnoString()) }
+        return freed
+    }
+
+    /// Removes everything in the open folder `fd` (closed here).
+    static func removeContents(_ fd: Int32, _ path: String) throws(AgentboxError) -> UInt64 {
+        guard let dir = fdopendir(fd) else {
+            close(fd)
+            throw AgentboxError(stage: "remove \(path)", errnoString())
+        }
+        defer { closedir(dir) }
+        var freed: UInt64 = 0
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name == "." || name == ".." { continue }
+            var st = stat()
+            guard fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { throw AgentboxError(stage: "remove \(path)/\(name)", errnoString()) }
+            if st.st_mode & S_IFMT == S_IFDIR {
+                let sub = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                guard sub >= 0 else { throw AgentboxError(stage: "remove \(path)/\(name)", errnoString()) }
+                freed += try removeContents(sub, path + "/" + name)
+                guard unlinkat(fd, name, AT_REMOVEDIR) == 0 else { throw AgentboxError(stage: "remove \(path)/\(name)", errnoString()) }
+            } else {
+                if st.st_mode & S_IFMT == S_IFREG { freed += UInt64(st.st_size) }
+                guard unlinkat(fd, name, 0) == 0 else { throw AgentboxError(stage: "remove \(path)/\(name)", errnoString()) }
+            }
+        }
+        return freed
+    }
+
     public static func readString(_ path: String) throws(AgentboxError) -> String {
         String(decoding: try read(path), as: UTF8.self)
     }

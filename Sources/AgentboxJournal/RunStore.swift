@@ -61,10 +61,21 @@ public struct RunStore: Sendable {
     }
 
     /// Resolves RUN: an id, a unique id prefix, or a name (the newest run with that name).
-    public func resolve(_ ref: String) throws(AgentboxError) -> String {
+    /// The run `ref` names: an id, a name, or a unique id prefix. Several runs may share a name over
+    /// time: the newest is meant, or with `running` the one that is running (an error lists them when
+    /// several are).
+    public func resolve(_ ref: String, running: Bool = false) throws(AgentboxError) -> String {
         let all = ids()
         if all.contains(ref) { return ref }
-        for id in all where (try? summary(id, full: false))?.name == ref { return id }
+        let named = all.filter { (try? summary($0, full: false))?.name == ref }
+        if !named.isEmpty {
+            let live = running ? named.filter(isLive) : []
+            if live.count > 1 {
+                throw AgentboxError(stage: "run", "\"\(ref)\" names \(live.count) running runs: \(live.prefix(5).joined(separator: ", "))",
+                                    hint: "give the id of the one you mean")
+            }
+            return live.first ?? named[0]
+        }
         let matches = all.filter { $0.hasPrefix(ref) }
         if matches.count == 1 { return matches[0] }
         if matches.count > 1 {
@@ -72,6 +83,53 @@ public struct RunStore: Sendable {
                                 hint: "give more characters of the id")
         }
         throw AgentboxError(stage: "run", "no run \"\(ref)\" in \(runsDir)", hint: "`agentbox ps --all` lists runs")
+    }
+
+    /// Deletes a run that is not running, journal and all; returns the bytes freed. The run's writer
+    /// lock is taken first (a run that starts or resumes meanwhile is refused, and this is refused while
+    /// it runs), and the folder leaves `runs/` by one rename before its files are deleted, so a run is
+    /// never seen half-removed.
+    @discardableResult
+    public func remove(_ id: String) throws(AgentboxError) -> UInt64 {
+        let dir = runsDir + "/" + id
+        let lock: Int32
+        do { lock = try JournalWriter.lock(dir) } catch {
+            throw AgentboxError(stage: "rm", "run \(id) is running", hint: "stop it first (agentbox stop \(id)), or kill it", exitCode: 1)
+        }
+        defer { close(lock) }
+        let trash = runsDir + "/.removing-" + id
+        guard rename(dir, trash) == 0 else { throw AgentboxError(stage: "rm", "cannot move \(dir): \(FileIO.errnoString())") }
+        try Durability.syncDirectory(runsDir)
+        return try FileIO.removeTree(trash)
+    }
+
+    /// Removes what an interrupted `remove` left (`runs/.removing-*`).
+    public func removeLeftovers() {
+        guard let d = opendir(runsDir) else { return }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name.hasPrefix(".removing-") { names.append(name) }
+        }
+        closedir(d)
+        for name in names { _ = try? FileIO.removeTree(runsDir + "/" + name) }
+    }
+
+    /// Claims `name` for a run that is about to start: refused while a running run has it. The claim
+    /// (a lock on a file under names/) lasts as long as the returned descriptor is open: keep it for the
+    /// whole run. Two runs started at once with one name cannot both get it.
+    public func claimName(_ name: String) throws(AgentboxError) -> Descriptor {
+        let dir = home + "/names"
+        try mkdirs(dir)
+        let path = dir + "/" + name.utf8.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        let fd = Descriptor(open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600))
+        guard fd.isValid else { throw AgentboxError(stage: "run", "cannot open \(path): \(FileIO.errnoString())") }
+        let holder = ids().first { isLive($0) && (try? summary($0, full: false))?.name == name }
+        if flock(fd.raw, LOCK_EX | LOCK_NB) < 0 || holder != nil {
+            throw AgentboxError(stage: "run", "the name \"\(name)\" belongs to a running run\(holder.map { " (\($0))" } ?? "")",
+                                hint: "pick another --name, stop that run (agentbox stop \(holder ?? name)), or pass --allow-duplicate-name")
+        }
+        return fd
     }
 
     /// Whether a live writer holds the run's lock.

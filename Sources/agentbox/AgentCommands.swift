@@ -27,7 +27,9 @@ struct RunCommand: ParsableCommand {
     @Option(help: ArgumentHelp("The task, as text.", valueName: "TEXT")) var task: String?
     @Option(name: .customLong("task-file"), help: ArgumentHelp("Read the task from FILE (- for stdin).", valueName: "FILE"))
     var taskFile: String?
-    @Option(help: ArgumentHelp("A name for the run (for ps, logs, stop).", valueName: "NAME")) var name: String?
+    @Option(help: ArgumentHelp("A name for the run (for ps, logs, stop); refused while a running run has it.", valueName: "NAME")) var name: String?
+    @Flag(name: .customLong("allow-duplicate-name"), help: "Start even if a running run has the same --name (stop and kill then need the id).")
+    var allowDuplicateName = false
     @Option(name: .customLong("max-steps"), help: ArgumentHelp("Stop (exit 3) after N model calls.", valueName: "N")) var maxSteps: Int?
     @Option(name: .customLong("max-tool-calls"), help: ArgumentHelp("Stop (exit 3) after N tool calls (one model call may ask for many; at most \(AgentSession.maxCallsPerTurn) of a turn are run).", valueName: "N")) var maxToolCalls: Int?
     @Option(name: .customLong("max-tokens"), help: ArgumentHelp("Stop (exit 3) once N tokens (input + output) are used.", valueName: "N"))
@@ -66,7 +68,10 @@ struct RunCommand: ParsableCommand {
         if detach && taskFile == "-" {
             throw .usage("--detach with --task-file -: a detached run has no stdin", hint: "write the task to a file and pass --task-file FILE")
         }
-        if let n = name { try checkRunName(n) }
+        if let n = name {
+            try checkRunName(n)
+            if !allowDuplicateName { _ = try RunStore().claimName(n) }  // fail in the foreground; runAgent claims it for the run
+        }
         var budget = Budget()
         if let s = maxSteps { guard s > 0 else { throw .usage("--max-steps \(s): must be at least 1") }; budget.maxSteps = s }
         if let n = maxToolCalls { guard n > 0 else { throw .usage("--max-tool-calls \(n): must be at least 1") }; budget.maxToolCalls = n }
@@ -86,6 +91,9 @@ struct RunCommand: ParsableCommand {
     }
 
     func runAgent(_ p: Prepared) throws(AgentboxError) -> Int32 {
+        // The run's claim on its name, held until it ends.
+        let nameClaim = name != nil && !allowDuplicateName ? try RunStore().claimName(name!) : Descriptor(-1)
+        defer { _ = nameClaim.raw }  // held (open) until here
         let display = Progress(model: "\(p.task.model.provider.rawValue):\(p.task.model.model)")
         let run = AgentRun(policy: p.policy, task: p.task, warn: { Console.warning($0) }, progress: display.show)
         if let g = ModelSpec.env("AGENTBOX_GRACE").flatMap(Double.init), g >= 0 { run.grace = g }
@@ -320,7 +328,7 @@ final class Supervisor {
     let pidfd: Descriptor
 
     init(_ target: String) throws(AgentboxError) {
-        let id = try store.resolve(target)
+        let id = try store.resolve(target, running: true)
         self.id = id
         let summary = try store.summary(id, full: false)
         let lockPath = store.runsDir + "/" + id + "/lock"

@@ -62,6 +62,91 @@ struct PS: ParsableCommand {
     }
 }
 
+struct Remove: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rm", abstract: "Delete runs: their journals and everything agentbox kept for them (never a running run).",
+        discussion: "Confession feed lines of a removed run stay in the node's feed (agentbox confessions). Exit code 1 when a run could not be removed.")
+    @Argument(help: ArgumentHelp("Run ids, unique id prefixes, or names.", valueName: "RUN")) var runs: [String]
+    @Flag(help: "JSON output: one object per run.") var json = false
+
+    func validate() throws {
+        guard !runs.isEmpty else { throw ValidationError("name at least one run (agentbox ps --all lists them)") }
+    }
+
+    func run() throws {
+        guarded { () throws(AgentboxError) -> Int32 in
+            let store = RunStore()
+            var failed = false
+            for ref in runs {
+                do throws(AgentboxError) {
+                    let id = try store.resolve(ref)
+                    let freed = try store.remove(id)
+                    if json {
+                        Console.out(JSON.object([("id", .string(id)), ("removed", true), ("bytes", .number(Double(freed)))]).serialized)
+                    } else {
+                        Console.out("removed \(id)" + (ref != id ? " (\(safe(ref)))" : "") + ", \(Units.formatSize(freed))")
+                    }
+                } catch {
+                    failed = true
+                    if json { Console.out(JSON.object([("run", .string(ref)), ("removed", false), ("error", .string(error.message))]).serialized) }
+                    Console.error(error)
+                }
+            }
+            return failed ? 1 : 0
+        }
+    }
+}
+
+struct Prune: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prune", abstract: "Delete every run that has ended (never a running run), or only the older ones.",
+        discussion: "Example: agentbox prune --older-than 7d. Leftovers of an interrupted rm are removed too.")
+    @Option(name: .customLong("older-than"), help: ArgumentHelp("Only runs that ended (or, if their end was never recorded, started) longer ago than this, e.g. 12h, 7d.", valueName: "DURATION"))
+    var olderThan: String?
+    @Flag(name: .customLong("dry-run"), help: "Show what would be removed; remove nothing.") var dryRun = false
+    @Flag(help: "JSON output: one object per run.") var json = false
+
+    func run() throws {
+        guarded { () throws(AgentboxError) -> Int32 in
+            var minimumAge: Double? = nil
+            if let text = olderThan {
+                guard let d = Units.parseDuration(text), d >= 0 else {
+                    throw .usage("--older-than \(text): expected a duration such as 30m, 12h, 7d")
+                }
+                minimumAge = d
+            }
+            let store = RunStore()
+            let now = Clock.wall()
+            var removed = 0, freed: UInt64 = 0, failed = false
+            for id in store.ids() {
+                guard !store.isLive(id), let s = try? store.summary(id, full: false), s.state != "running" else { continue }
+                if let minimumAge {
+                    guard let when = (s.endedAt ?? s.startedAt).flatMap(Clock.parseRFC3339), now - when > minimumAge else { continue }
+                }
+                do throws(AgentboxError) {
+                    let bytes = dryRun ? 0 : try store.remove(id)
+                    removed += 1
+                    freed += bytes
+                    if json {
+                        Console.out(JSON.object([("id", .string(id)), ("name", s.name.map { .string($0) } ?? .null), ("state", .string(s.state)),
+                                                 ("removed", .bool(!dryRun)), ("bytes", .number(Double(bytes)))]).serialized)
+                    } else if dryRun {
+                        Console.out("would remove \(id)  \(safe(s.name ?? "-"))  \(safe(s.state))  \(age(s.endedAt ?? s.startedAt))")
+                    }
+                } catch {
+                    failed = true
+                    Console.error(error)
+                }
+            }
+            if !dryRun { store.removeLeftovers() }
+            if !json {
+                Console.note(dryRun ? "\(removed) run(s) would be removed" : "removed \(removed) run(s), \(Units.formatSize(freed)) freed")
+            }
+            return failed ? 1 : 0
+        }
+    }
+}
+
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show a run: state, exit, journal, workspace, timestamps, usage, isolation.")
     @Argument(help: ArgumentHelp("Run id, unique id prefix, or name.", valueName: "RUN")) var target: String

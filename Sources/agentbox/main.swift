@@ -244,7 +244,7 @@ struct Agentbox: ParsableCommand {
             for an OOM kill). See docs/cli.md.
             """,
         version: "agentbox \(agentboxVersion)",
-        subcommands: [Exec.self, RunCommand.self, Stop.self, Kill.self, PS.self, Logs.self, Inspect.self, Confessions.self, JournalCommand.self,
+        subcommands: [Exec.self, RunCommand.self, Stop.self, Kill.self, PS.self, Logs.self, Inspect.self, Confessions.self, Remove.self, Prune.self, JournalCommand.self,
                       ModelCommand.self, ProfileCommand.self, Doctor.self, Version.self])
 }
 
@@ -260,13 +260,16 @@ struct Exec: ParsableCommand {
 
     @OptionGroup(title: "Sandbox options") var sandbox: SandboxFlags
 
-    @Option(help: ArgumentHelp("Make a journaled run with this name (see `agentbox ps`, `logs`, `inspect`); without it the run is ephemeral.", valueName: "NAME"))
+    @Option(help: ArgumentHelp("Make a journaled run with this name (see `agentbox ps`, `logs`, `inspect`); without it the run is ephemeral. Refused while a running run has the name.", valueName: "NAME"))
     var name: String?
+
+    @Flag(name: .customLong("allow-duplicate-name"), help: "With --name: start even if a running run has the same name (stop and kill then need the id).")
+    var allowDuplicateName = false
 
     @Argument(parsing: .postTerminator, help: ArgumentHelp("The command and its arguments, after --.", valueName: "CMD"))
     var command: [String] = []
 
-    func run() throws { runExec(sandbox.args, name: name, command: command) }
+    func run() throws { runExec(sandbox.args, name: name, allowDuplicateName: allowDuplicateName, command: command) }
 
     /// The hot path: `exec` with long options in their `--option value` form and the command after `--`.
     /// Anything else (`--help`, `--option=value`, an unknown or repeated option, a bad number) returns nil
@@ -309,7 +312,7 @@ struct Exec: ParsableCommand {
 }
 
 /// `agentbox exec`: build the sandbox (journaled with a name), run the command, exit with its status.
-func runExec(_ sandbox: SandboxArgs, name: String?, command: [String]) -> Never {
+func runExec(_ sandbox: SandboxArgs, name: String?, allowDuplicateName: Bool = false, command: [String]) -> Never {
     guarded { () throws(AgentboxError) -> Int32 in
         guard !command.isEmpty else {
             throw .usage("no command given", hint: "usage: agentbox exec [OPTIONS] -- CMD [ARG...]")
@@ -322,6 +325,8 @@ func runExec(_ sandbox: SandboxArgs, name: String?, command: [String]) -> Never 
             guard !name.isEmpty, name.utf8.count <= 128, !name.contains("/") else {
                 throw .usage("--name \(name): use 1-128 characters without '/'")
             }
+            let claim = allowDuplicateName ? Descriptor(-1) : try RunStore().claimName(name)
+            defer { _ = claim.raw }  // held (open) until here
             result = try JournaledRun(name: name, policy: policy, argv: command) { Console.warning($0) }.run()
         } else {
             result = try Sandbox(policy: policy, argv: command) { Console.warning($0.message) }.run()
