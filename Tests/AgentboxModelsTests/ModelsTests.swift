@@ -411,3 +411,110 @@ extension Result {
         #expect(Compactor(limit: 1, target: 1).compact(&c, force: true).isEmpty)
     }
 }
+
+/// Section 3 of issue 10: endpoints that cannot work fail at once and say so; retries are said live.
+@Suite struct FailFastTests {
+    @Test(arguments: ["https://api.openai.com/v1", "http://localhost:8000/v1", "HTTP://127.0.0.1:11434/v1/", "http://[::1]:8080",
+                      "https://user:pw@proxy.example/openai", "http://my_host.internal"])
+    func usableBaseURLs(url: String) {
+        #expect(URLParts.problem(url) == nil, "\(url): \(URLParts.problem(url) ?? "")")
+    }
+
+    @Test(arguments: [("not-a-url", "no scheme"), ("localhost:8000/v1", "no scheme"), ("ftp://127.0.0.1/v1", "scheme ftp"),
+                      ("file:///tmp/x", "scheme file"), ("http://", "no host"), ("http:///v1", "no host"), ("", "empty"),
+                      ("http://h:0/v1", "port 0"), ("http://h:99999/v1", "port 99999"), ("http://h:x/v1", "port x"),
+                      ("http://[::1/v1", "closing ]"), ("http://a b/v1", "space"), ("https://h/v1?api-version=1", "query"),
+                      ("http://h!/v1", "'!'")])
+    func unusableBaseURLsSayWhy(url: String, fragment: String) {
+        #expect(URLParts.problem(url)?.contains(fragment) == true, "\(url): \(URLParts.problem(url) ?? "accepted")")
+    }
+
+    @Test func parseRefusesABaseURLThatCannotWorkWithAUsageError() {
+        do {
+            _ = try ModelSpec.parse("openai:m", baseURL: "ftp://127.0.0.1/v1")
+            Issue.record("accepted ftp://")
+        } catch {
+            #expect(error.exitCode == 125 && error.message.contains("--base-url ftp://127.0.0.1/v1"), "\(error)")
+            #expect(error.hint.contains("https://api.openai.com/v1"), "says what a valid one looks like: \(error)")
+        }
+        #expect((try? ModelSpec.parse("anthropic:m", baseURL: "http://127.0.0.1:8080")) != nil)
+    }
+
+    /// A port nobody listens on (bound, then closed).
+    func closedPort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        close(fd)
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+
+    /// A provider for `url` (set after parsing, so the transport's own classification is what is tested),
+    /// and the retry notices it gives.
+    func provider(_ url: String, attempts: Int = 3) throws -> (ModelProvider, Notices) {
+        var spec = try ModelSpec.parse("openai:m", baseURL: "http://127.0.0.1:1/v1")
+        spec.baseURL = url
+        var retry = RetryPolicy()
+        retry.maxAttempts = attempts
+        retry.base = 0.1
+        retry.jitter = 0
+        let notices = Notices()
+        return (try makeProvider(spec, retry: retry, onRetry: { notices.add($0.description) }), notices)
+    }
+
+    /// Notices come on the thread making the call: the test's own.
+    final class Notices: @unchecked Sendable {
+        var lines: [String] = []
+        func add(_ line: String) { lines.append(line) }
+    }
+
+    @Test(arguments: [("ftp://127.0.0.1/v1", ModelError.Kind.badURL), ("http://[::1/v1", .badURL), ("gopher://127.0.0.1:1/v1", .badURL)])
+    func errorsThatCannotHealAreNotRetried(url: String, kind: ModelError.Kind) throws {
+        let (p, notices) = try provider(url)
+        do {
+            _ = try p.complete(Conversation(system: "s", messages: [.user("hi")]), tools: [])
+            Issue.record("\(url) answered")
+        } catch {
+            #expect(error.kind == kind && !error.retryable, "\(error)")
+            #expect(error.description.contains("not retried"), "\(error)")
+        }
+        #expect(p.lastAttempts.count == 1 && notices.lines.isEmpty, "\(notices.lines)")
+    }
+
+    @Test func connectionRefusedIsRetriedAndEachRetryIsSaidBeforeItsWait() throws {
+        let (p, notices) = try provider("http://127.0.0.1:\(closedPort())/v1")
+        do {
+            _ = try p.complete(Conversation(system: "s", messages: [.user("hi")]), tools: [])
+            Issue.record("a closed port answered")
+        } catch {
+            #expect(error.kind == .network && error.attemptsMade == 3, "\(error)")
+            #expect(error.description.contains("gave up after 3 attempts"), "\(error)")
+        }
+        #expect(notices.lines == ["attempt 1/3: connection refused; retrying in 0.1 s", "attempt 2/3: connection refused; retrying in 0.2 s"])
+        #expect(p.lastAttempts.count == 3)
+        for a in p.lastAttempts.dropLast() {
+            #expect(a.error?.description.contains("gave up") == false && a.error?.description.contains("kept failing") == false,
+                    "an attempt that was retried does not say the call gave up: \(String(describing: a.error))")
+        }
+    }
+
+    @Test func theNoticeTextAndTheAdviceAreTrueForEachSituation() {
+        var refused = ModelError(kind: .network, message: "Failed to connect", host: "h", provider: "openai", cause: "connection refused")
+        #expect(RetryNotice(attempt: 2, maxAttempts: 6, error: refused, delay: 1.04).description
+                == "attempt 2/6: connection refused; retrying in 1.0 s")
+        let limited = ModelError.classify(status: 429, body: [], headers: [:], provider: "openai", host: "h")
+        #expect(RetryNotice(attempt: 1, maxAttempts: 6, error: limited, delay: 12.25).description == "attempt 1/6: 429 rate limited; retrying in 12.3 s")
+        // One failed attempt (retried, maybe successfully): no claim that the server kept failing.
+        for kind in [ModelError.Kind.rateLimited, .overloaded, .server, .timeout, .conflict, .incompleteStream, .network, .streamError] {
+            let e = ModelError(kind: kind, message: "x")
+            #expect(!e.description.contains("kept failing") && !e.description.contains("gave up"), "\(kind): \(e)")
+        }
+        refused.attemptsMade = 6
+        #expect(refused.description.hasSuffix("(gave up after 6 attempts: check the base URL and that the server is up)"), "\(refused)")
+    }
+}
+
