@@ -259,7 +259,17 @@ public final class HTTPModelProvider: ModelProvider {
                 return .success((turn, response.status))
             } catch { return .failure(error) }
         }
-        do {
+        do throws(ModelError) {
+            // The last event may lack its blank line (the body just ends): it is dispatched, as the
+            // official SDKs do. One that is not JSON was cut mid-way: the stream ended early.
+            for event in parser.finish() {
+                do throws(ModelError) {
+                    if isAnthropic { try anthropic.handle(event) } else { try openai.handle(event) }
+                } catch {
+                    guard error.kind == .protocolViolation else { throw error }
+                    throw ModelError(kind: .incompleteStream, message: "the stream ended inside an event", host: host, provider: provider)
+                }
+            }
             let turn = isAnthropic ? try anthropic.finish() : try openai.finish()
             try caps.check(turn, host: host, provider: provider)
             return .success((turn, response.status))

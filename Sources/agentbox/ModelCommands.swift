@@ -11,11 +11,12 @@ struct ModelCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Make one streamed request offering the built-in tools and print the parsed turn as JSON.",
             discussion: """
-                Prints {"text", "tool_calls": [{"id","name","arguments"}], "stop_reason", "usage", "attempts"}. Each retry is \
-                said on stderr as it happens. Exit 0 when a reply was parsed; 1 with what the server answered and what to do \
-                otherwise; 125 before any request for a usage error, a base URL that cannot work (not http:// or https://) or \
-                a missing key for an official endpoint. Keys come from OPENAI_API_KEY / ANTHROPIC_API_KEY; the base URL from \
-                --base-url, OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else the official endpoints.
+                Prints {"text", "tool_calls": [{"id","name","arguments"}], "stop_reason", "usage", "attempts"} ("refusal" too \
+                when the model refused). Each retry is said on stderr as it happens. Exit 0 when a reply was parsed; 1 with \
+                what the server answered and what to do otherwise; 125 before any request for a usage error, a base URL that \
+                cannot work (not http:// or https://) or a missing key for an official endpoint. Keys come from \
+                OPENAI_API_KEY / ANTHROPIC_API_KEY; the base URL from --base-url, OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else \
+                the official endpoints.
                 """)
         @Option(help: ArgumentHelp("PROVIDER:MODEL: openai:..., anthropic:... or replay:FILE (default: $AGENTBOX_MODEL).", valueName: "P:M"))
         var model: String?

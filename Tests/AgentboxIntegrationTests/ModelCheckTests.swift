@@ -162,6 +162,38 @@ final class FakeModelServer: @unchecked Sendable {
         #expect(!FileManager.default.fileExists(atPath: home + "/runs"), "no run was made")
     }
 
+    @Test(arguments: ["refusal", "refusalplain"])
+    func aRefusalIsShownNotAnEmptyTurn(scenario: String) {
+        let (r, json) = check("openai:m", scenario)
+        #expect(r.code == 0, "\(r)")
+        #expect((json?["refusal"] as? String)?.hasSuffix("I can't help with that.") == true, "\(r)")
+        #expect(json?["stop_reason"] as? String == "refusal" && json?["text"] as? String == "", "\(r)")
+    }
+
+    @Test func onlyChoiceZeroIsUsed() {
+        let (streamed, json) = check("openai:m", "choices")
+        #expect(streamed.code == 0, "\(streamed)")
+        #expect(json?["text"] as? String == "Let me look.", "\(streamed)")
+        #expect((json?["tool_calls"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == ["call_1"], "\(streamed)")
+        #expect(json?["stop_reason"] as? String == "tool_use", "\(streamed)")
+        let (plain, plainJSON) = check("openai:m", "choicesplain")
+        #expect(plain.code == 0 && plainJSON?["text"] as? String == "plain" && plainJSON?["stop_reason"] as? String == "end_turn", "\(plain)")
+    }
+
+    /// The last event of a body may lack its blank line: it is dispatched (as the SDKs do), an error
+    /// event too, classified by its type.
+    @Test func aFinalEventWithoutItsBlankLineIsDispatched() {
+        let (openai, openaiJSON) = check("openai:m", "noblank")
+        #expect(openai.code == 0 && openaiJSON?["attempts"] as? Int == 1, "\(openai)")
+        #expect((openaiJSON?["usage"] as? [String: Any])?["total_tokens"] as? Int == 62, "\(openai)")
+        let (anthropic, anthropicJSON) = check("anthropic:m", "noblank", openai: false)
+        #expect(anthropic.code == 0 && anthropicJSON?["attempts"] as? Int == 1, "\(anthropic)")
+        let (error, errorJSON) = check("anthropic:m", "errorlast", openai: false)
+        #expect(error.code == 0 && errorJSON?["attempts"] as? Int == 2, "\(error)")
+        #expect(error.err.contains("attempt 1/6: overloaded; retrying in"), "classified as overloaded, not as a cut stream: \(error)")
+        #expect(Self.server.violationLog.isEmpty, Comment(rawValue: Self.server.violationLog))
+    }
+
     @Test func replayNeedsNoNetwork() throws {
         let file = "/tmp/agentbox-replay-\(UUID().uuidString.prefix(6)).json"
         try #"{"turns": [{"text": "hi", "tool_calls": [{"name": "finish", "arguments": {"status": "success", "summary": "ok"}}]}]}"#

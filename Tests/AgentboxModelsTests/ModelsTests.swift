@@ -518,3 +518,150 @@ extension Result {
     }
 }
 
+@Suite struct SDKParsingTests {
+    @Test func aFinalEventWithoutItsBlankLineIsDispatchedAtTheEnd() {
+        var p = SSEParser()
+        #expect(p.feed(Array("data: {\"a\":1}\n\ndata: [DONE]".utf8)) == [SSEEvent(data: #"{"a":1}"#)])
+        #expect(p.finish() == [SSEEvent(data: "[DONE]")])
+        #expect(p.finish() == [], "nothing twice")
+        var q = SSEParser()
+        #expect(q.feed(Array("event: error\r\ndata: {\"type\":\"error\"}\r\n".utf8)) == [])
+        #expect(q.finish() == [SSEEvent(event: "error", data: #"{"type":"error"}"#)])
+        var r = SSEParser()
+        _ = r.feed(Array("data: x\n\n: keep-alive\n".utf8))
+        #expect(r.finish() == [], "a comment is no event")
+    }
+
+    @Test func anErrorEventEndingTheBodyIsClassifiedByItsType() throws {
+        var p = SSEParser()
+        var acc = AnthropicStreamAccumulator()
+        let body = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{}}}\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}"
+        for e in p.feed(Array(body.utf8)) { try acc.handle(e) }
+        do {
+            for e in p.finish() { try acc.handle(e) }
+            Issue.record("the error event was dropped")
+        } catch {
+            #expect(error.kind == .overloaded && error.retryable)
+        }
+    }
+
+    @Test func openAIRefusalStreamedAndNot() throws {
+        let stream = """
+            data: {"choices":[{"index":0,"delta":{"role":"assistant","content":null,"refusal":""},"finish_reason":null}]}
+
+            data: {"choices":[{"index":0,"delta":{"refusal":"I'm sorry, "}}]}
+
+            data: {"choices":[{"index":0,"delta":{"refusal":"I can't help with that."}}]}
+
+            data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}
+
+            data: [DONE]
+
+
+            """
+        var acc = OpenAIStreamAccumulator()
+        for e in events(stream, splitEvery: 7) { try acc.handle(e) }
+        let turn = try acc.finish()
+        #expect(turn.refusal == "I'm sorry, I can't help with that." && turn.text.isEmpty)
+        #expect(turn.stopReason == .refusal && turn.isRefusal)
+        let json = try JSON.parse(#"{"choices":[{"index":0,"message":{"role":"assistant","content":null,"refusal":"No."},"finish_reason":"stop"}]}"#)
+        let plain = try OpenAIProtocol.decode(response: json)
+        #expect(plain.refusal == "No." && plain.stopReason == .refusal)
+        // A normal answer is no refusal, even with "refusal": null in it.
+        let normal = try OpenAIProtocol.decode(response: try JSON.parse(#"{"choices":[{"index":0,"message":{"role":"assistant","content":"hi","refusal":null},"finish_reason":"stop"}]}"#))
+        #expect(normal.refusal == nil && normal.stopReason == .endTurn && !normal.isRefusal)
+        // It goes back as the SDKs send it.
+        let body = OpenAIProtocol.request(model: "m", conversation: Conversation(system: "s", messages: [.user("x"), .assistant(turn), .user("y")]),
+                                          tools: [], stream: true)
+        let assistant = body["messages"]?.arrayValue?[2]
+        #expect(assistant?["refusal"] == "I'm sorry, I can't help with that." && assistant?["content"] == .null)
+        #expect(turn.json(attempts: 1)["refusal"] == "I'm sorry, I can't help with that.")
+        #expect(!AssistantTurn(text: "hi").json(attempts: 1).serialized.contains("refusal"), "no refusal key when there is none")
+    }
+
+    @Test func onlyChoiceZeroIsUsedStreamedAndNot() throws {
+        let stream = """
+            data: {"choices":[{"index":1,"delta":{"role":"assistant","content":"WRONG"}},{"index":0,"delta":{"role":"assistant","content":"right"}}]}
+
+            data: {"choices":[{"index":1,"delta":{"tool_calls":[{"index":0,"id":"x","function":{"name":"finish","arguments":"{}"}}]},"finish_reason":"length"}]}
+
+            data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}
+
+            data: {"choices":[{"index":1,"delta":{"content":" also wrong"},"finish_reason":"stop"}]}
+
+            data: [DONE]
+
+
+            """
+        var acc = OpenAIStreamAccumulator()
+        for e in events(stream, splitEvery: 1000) { try acc.handle(e) }
+        let turn = try acc.finish()
+        #expect(turn.text == "right" && turn.toolCalls.isEmpty && turn.stopReason == .endTurn, "\(turn)")
+        let json = try JSON.parse(#"{"choices":[{"index":1,"message":{"role":"assistant","content":"WRONG"},"finish_reason":"length"},{"index":0,"message":{"role":"assistant","content":"right"},"finish_reason":"stop"}]}"#)
+        let plain = try OpenAIProtocol.decode(response: json)
+        #expect(plain.text == "right" && plain.stopReason == .endTurn)
+        let none = try JSON.parse(#"{"choices":[{"index":1,"message":{"role":"assistant","content":"WRONG"}}]}"#)
+        #expect(throws: ModelError.self) { try OpenAIProtocol.decode(response: none) }
+    }
+
+    /// Thinking and redacted_thinking blocks, with their signatures, as the API streamed them, go back
+    /// byte for byte in the next request (the API rejects a changed signature).
+    @Test func anthropicThinkingBlocksGoBackUnchanged() throws {
+        let thinking = #"{"type":"thinking","thinking":"The user wants a listing.","signature":"EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgx"}"#
+        let redacted = #"{"type":"redacted_thinking","data":"EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIw"}"#
+        let stream = """
+            event: message_start
+            data: {"type":"message_start","message":{"id":"msg_1","content":[],"usage":{"input_tokens":10,"output_tokens":1}}}
+
+            event: content_block_start
+            data: {"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}
+
+            event: content_block_delta
+            data: {"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"The user wants "}}
+
+            event: content_block_delta
+            data: {"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"a listing."}}
+
+            event: content_block_delta
+            data: {"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgx"}}
+
+            event: content_block_stop
+            data: {"type":"content_block_stop","index":0}
+
+            event: content_block_start
+            data: {"type":"content_block_start","index":1,"content_block":\(redacted)}
+
+            event: content_block_stop
+            data: {"type":"content_block_stop","index":1}
+
+            event: content_block_start
+            data: {"type":"content_block_start","index":2,"content_block":{"type":"tool_use","id":"toolu_1","name":"shell","input":{}}}
+
+            event: content_block_delta
+            data: {"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"{\\"command\\": \\"ls\\"}"}}
+
+            event: content_block_stop
+            data: {"type":"content_block_stop","index":2}
+
+            event: message_delta
+            data: {"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":30}}
+
+            event: message_stop
+            data: {"type":"message_stop"}
+
+
+            """
+        var acc = AnthropicStreamAccumulator()
+        for e in events(stream, splitEvery: 5) { try acc.handle(e) }
+        let streamed = try acc.finish()
+        let plain = try AnthropicProtocol.decode(response: try JSON.parse(
+            #"{"type":"message","content":[\#(thinking),\#(redacted),{"type":"tool_use","id":"toolu_1","name":"shell","input":{"command":"ls"}}],"stop_reason":"tool_use","usage":{}}"#))
+        let spec = try ModelSpec.parse("anthropic:m", baseURL: "http://127.0.0.1:1")
+        for turn in [streamed, plain] {
+            let conversation = Conversation(system: "s", messages: [.user("list"), .assistant(turn), .toolResults([ToolResult(callID: "toolu_1", content: "a.txt")])])
+            let bytes = try HTTPModelProvider.body(spec: spec, conversation: conversation, tools: [])
+            let text = String(decoding: bytes, as: UTF8.self)
+            #expect(text.contains(#"{"role":"assistant","content":[\#(thinking),\#(redacted),{"type":"tool_use""#), "\(text)")
+        }
+    }
+}
