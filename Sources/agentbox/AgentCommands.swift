@@ -52,8 +52,6 @@ struct RunCommand: ParsableCommand {
 
     /// Everything that can be checked before a run starts (so that `--detach` fails in the foreground).
     func prepare() throws(AgentboxError) -> Prepared {
-        // The model, its base URL and key: the same checks as `model check` (exit 125).
-        let spec = try ModelSpec.resolve(model: model, baseURL: baseURL)
         let text: String
         switch (task, taskFile) {
         case let (t?, nil): text = t
@@ -71,6 +69,8 @@ struct RunCommand: ParsableCommand {
         if let n = maxToolCalls { guard n > 0 else { throw .usage("--max-tool-calls \(n): must be at least 1") }; budget.maxToolCalls = n }
         if let t = maxTokens { guard t > 0 else { throw .usage("--max-tokens \(t): must be at least 1") }; budget.maxTokens = t }
         if let c = maxCost { guard c > 0, c.isFinite else { throw .usage("--max-cost \(c): must be a positive amount of USD") }; budget.maxCost = c }
+        // The model, its base URL and key: the same checks as `model check` (exit 125).
+        let spec = try ModelSpec.resolve(model: model, baseURL: baseURL)
         if spec.provider == .replay { _ = try ReplayProvider(path: spec.model) }
         let prices = try PriceTable.load()
         let accounting = Accounting(provider: spec.provider.rawValue, model: spec.model, prices: prices)
