@@ -121,6 +121,10 @@ public struct AnthropicStreamAccumulator: Sendable {
             let block = json["content_block"] ?? .object([])
             var b = Block(type: block["type"]?.stringValue ?? "", start: block)
             if b.type == "text" { b.text = block["text"]?.stringValue ?? "" }
+            if b.type == "thinking" {  // usually empty here, filled by deltas
+                b.thinking = block["thinking"]?.stringValue ?? ""
+                b.signature = block["signature"]?.stringValue ?? ""
+            }
             blocks[index] = b
             order.append(index)
         case "content_block_delta":

@@ -93,20 +93,28 @@ public struct AssistantTurn: Sendable, Equatable {
     public var text: String = ""
     public var toolCalls: [ToolCall] = []
     public var thinking: [JSON] = []
+    /// The model declined to answer and said why (OpenAI `message.refusal` / streamed `delta.refusal`);
+    /// nil when it did not refuse. Such a turn has stop reason `refusal` (docs/models.md, "Refusals").
+    public var refusal: String? = nil
     public var stopReason: StopReason = .endTurn
     public var usage = Usage()
-    public init(text: String = "", toolCalls: [ToolCall] = [], thinking: [JSON] = [], stopReason: StopReason = .endTurn,
-                usage: Usage = Usage()) {
+    public init(text: String = "", toolCalls: [ToolCall] = [], thinking: [JSON] = [], refusal: String? = nil,
+                stopReason: StopReason = .endTurn, usage: Usage = Usage()) {
         self.text = text
         self.toolCalls = toolCalls
         self.thinking = thinking
+        self.refusal = refusal
         self.stopReason = stopReason
         self.usage = usage
     }
 
-    /// The turn as `model check` prints it (contracts.md).
+    /// Whether the model refused: a refusal text (OpenAI) or stop reason `refusal` (Anthropic, which
+    /// gives no separate text).
+    public var isRefusal: Bool { refusal != nil || stopReason == .refusal }
+
+    /// The turn as `model check` prints it (contracts.md), with `refusal` when the model refused.
     public func json(attempts: Int) -> JSON {
-        .object([
+        var fields: [(String, JSON)] = [
             ("text", .string(text)),
             ("tool_calls", .array(toolCalls.map { call in
                 let args: JSON
@@ -116,10 +124,10 @@ public struct AssistantTurn: Sendable, Equatable {
                 }
                 return .object([("id", .string(call.id)), ("name", .string(call.name)), ("arguments", args)])
             })),
-            ("stop_reason", .string(stopReason.rawValue)),
-            ("usage", usage.json),
-            ("attempts", .number(Double(attempts))),
-        ])
+        ]
+        if let refusal { fields.append(("refusal", .string(refusal))) }
+        fields += [("stop_reason", .string(stopReason.rawValue)), ("usage", usage.json), ("attempts", .number(Double(attempts)))]
+        return .object(fields)
     }
 }
 

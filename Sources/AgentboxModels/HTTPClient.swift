@@ -53,6 +53,7 @@ public enum HTTPClient {
         let cHeaders: [UnsafeMutablePointer<CChar>?] = headers.map { strdup($0) } + [nil]
         defer { for p in cHeaders { free(p) } }
         var status = 0
+        var osErrno = 0
         var errbuf = [CChar](repeating: 0, count: 512)
         let caBundle = timeouts.caBundle.map { strdup($0) }
         defer { free(caBundle ?? nil) }
@@ -89,7 +90,7 @@ public enum HTTPClient {
                                     Unmanaged<Context>.fromOpaque(user!).takeUnretainedValue().cancel() ? 1 : 0
                                 },
                                 userdata: unmanaged.toOpaque(), ca_bundle: caBundle ?? nil)
-                            return ab_curl_perform(&req, &status, &errbuf)
+                            return ab_curl_perform(&req, &status, &osErrno, &errbuf)
                         }
                     }
                 }
@@ -98,20 +99,35 @@ public enum HTTPClient {
         var response = Response(status: status, headers: context.headers, transportError: nil)
         if code != 0 {
             let message = String(decoding: errbuf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            let host = URLParts(url).host
-            if ab_curl_is_timeout(code) != 0 {
-                response.transportError = ModelError(kind: .timeout, message: "timed out: \(message)", host: host, provider: provider)
-            } else if ab_curl_is_tls(code) != 0 {
-                response.transportError = ModelError(kind: .tls, message: message, host: host, provider: provider)
-            } else if ab_curl_is_aborted(code) != 0 {
-                response.transportError = cancel()
-                    ? ModelError(kind: .cancelled, message: "cancelled", host: host, provider: provider)
-                    : ModelError(kind: .network, message: "transfer stopped", host: host, provider: provider)
-            } else {
-                response.transportError = ModelError(kind: .network, message: message, host: host, provider: provider)
-            }
+            response.transportError = transportError(code: code, osErrno: Int32(osErrno), message: message, url: url, provider: provider,
+                                                     cancelled: cancel)
         }
         return response
+    }
+}
+
+extension HTTPClient {
+    /// A failed transfer as a ModelError, classified for the retry policy: timeouts and connection
+    /// problems may heal, a bad URL, a TLS failure or an unusable libcurl never do.
+    static func transportError(code: Int32, osErrno: Int32, message: String, url: String, provider: String,
+                               cancelled: () -> Bool) -> ModelError {
+        let host = URLParts(url).host
+        func error(_ kind: ModelError.Kind, _ text: String, cause: String? = nil) -> ModelError {
+            ModelError(kind: kind, message: text, host: host, provider: provider, cause: cause)
+        }
+        switch UInt32(bitPattern: ab_curl_classify(code)) {
+        case AB_CURL_TIMEOUT.rawValue: return error(.timeout, "timed out: \(message)")
+        case AB_CURL_TLS.rawValue: return error(.tls, message)
+        case AB_CURL_BAD_URL.rawValue: return error(.badURL, "\(message) (\(url))")
+        case AB_CURL_UNUSABLE.rawValue: return error(.unsupported, message)
+        case AB_CURL_ABORTED.rawValue:
+            return cancelled() ? error(.cancelled, "cancelled") : error(.network, "transfer stopped")
+        default:
+            // The system's words for a failed connect ("connection refused") say more than curl's
+            // ("couldn't connect to server"); curl's own short text otherwise.
+            let cause = osErrno != 0 ? String(cString: strerror(osErrno)) : String(cString: ab_curl_strerror(code))
+            return error(.network, message, cause: cause.lowercased())
+        }
     }
 }
 
@@ -124,6 +140,50 @@ public struct URLParts: Sendable {
             rest = url.dropFirst(scheme.count + 2)
         }
         host = String(rest.prefix { $0 != "/" && $0 != "?" })
+    }
+
+    /// Why `url` cannot be a model endpoint's base, or nil when it can: `http` or `https`, `://`, a host
+    /// (a name, an IPv4 address or a bracketed IPv6 one), an optional port and path. Nothing may follow
+    /// the path (`?`, `#`): the endpoint's own path is appended to it.
+    public static func problem(_ url: String) -> String? {
+        if url.isEmpty { return "it is empty" }
+        if url.unicodeScalars.contains(where: { $0.value <= 0x20 || $0.value == 0x7F }) {
+            return "it contains a space or a control character"
+        }
+        guard let colon = url.firstIndex(of: ":"), url[url.index(after: colon)...].hasPrefix("//") else {
+            return "it has no scheme (http:// or https://)"
+        }
+        let scheme = url[..<colon].lowercased()
+        guard scheme == "http" || scheme == "https" else { return "the scheme \(scheme) is not supported (only http and https)" }
+        let rest = url[url.index(colon, offsetBy: 3)...]
+        if rest.contains("?") || rest.contains("#") { return "it has a query or a fragment, which cannot come before the endpoint's path" }
+        let authority = rest.prefix { $0 != "/" }
+        let hostPort = authority.split(separator: "@", omittingEmptySubsequences: false).last ?? ""
+        var host = hostPort
+        var port: Substring? = nil
+        if hostPort.hasPrefix("[") {  // [IPv6]:port
+            guard let close = hostPort.firstIndex(of: "]") else { return "its IPv6 address has no closing ]" }
+            host = hostPort[hostPort.index(after: hostPort.startIndex)..<close]
+            let after = hostPort[hostPort.index(after: close)...]
+            if !after.isEmpty {
+                guard after.hasPrefix(":") else { return "something follows the IPv6 address other than :PORT" }
+                port = after.dropFirst()
+            }
+            guard !host.isEmpty, host.allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." }) else { return "its IPv6 address is not valid" }
+        } else {
+            if let c = hostPort.firstIndex(of: ":") {
+                host = hostPort[..<c]
+                port = hostPort[hostPort.index(after: c)...]
+            }
+            if host.isEmpty { return "it has no host" }
+            if let bad = host.first(where: { $0.isASCII && !($0.isLetter || $0.isNumber || "-._~%".contains($0)) }) {
+                return "its host contains '\(bad)'"
+            }
+        }
+        if let port, !(port.allSatisfy(\.isASCII) && Int(port).map({ (1...65535).contains($0) }) == true) {
+            return "its port \(port) is not a number from 1 to 65535"
+        }
+        return nil
     }
 
     /// `base` + `/` + `path`, with exactly one slash between them.

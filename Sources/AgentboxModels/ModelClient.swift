@@ -26,7 +26,24 @@ public struct ModelSpec: Sendable {
         return provider == .anthropic ? "ANTHROPIC_API_KEY" : "OPENAI_API_KEY"
     }
 
-    /// Parses `openai:gpt-4o`, `anthropic:claude-sonnet-4-5`, `replay:path/to/session.json`.
+    /// `--model` and `--base-url` as `run` and `model check` take them, checked before anything starts
+    /// (an AgentboxError: exit 125): the model (default `$AGENTBOX_MODEL`), a base URL that can work, and
+    /// the key an official endpoint needs.
+    public static func resolve(model: String?, baseURL: String?) throws(AgentboxError) -> ModelSpec {
+        guard let name = model ?? env("AGENTBOX_MODEL") else {
+            throw .usage("no model given", hint: "pass --model openai:gpt-4o-mini, anthropic:claude-sonnet-4-5 or replay:FILE (or set AGENTBOX_MODEL)")
+        }
+        let spec = try parse(name, baseURL: baseURL)
+        if let variable = spec.missingKeyVariable {
+            throw AgentboxError(stage: "model", "\(variable) is not set (\(spec.baseURL) needs a key)",
+                                hint: "export \(variable)=... (agentbox reads it outside the sandbox; the agent never sees it)")
+        }
+        return spec
+    }
+
+    /// Parses `openai:gpt-4o`, `anthropic:claude-sonnet-4-5`, `replay:path/to/session.json`, with the
+    /// base URL from `baseURL` (`--base-url`), else the provider's variable, else the official endpoint.
+    /// A base URL that cannot work (`not-a-url`, `ftp://...`) is a usage error naming where it came from.
     public static func parse(_ text: String, baseURL: String? = nil) throws(AgentboxError) -> ModelSpec {
         guard let colon = text.firstIndex(of: ":"), let provider = Provider(rawValue: String(text[..<colon])) else {
             throw AgentboxError.usage("--model \(text): expected PROVIDER:MODEL with PROVIDER openai, anthropic or replay",
@@ -36,16 +53,26 @@ public struct ModelSpec: Sendable {
         guard !model.isEmpty else { throw AgentboxError.usage("--model \(text): the model name is missing") }
         switch provider {
         case .openai:
-            return ModelSpec(provider: provider, model: model,
-                             baseURL: baseURL ?? env("OPENAI_BASE_URL") ?? "https://api.openai.com/v1",
+            let url = try base(baseURL, variable: "OPENAI_BASE_URL", official: "https://api.openai.com/v1",
+                               example: "https://api.openai.com/v1 or http://localhost:8000/v1 (OpenAI-style bases include /v1)")
+            return ModelSpec(provider: provider, model: model, baseURL: url,
                              apiKey: env("OPENAI_API_KEY"), keyHeader: env("AGENTBOX_OPENAI_KEY_HEADER") ?? "Authorization")
         case .anthropic:
-            return ModelSpec(provider: provider, model: model,
-                             baseURL: baseURL ?? env("ANTHROPIC_BASE_URL") ?? "https://api.anthropic.com",
-                             apiKey: env("ANTHROPIC_API_KEY"), keyHeader: "x-api-key")
+            let url = try base(baseURL, variable: "ANTHROPIC_BASE_URL", official: "https://api.anthropic.com",
+                               example: "https://api.anthropic.com (Anthropic bases have no /v1)")
+            return ModelSpec(provider: provider, model: model, baseURL: url, apiKey: env("ANTHROPIC_API_KEY"), keyHeader: "x-api-key")
         case .replay:
             return ModelSpec(provider: provider, model: model, baseURL: "", apiKey: nil, keyHeader: "")
         }
+    }
+
+    /// The base URL from the flag, the variable or the official one, checked (`URLParts.problem`).
+    static func base(_ flag: String?, variable: String, official: String, example: String) throws(AgentboxError) -> String {
+        let (url, source) = flag.map { ($0, "--base-url \($0)") } ?? env(variable).map { ($0, "\(variable)=\($0)") } ?? (official, official)
+        if let problem = URLParts.problem(url) {
+            throw AgentboxError.usage("\(source): not a usable base URL: \(problem)", hint: "a base URL looks like \(example)")
+        }
+        return url
     }
 }
 
@@ -69,14 +96,21 @@ public protocol ModelProvider: AnyObject {
     /// Makes a call in progress (and its retries) give up soon with `.cancelled`; may be called from
     /// another thread.
     func cancel()
+    /// Told of each retry before its backoff sleep, on the thread making the call, so that a display can
+    /// say so live (`RetryNotice.description`: `attempt 2/6: connection refused; retrying in 1.0 s`). Set
+    /// it before calling `complete`. The same failures are in `lastAttempts` once the call returns.
+    var onRetry: (@Sendable (RetryNotice) -> Void)? { get set }
 }
 
 public func makeProvider(_ spec: ModelSpec, retry: RetryPolicy = RetryPolicy(), timeouts: HTTPClient.Timeouts = .fromEnvironment(),
-                         maxTokens: Int = 8192) throws(AgentboxError) -> ModelProvider {
+                         maxTokens: Int = 8192, onRetry: (@Sendable (RetryNotice) -> Void)? = nil) throws(AgentboxError) -> ModelProvider {
+    let provider: ModelProvider
     switch spec.provider {
-    case .replay: return try ReplayProvider(path: spec.model)
-    case .openai, .anthropic: return HTTPModelProvider(spec: spec, retry: retry, timeouts: timeouts, maxTokens: maxTokens)
+    case .replay: provider = try ReplayProvider(path: spec.model)
+    case .openai, .anthropic: provider = HTTPModelProvider(spec: spec, retry: retry, timeouts: timeouts, maxTokens: maxTokens)
     }
+    provider.onRetry = onRetry
+    return provider
 }
 
 /// OpenAI- and Anthropic-protocol models over HTTP with streaming.
@@ -91,6 +125,7 @@ public final class HTTPModelProvider: ModelProvider {
     public var cancelled: @Sendable () -> Bool = { false }
     public private(set) var lastAttempts: [Attempt] = []
     public private(set) var lastRequest: (bytes: Int, crc32c: UInt32)? = nil
+    public var onRetry: (@Sendable (RetryNotice) -> Void)? = nil
     let cancelFlag = CancelFlag()
 
     public func cancel() { cancelFlag.set() }
@@ -155,9 +190,13 @@ public final class HTTPModelProvider: ModelProvider {
             case let .success((turn, status)):
                 attempts.append(Attempt(number: number, status: status, error: nil, waitBefore: wait, seconds: elapsed))
                 return (turn, attempts)
-            case let .failure(error):
+            case var .failure(error):
+                let next = retry.delay(afterAttempt: number, error: error)
+                // Only the error given up with says how many attempts were made (ModelError.advice).
+                if next == nil && error.retryable { error.attemptsMade = number }
                 attempts.append(Attempt(number: number, status: error.status, error: error, waitBefore: wait, seconds: elapsed))
-                guard let next = retry.delay(afterAttempt: number, error: error) else { throw error }
+                guard let next else { throw error }
+                onRetry?(RetryNotice(attempt: number, maxAttempts: retry.maxAttempts, error: error, delay: next))
                 wait = next
             }
         }
@@ -220,7 +259,17 @@ public final class HTTPModelProvider: ModelProvider {
                 return .success((turn, response.status))
             } catch { return .failure(error) }
         }
-        do {
+        do throws(ModelError) {
+            // The last event may lack its blank line (the body just ends): it is dispatched, as the
+            // official SDKs do. One that is not JSON was cut mid-way: the stream ended early.
+            for event in parser.finish() {
+                do throws(ModelError) {
+                    if isAnthropic { try anthropic.handle(event) } else { try openai.handle(event) }
+                } catch {
+                    guard error.kind == .protocolViolation else { throw error }
+                    throw ModelError(kind: .incompleteStream, message: "the stream ended inside an event", host: host, provider: provider)
+                }
+            }
             let turn = isAnthropic ? try anthropic.finish() : try openai.finish()
             try caps.check(turn, host: host, provider: provider)
             return .success((turn, response.status))
@@ -238,6 +287,8 @@ public final class ReplayProvider: ModelProvider {
     var next = 0
     public private(set) var lastAttempts: [Attempt] = []
     public var lastRequest: (bytes: Int, crc32c: UInt32)? { nil }
+    /// Never called: a replay does not fail.
+    public var onRetry: (@Sendable (RetryNotice) -> Void)? = nil
     public func cancel() {}
 
     public init(path: String) throws(AgentboxError) {

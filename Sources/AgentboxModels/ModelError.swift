@@ -7,6 +7,10 @@ public struct ModelError: Error, Sendable, CustomStringConvertible {
         case auth, permission, notFound, badRequest, contextLength, rateLimited, quotaExceeded
         case server, overloaded, timeout, conflict, incompleteStream, network, streamError, protocolViolation
         case badConversation, tls, cancelled
+        /// A URL libcurl refuses: malformed, or a scheme other than http/https. Never heals.
+        case badURL
+        /// libcurl is missing or lacks a feature it needs. Never heals.
+        case unsupported
         /// The answer passed one of ResponseCaps (bytes, text, tool calls, argument size).
         case responseTooLarge
     }
@@ -18,14 +22,21 @@ public struct ModelError: Error, Sendable, CustomStringConvertible {
     public var retryAfter: Double?
     public var host: String
     public var provider: String
+    /// The transport's reason in a few words (`connection refused`), when it gave one.
+    public var cause: String?
+    /// Set by the provider on the error it gives up with after retrying (or with no attempt left):
+    /// how many attempts the call made. nil on the error of one attempt (journaled, maybe retried).
+    public var attemptsMade: Int?
 
-    public init(kind: Kind, status: Int? = nil, message: String, retryAfter: Double? = nil, host: String = "", provider: String = "") {
+    public init(kind: Kind, status: Int? = nil, message: String, retryAfter: Double? = nil, host: String = "", provider: String = "",
+                cause: String? = nil) {
         self.kind = kind
         self.status = status
         self.message = message
         self.retryAfter = retryAfter
         self.host = host
         self.provider = provider
+        self.cause = cause
     }
 
     /// Whether another attempt may succeed (protocols.md, "Errors and retries").
@@ -38,6 +49,9 @@ public struct ModelError: Error, Sendable, CustomStringConvertible {
 
     var keyVariable: String { provider == "anthropic" ? "ANTHROPIC_API_KEY" : "OPENAI_API_KEY" }
 
+    /// What to do about it. True wherever the error is shown: for one failed attempt (which may be
+    /// retried, and the call then succeed) it says what the failure is; only on the error a call gave up
+    /// with does it say how many attempts were made.
     public var advice: String {
         switch kind {
         case .auth: return "check \(keyVariable)"
@@ -48,10 +62,49 @@ public struct ModelError: Error, Sendable, CustomStringConvertible {
         case .badRequest, .badConversation, .protocolViolation: return "this is a bug in agentbox or an incompatible server; please report it"
         case .cancelled: return "the call was cancelled"
         case .responseTooLarge: return "not retried: a model that answers this much once tends to again; lower max tokens or fix the prompt"
-        case .tls: return "the server's certificate is not trusted; for a private CA set AGENTBOX_CA_BUNDLE to its PEM file"
+        case .tls: return "not retried: the server's certificate is not trusted; for a private CA set AGENTBOX_CA_BUNDLE to its PEM file"
+        case .badURL: return "not retried: check the base URL; it looks like https://api.openai.com/v1 or http://localhost:8000/v1"
+        case .unsupported: return "not retried: agentbox needs a working libcurl with TLS (Debian: libcurl4)"
         case .rateLimited, .overloaded, .server, .timeout, .conflict, .incompleteStream, .network, .streamError:
-            return "retried; the server kept failing"
+            guard let n = attemptsMade else { return "a failure that may pass; agentbox retries it" }
+            let what: String
+            switch kind {
+            case .rateLimited: what = "still rate limited; slow down or raise the account's limits"
+            case .timeout: what = "no answer in time; check the server (AGENTBOX_MODEL_CONNECT_TIMEOUT, AGENTBOX_MODEL_IDLE_TIMEOUT)"
+            case .network: what = "check the base URL and that the server is up"
+            default: what = "the server is failing; try again later"
+            }
+            return "gave up after \(n) attempt\(n == 1 ? "" : "s"): \(what)"
         }
+    }
+
+    /// The error in a few words, for a live retry line: `connection refused`, `429 rate limited`.
+    public var summary: String {
+        let words: String
+        switch kind {
+        case .auth: words = "unauthorized"
+        case .permission: words = "forbidden"
+        case .notFound: words = "not found"
+        case .badRequest: words = "bad request"
+        case .contextLength: words = "context too long"
+        case .rateLimited: words = "rate limited"
+        case .quotaExceeded: words = "out of quota"
+        case .server: words = "server error"
+        case .overloaded: words = "overloaded"
+        case .timeout: words = "timed out"
+        case .conflict: words = "conflict"
+        case .incompleteStream: words = "stream cut short"
+        case .network: words = cause ?? "network error"
+        case .streamError: words = "stream error"
+        case .protocolViolation: words = "protocol violation"
+        case .badConversation: words = "bad conversation"
+        case .tls: words = "TLS failure"
+        case .cancelled: words = "cancelled"
+        case .responseTooLarge: words = "answer too large"
+        case .badURL: words = "bad URL"
+        case .unsupported: words = "libcurl unusable"
+        }
+        return status.map { "\($0) \(words)" } ?? words
     }
 
     public var description: String {
@@ -119,5 +172,29 @@ public struct RetryPolicy: Sendable {
         let exponential = min(cap, base * Double(1 << min(attempt - 1, 20)))
         let jittered = exponential * (1 + jitter * random)
         return max(jittered, min(error.retryAfter ?? 0, 10 * cap))
+    }
+}
+
+/// A retry about to happen, for a live display: given to the provider's `onRetry` before each backoff
+/// sleep, on the thread making the call. Its text is `attempt 2/6: connection refused; retrying in 1.0 s`.
+public struct RetryNotice: Sendable, CustomStringConvertible {
+    /// The attempt that failed (from 1), and how many the policy allows.
+    public var attempt: Int
+    public var maxAttempts: Int
+    /// Why it failed (`error.summary` in short words).
+    public var error: ModelError
+    /// Seconds until the next attempt.
+    public var delay: Double
+
+    public init(attempt: Int, maxAttempts: Int, error: ModelError, delay: Double) {
+        self.attempt = attempt
+        self.maxAttempts = maxAttempts
+        self.error = error
+        self.delay = delay
+    }
+
+    public var description: String {
+        let tenths = Int((delay * 10).rounded())
+        return "attempt \(attempt)/\(maxAttempts): \(error.summary); retrying in \(tenths / 10).\(tenths % 10) s"
     }
 }

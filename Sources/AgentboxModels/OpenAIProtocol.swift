@@ -12,6 +12,7 @@ public enum OpenAIProtocol {
                 messages.append(.object([("role", "user"), ("content", .string(text))]))
             case let .assistant(turn):
                 var fields: [(String, JSON)] = [("role", "assistant"), ("content", turn.text.isEmpty ? .null : .string(turn.text))]
+                if let refusal = turn.refusal { fields.append(("refusal", .string(refusal))) }  // as the SDKs send it back
                 if !turn.toolCalls.isEmpty {
                     fields.append(("tool_calls", .array(turn.toolCalls.map { call in
                         .object([("id", .string(call.id)), ("type", "function"),
@@ -58,22 +59,43 @@ public enum OpenAIProtocol {
         return Usage(inputTokens: u["prompt_tokens"]?.intValue ?? 0, outputTokens: u["completion_tokens"]?.intValue ?? 0)
     }
 
+    /// Whether a choice is the one agentbox uses: `index` 0 (a server may send several, e.g. for `n` > 1;
+    /// the SDKs' `choices[0]`). A choice without an index counts as its position.
+    static func isFirst(_ choice: JSON, position: Int) -> Bool {
+        (choice["index"]?.intValue ?? position) == 0
+    }
+
+    /// The refusal text of a message or delta, nil when there is none (absent, null or empty).
+    static func refusal(_ json: JSON?) -> String? {
+        guard let text = json?["refusal"]?.stringValue, !text.isEmpty else { return nil }
+        return text
+    }
+
+    /// A refusal ends the turn as `refusal` (OpenAI says `stop`), unless a more telling reason came.
+    static func stopReason(_ finish: String?, refusal: String?) -> StopReason {
+        let reason = stopReason(finish)
+        return refusal != nil && (reason == .endTurn || reason == .other) ? .refusal : reason
+    }
+
     /// A non-streamed answer.
     public static func decode(response json: JSON, host: String = "") throws(ModelError) -> AssistantTurn {
         if let error = json["error"], error != .null {
             throw ModelError.fromStreamError(json, provider: "openai", host: host)
         }
-        guard let choice = json["choices"]?.arrayValue?.first, let message = choice["message"] else {
-            throw ModelError(kind: .protocolViolation, message: "the answer has no choices[0].message", host: host, provider: "openai")
+        let choices = json["choices"]?.arrayValue ?? []
+        guard let choice = choices.indices.first(where: { isFirst(choices[$0], position: $0) }).map({ choices[$0] }),
+              let message = choice["message"] else {
+            throw ModelError(kind: .protocolViolation, message: "the answer has no choice with index 0 and a message", host: host, provider: "openai")
         }
         var turn = AssistantTurn()
         turn.text = message["content"]?.stringValue ?? ""
+        turn.refusal = refusal(message)
         for (i, call) in (message["tool_calls"]?.arrayValue ?? []).enumerated() {
             let function = call["function"]
             turn.toolCalls.append(ToolCall(id: call["id"]?.stringValue ?? "call_\(i)", name: function?["name"]?.stringValue ?? "",
                                            arguments: function?["arguments"]?.stringValue ?? function?["arguments"]?.serialized ?? ""))
         }
-        turn.stopReason = stopReason(choice["finish_reason"]?.stringValue)
+        turn.stopReason = stopReason(choice["finish_reason"]?.stringValue, refusal: turn.refusal)
         turn.usage = usage(json["usage"]) ?? Usage()
         return turn
     }
@@ -83,6 +105,7 @@ public enum OpenAIProtocol {
 public struct OpenAIStreamAccumulator: Sendable {
     struct Slot { var index: Int; var id: String; var name: String; var arguments: String }
     var text = ""
+    var refusal = ""
     var slots: [Slot] = []
     var finishReason: String? = nil
     var usage: Usage? = nil
@@ -101,10 +124,13 @@ public struct OpenAIStreamAccumulator: Sendable {
         }
         if let e = chunk["error"], e != .null { throw ModelError.fromStreamError(chunk, provider: "openai", host: host) }
         if let u = OpenAIProtocol.usage(chunk["usage"]) { usage = u }
-        for choice in chunk["choices"]?.arrayValue ?? [] {
+        for (position, choice) in (chunk["choices"]?.arrayValue ?? []).enumerated() {
+            // Only choice 0 is used; the deltas of other choices (`n` > 1) are not this turn's.
+            guard OpenAIProtocol.isFirst(choice, position: position) else { continue }
             if let f = choice["finish_reason"]?.stringValue { finishReason = f }
             guard let delta = choice["delta"] else { continue }
             if let t = delta["content"]?.stringValue { text += t }
+            if let r = delta["refusal"]?.stringValue { refusal += r }
             for fragment in delta["tool_calls"]?.arrayValue ?? [] {
                 let index = fragment["index"]?.intValue ?? 0
                 let id = fragment["id"]?.stringValue ?? ""
@@ -130,10 +156,11 @@ public struct OpenAIStreamAccumulator: Sendable {
         }
         var turn = AssistantTurn()
         turn.text = text
+        turn.refusal = refusal.isEmpty ? nil : refusal
         turn.toolCalls = slots.enumerated().map { i, s in
             ToolCall(id: s.id.isEmpty ? "call_\(i)" : s.id, name: s.name, arguments: s.arguments)
         }
-        turn.stopReason = OpenAIProtocol.stopReason(finishReason)
+        turn.stopReason = OpenAIProtocol.stopReason(finishReason, refusal: turn.refusal)
         if turn.stopReason == .other && !turn.toolCalls.isEmpty { turn.stopReason = .toolUse }
         turn.usage = usage ?? Usage()
         return turn

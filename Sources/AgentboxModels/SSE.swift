@@ -57,13 +57,14 @@ public struct SSEParser: Sendable {
         return events
     }
 
-    /// At the end of the stream: an event whose blank line never came is dropped, as the spec says.
+    /// At the end of the stream: the event whose blank line never came (the body ended after its last
+    /// line, with or without a line end) is dispatched, as the official OpenAI and Anthropic SDKs do
+    /// (the WHATWG rules would drop it). The parser is then empty, ready for another stream.
     public mutating func finish() -> [SSEEvent] {
-        line.removeAll()
-        data.removeAll()
-        hasData = false
-        eventName = nil
-        return []
+        if !line.isEmpty { _ = endLine() }  // a last line without its line end
+        let last = endLine()  // the blank line that never came
+        lastWasCR = false
+        return last.map { [$0] } ?? []
     }
 
     mutating func endLine() -> SSEEvent? {

@@ -3,6 +3,8 @@
 // model (exec). The headers come from libcurl4-openssl-dev; the library from libcurl4 at run time.
 #include "ab_curl.h"
 
+// CURLOPT_PROTOCOLS is the fallback for a libcurl older than 7.85 (loaded at run time).
+#define CURL_DISABLE_DEPRECATION 1
 #include <curl/curl.h>
 #include <dlfcn.h>
 #include <pthread.h>
@@ -71,9 +73,10 @@ static int progress_cb(void *userdata, curl_off_t a, curl_off_t b, curl_off_t c2
     return 0;
 }
 
-int ab_curl_perform(const struct ab_curl_request *req, long *status, char *errbuf) {
+int ab_curl_perform(const struct ab_curl_request *req, long *status, long *os_errno, char *errbuf) {
     pthread_once(&load_once, load);
     *status = 0;
+    *os_errno = 0;
     errbuf[0] = 0;
     if (!api.lib) { strncpy(errbuf, api.error, 255); return CURLE_FAILED_INIT; }
     CURL *h = api.easy_init();
@@ -82,6 +85,10 @@ int ab_curl_perform(const struct ab_curl_request *req, long *status, char *errbu
     struct curl_slist *list = NULL;
     for (const char *const *p = req->headers; p && *p; p++) list = api.slist_append(list, *p);
     api.easy_setopt(h, CURLOPT_URL, req->url);
+    // A model endpoint speaks HTTP: any other scheme (ftp://, file://) fails at once with
+    // CURLE_UNSUPPORTED_PROTOCOL, however libcurl was built.
+    if (api.easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK)
+        api.easy_setopt(h, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
     api.easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     api.easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
     api.easy_setopt(h, CURLOPT_HTTPHEADER, list);
@@ -109,6 +116,7 @@ int ab_curl_perform(const struct ab_curl_request *req, long *status, char *errbu
     // Proxies come from the environment (http_proxy, https_proxy, no_proxy): libcurl's default.
     CURLcode rc = api.easy_perform(h);
     api.easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+    if (rc != CURLE_OK) api.easy_getinfo(h, CURLINFO_OS_ERRNO, os_errno);
     if (rc != CURLE_OK && errbuf[0] == 0) strncpy(errbuf, api.easy_strerror(rc), 255);
     if (c.aborted && rc == CURLE_OK) rc = CURLE_ABORTED_BY_CALLBACK;
     api.slist_free_all(list);
@@ -116,12 +124,46 @@ int ab_curl_perform(const struct ab_curl_request *req, long *status, char *errbu
     return (int)rc;
 }
 
-int ab_curl_is_timeout(int code) { return code == CURLE_OPERATION_TIMEDOUT; }
-int ab_curl_is_aborted(int code) { return code == CURLE_ABORTED_BY_CALLBACK || code == CURLE_WRITE_ERROR; }
-int ab_curl_is_tls(int code) {
-    return code == CURLE_PEER_FAILED_VERIFICATION || code == CURLE_SSL_CONNECT_ERROR || code == CURLE_SSL_CACERT_BADFILE ||
-           code == CURLE_SSL_CERTPROBLEM || code == CURLE_SSL_CIPHER || code == CURLE_SSL_ISSUER_ERROR;
+int ab_curl_classify(int code) {
+    switch (code) {
+    case CURLE_OPERATION_TIMEDOUT:
+        return AB_CURL_TIMEOUT;
+    case CURLE_ABORTED_BY_CALLBACK:
+    case CURLE_WRITE_ERROR:
+        return AB_CURL_ABORTED;
+    case CURLE_PEER_FAILED_VERIFICATION:  // also CURLE_SSL_CACERT, its old name
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_CLIENTCERT:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+        return AB_CURL_TLS;
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_URL_MALFORMAT:
+        return AB_CURL_BAD_URL;
+    case CURLE_FAILED_INIT:  // also: libcurl could not be loaded
+    case CURLE_NOT_BUILT_IN:
+    case CURLE_UNKNOWN_OPTION:
+    case CURLE_BAD_FUNCTION_ARGUMENT:
+    case CURLE_FUNCTION_NOT_FOUND:
+        return AB_CURL_UNUSABLE;
+    default:
+        return AB_CURL_TRANSIENT;
+    }
 }
+
+const char *ab_curl_strerror(int code) {
+    pthread_once(&load_once, load);
+    return api.lib ? api.easy_strerror((CURLcode)code) : "libcurl is not loaded";
+}
+
 const char *ab_curl_version(void) {
     pthread_once(&load_once, load);
     return api.lib ? api.version() : api.error;

@@ -54,9 +54,6 @@ struct RunCommand: ParsableCommand {
 
     /// Everything that can be checked before a run starts (so that `--detach` fails in the foreground).
     func prepare() throws(AgentboxError) -> Prepared {
-        guard let modelName = model ?? ModelSpec.env("AGENTBOX_MODEL") else {
-            throw .usage("no model given", hint: "pass --model openai:gpt-4o-mini, anthropic:claude-sonnet-4-5 or replay:FILE (or set AGENTBOX_MODEL)")
-        }
         let text: String
         switch (task, taskFile) {
         case let (t?, nil): text = t
@@ -77,10 +74,8 @@ struct RunCommand: ParsableCommand {
         if let n = maxToolCalls { guard n > 0 else { throw .usage("--max-tool-calls \(n): must be at least 1") }; budget.maxToolCalls = n }
         if let t = maxTokens { guard t > 0 else { throw .usage("--max-tokens \(t): must be at least 1") }; budget.maxTokens = t }
         if let c = maxCost { guard c > 0, c.isFinite else { throw .usage("--max-cost \(c): must be a positive amount of USD") }; budget.maxCost = c }
-        let spec = try ModelSpec.parse(modelName, baseURL: baseURL)
-        if let variable = spec.missingKeyVariable {
-            throw AgentboxError(stage: "model", "\(variable) is not set", hint: "export \(variable)=... (it stays in agentbox's gateway, outside the sandbox)")
-        }
+        // The model, its base URL and key: the same checks as `model check` (exit 125).
+        let spec = try ModelSpec.resolve(model: model, baseURL: baseURL)
         if spec.provider == .replay { _ = try ReplayProvider(path: spec.model) }
         let prices = try PriceTable.load()
         let accounting = Accounting(provider: spec.provider.rawValue, model: spec.model, prices: prices)

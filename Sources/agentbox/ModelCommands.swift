@@ -11,9 +11,12 @@ struct ModelCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Make one streamed request offering the built-in tools and print the parsed turn as JSON.",
             discussion: """
-                Prints {"text", "tool_calls": [{"id","name","arguments"}], "stop_reason", "usage", "attempts"}. Exit 0 when a \
-                reply was parsed; 1 with what the server answered and what to do otherwise. Keys come from OPENAI_API_KEY / \
-                ANTHROPIC_API_KEY; the base URL from --base-url, OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else the official endpoints.
+                Prints {"text", "tool_calls": [{"id","name","arguments"}], "stop_reason", "usage", "attempts"} ("refusal" too \
+                when the model refused). Each retry is said on stderr as it happens. Exit 0 when a reply was parsed; 1 with \
+                what the server answered and what to do otherwise; 125 before any request for a usage error, a base URL that \
+                cannot work (not http:// or https://) or a missing key for an official endpoint. Keys come from \
+                OPENAI_API_KEY / ANTHROPIC_API_KEY; the base URL from --base-url, OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else \
+                the official endpoints.
                 """)
         @Option(help: ArgumentHelp("PROVIDER:MODEL: openai:..., anthropic:... or replay:FILE (default: $AGENTBOX_MODEL).", valueName: "P:M"))
         var model: String?
@@ -24,18 +27,13 @@ struct ModelCommand: ParsableCommand {
 
         func run() throws {
             guarded { () throws(AgentboxError) -> Int32 in
-                guard let name = model ?? ModelSpec.env("AGENTBOX_MODEL") else {
-                    throw .usage("no model given", hint: "pass --model openai:gpt-4o-mini (or anthropic:..., replay:FILE) or set AGENTBOX_MODEL")
-                }
-                let spec = try ModelSpec.parse(name, baseURL: baseURL)
-                let provider = try makeProvider(spec)
+                let spec = try ModelSpec.resolve(model: model, baseURL: baseURL)
+                // Every retry is said as it happens: "attempt 1/6: connection refused; retrying in 0.5 s".
+                let provider = try makeProvider(spec, onRetry: { Console.note($0.description) })
                 let conversation = Conversation(system: "You are checking that a model endpoint works. Answer briefly.",
                                                 messages: [.user(prompt)])
                 do throws(ModelError) {
                     let (turn, attempts) = try provider.complete(conversation, tools: BuiltinTools.definitions)
-                    for a in attempts where a.error != nil {
-                        Console.note("attempt \(a.number) failed: \(a.error!.description)")
-                    }
                     Console.out(turn.json(attempts: attempts.count).pretty)
                     return 0
                 } catch {

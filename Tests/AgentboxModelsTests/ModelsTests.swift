@@ -411,3 +411,257 @@ extension Result {
         #expect(Compactor(limit: 1, target: 1).compact(&c, force: true).isEmpty)
     }
 }
+
+/// Section 3 of issue 10: endpoints that cannot work fail at once and say so; retries are said live.
+@Suite struct FailFastTests {
+    @Test(arguments: ["https://api.openai.com/v1", "http://localhost:8000/v1", "HTTP://127.0.0.1:11434/v1/", "http://[::1]:8080",
+                      "https://user:pw@proxy.example/openai", "http://my_host.internal"])
+    func usableBaseURLs(url: String) {
+        #expect(URLParts.problem(url) == nil, "\(url): \(URLParts.problem(url) ?? "")")
+    }
+
+    @Test(arguments: [("not-a-url", "no scheme"), ("localhost:8000/v1", "no scheme"), ("ftp://127.0.0.1/v1", "scheme ftp"),
+                      ("file:///tmp/x", "scheme file"), ("http://", "no host"), ("http:///v1", "no host"), ("", "empty"),
+                      ("http://h:0/v1", "port 0"), ("http://h:99999/v1", "port 99999"), ("http://h:x/v1", "port x"),
+                      ("http://[::1/v1", "closing ]"), ("http://a b/v1", "space"), ("https://h/v1?api-version=1", "query"),
+                      ("http://h!/v1", "'!'")])
+    func unusableBaseURLsSayWhy(url: String, fragment: String) {
+        #expect(URLParts.problem(url)?.contains(fragment) == true, "\(url): \(URLParts.problem(url) ?? "accepted")")
+    }
+
+    @Test func parseRefusesABaseURLThatCannotWorkWithAUsageError() {
+        do {
+            _ = try ModelSpec.parse("openai:m", baseURL: "ftp://127.0.0.1/v1")
+            Issue.record("accepted ftp://")
+        } catch {
+            #expect(error.exitCode == 125 && error.message.contains("--base-url ftp://127.0.0.1/v1"), "\(error)")
+            #expect(error.hint.contains("https://api.openai.com/v1"), "says what a valid one looks like: \(error)")
+        }
+        #expect((try? ModelSpec.parse("anthropic:m", baseURL: "http://127.0.0.1:8080")) != nil)
+    }
+
+    /// A port nobody listens on (bound, then closed).
+    func closedPort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        close(fd)
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+
+    /// A provider for `url` (set after parsing, so the transport's own classification is what is tested),
+    /// and the retry notices it gives.
+    func provider(_ url: String, attempts: Int = 3) throws -> (ModelProvider, Notices) {
+        var spec = try ModelSpec.parse("openai:m", baseURL: "http://127.0.0.1:1/v1")
+        spec.baseURL = url
+        var retry = RetryPolicy()
+        retry.maxAttempts = attempts
+        retry.base = 0.1
+        retry.jitter = 0
+        let notices = Notices()
+        return (try makeProvider(spec, retry: retry, onRetry: { notices.add($0.description) }), notices)
+    }
+
+    /// Notices come on the thread making the call: the test's own.
+    final class Notices: @unchecked Sendable {
+        var lines: [String] = []
+        func add(_ line: String) { lines.append(line) }
+    }
+
+    @Test(arguments: [("ftp://127.0.0.1/v1", ModelError.Kind.badURL), ("http://[::1/v1", .badURL), ("gopher://127.0.0.1:1/v1", .badURL)])
+    func errorsThatCannotHealAreNotRetried(url: String, kind: ModelError.Kind) throws {
+        let (p, notices) = try provider(url)
+        do {
+            _ = try p.complete(Conversation(system: "s", messages: [.user("hi")]), tools: [])
+            Issue.record("\(url) answered")
+        } catch {
+            #expect(error.kind == kind && !error.retryable, "\(error)")
+            #expect(error.description.contains("not retried"), "\(error)")
+        }
+        #expect(p.lastAttempts.count == 1 && notices.lines.isEmpty, "\(notices.lines)")
+    }
+
+    @Test func connectionRefusedIsRetriedAndEachRetryIsSaidBeforeItsWait() throws {
+        let (p, notices) = try provider("http://127.0.0.1:\(closedPort())/v1")
+        do {
+            _ = try p.complete(Conversation(system: "s", messages: [.user("hi")]), tools: [])
+            Issue.record("a closed port answered")
+        } catch {
+            #expect(error.kind == .network && error.attemptsMade == 3, "\(error)")
+            #expect(error.description.contains("gave up after 3 attempts"), "\(error)")
+        }
+        #expect(notices.lines == ["attempt 1/3: connection refused; retrying in 0.1 s", "attempt 2/3: connection refused; retrying in 0.2 s"])
+        #expect(p.lastAttempts.count == 3)
+        for a in p.lastAttempts.dropLast() {
+            #expect(a.error?.description.contains("gave up") == false && a.error?.description.contains("kept failing") == false,
+                    "an attempt that was retried does not say the call gave up: \(String(describing: a.error))")
+        }
+    }
+
+    @Test func theNoticeTextAndTheAdviceAreTrueForEachSituation() {
+        var refused = ModelError(kind: .network, message: "Failed to connect", host: "h", provider: "openai", cause: "connection refused")
+        #expect(RetryNotice(attempt: 2, maxAttempts: 6, error: refused, delay: 1.04).description
+                == "attempt 2/6: connection refused; retrying in 1.0 s")
+        let limited = ModelError.classify(status: 429, body: [], headers: [:], provider: "openai", host: "h")
+        #expect(RetryNotice(attempt: 1, maxAttempts: 6, error: limited, delay: 12.25).description == "attempt 1/6: 429 rate limited; retrying in 12.3 s")
+        // One failed attempt (retried, maybe successfully): no claim that the server kept failing.
+        for kind in [ModelError.Kind.rateLimited, .overloaded, .server, .timeout, .conflict, .incompleteStream, .network, .streamError] {
+            let e = ModelError(kind: kind, message: "x")
+            #expect(!e.description.contains("kept failing") && !e.description.contains("gave up"), "\(kind): \(e)")
+        }
+        refused.attemptsMade = 6
+        #expect(refused.description.hasSuffix("(gave up after 6 attempts: check the base URL and that the server is up)"), "\(refused)")
+    }
+}
+
+@Suite struct SDKParsingTests {
+    @Test func aFinalEventWithoutItsBlankLineIsDispatchedAtTheEnd() {
+        var p = SSEParser()
+        #expect(p.feed(Array("data: {\"a\":1}\n\ndata: [DONE]".utf8)) == [SSEEvent(data: #"{"a":1}"#)])
+        #expect(p.finish() == [SSEEvent(data: "[DONE]")])
+        #expect(p.finish() == [], "nothing twice")
+        var q = SSEParser()
+        #expect(q.feed(Array("event: error\r\ndata: {\"type\":\"error\"}\r\n".utf8)) == [])
+        #expect(q.finish() == [SSEEvent(event: "error", data: #"{"type":"error"}"#)])
+        var r = SSEParser()
+        _ = r.feed(Array("data: x\n\n: keep-alive\n".utf8))
+        #expect(r.finish() == [], "a comment is no event")
+    }
+
+    @Test func anErrorEventEndingTheBodyIsClassifiedByItsType() throws {
+        var p = SSEParser()
+        var acc = AnthropicStreamAccumulator()
+        let body = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{}}}\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}"
+        for e in p.feed(Array(body.utf8)) { try acc.handle(e) }
+        do {
+            for e in p.finish() { try acc.handle(e) }
+            Issue.record("the error event was dropped")
+        } catch {
+            #expect(error.kind == .overloaded && error.retryable)
+        }
+    }
+
+    @Test func openAIRefusalStreamedAndNot() throws {
+        let stream = """
+            data: {"choices":[{"index":0,"delta":{"role":"assistant","content":null,"refusal":""},"finish_reason":null}]}
+
+            data: {"choices":[{"index":0,"delta":{"refusal":"I'm sorry, "}}]}
+
+            data: {"choices":[{"index":0,"delta":{"refusal":"I can't help with that."}}]}
+
+            data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}
+
+            data: [DONE]
+
+
+            """
+        var acc = OpenAIStreamAccumulator()
+        for e in events(stream, splitEvery: 7) { try acc.handle(e) }
+        let turn = try acc.finish()
+        #expect(turn.refusal == "I'm sorry, I can't help with that." && turn.text.isEmpty)
+        #expect(turn.stopReason == .refusal && turn.isRefusal)
+        let json = try JSON.parse(#"{"choices":[{"index":0,"message":{"role":"assistant","content":null,"refusal":"No."},"finish_reason":"stop"}]}"#)
+        let plain = try OpenAIProtocol.decode(response: json)
+        #expect(plain.refusal == "No." && plain.stopReason == .refusal)
+        // A normal answer is no refusal, even with "refusal": null in it.
+        let normal = try OpenAIProtocol.decode(response: try JSON.parse(#"{"choices":[{"index":0,"message":{"role":"assistant","content":"hi","refusal":null},"finish_reason":"stop"}]}"#))
+        #expect(normal.refusal == nil && normal.stopReason == .endTurn && !normal.isRefusal)
+        // It goes back as the SDKs send it.
+        let body = OpenAIProtocol.request(model: "m", conversation: Conversation(system: "s", messages: [.user("x"), .assistant(turn), .user("y")]),
+                                          tools: [], stream: true)
+        let assistant = body["messages"]?.arrayValue?[2]
+        #expect(assistant?["refusal"] == "I'm sorry, I can't help with that." && assistant?["content"] == .null)
+        #expect(turn.json(attempts: 1)["refusal"] == "I'm sorry, I can't help with that.")
+        #expect(!AssistantTurn(text: "hi").json(attempts: 1).serialized.contains("refusal"), "no refusal key when there is none")
+    }
+
+    @Test func onlyChoiceZeroIsUsedStreamedAndNot() throws {
+        let stream = """
+            data: {"choices":[{"index":1,"delta":{"role":"assistant","content":"WRONG"}},{"index":0,"delta":{"role":"assistant","content":"right"}}]}
+
+            data: {"choices":[{"index":1,"delta":{"tool_calls":[{"index":0,"id":"x","function":{"name":"finish","arguments":"{}"}}]},"finish_reason":"length"}]}
+
+            data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}
+
+            data: {"choices":[{"index":1,"delta":{"content":" also wrong"},"finish_reason":"stop"}]}
+
+            data: [DONE]
+
+
+            """
+        var acc = OpenAIStreamAccumulator()
+        for e in events(stream, splitEvery: 1000) { try acc.handle(e) }
+        let turn = try acc.finish()
+        #expect(turn.text == "right" && turn.toolCalls.isEmpty && turn.stopReason == .endTurn, "\(turn)")
+        let json = try JSON.parse(#"{"choices":[{"index":1,"message":{"role":"assistant","content":"WRONG"},"finish_reason":"length"},{"index":0,"message":{"role":"assistant","content":"right"},"finish_reason":"stop"}]}"#)
+        let plain = try OpenAIProtocol.decode(response: json)
+        #expect(plain.text == "right" && plain.stopReason == .endTurn)
+        let none = try JSON.parse(#"{"choices":[{"index":1,"message":{"role":"assistant","content":"WRONG"}}]}"#)
+        #expect(throws: ModelError.self) { try OpenAIProtocol.decode(response: none) }
+    }
+
+    /// Thinking and redacted_thinking blocks, with their signatures, as the API streamed them, go back
+    /// byte for byte in the next request (the API rejects a changed signature).
+    @Test func anthropicThinkingBlocksGoBackUnchanged() throws {
+        let thinking = #"{"type":"thinking","thinking":"The user wants a listing.","signature":"EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgx"}"#
+        let redacted = #"{"type":"redacted_thinking","data":"EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIw"}"#
+        let stream = """
+            event: message_start
+            data: {"type":"message_start","message":{"id":"msg_1","content":[],"usage":{"input_tokens":10,"output_tokens":1}}}
+
+            event: content_block_start
+            data: {"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}
+
+            event: content_block_delta
+            data: {"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"The user wants "}}
+
+            event: content_block_delta
+            data: {"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"a listing."}}
+
+            event: content_block_delta
+            data: {"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgx"}}
+
+            event: content_block_stop
+            data: {"type":"content_block_stop","index":0}
+
+            event: content_block_start
+            data: {"type":"content_block_start","index":1,"content_block":\(redacted)}
+
+            event: content_block_stop
+            data: {"type":"content_block_stop","index":1}
+
+            event: content_block_start
+            data: {"type":"content_block_start","index":2,"content_block":{"type":"tool_use","id":"toolu_1","name":"shell","input":{}}}
+
+            event: content_block_delta
+            data: {"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"{\\"command\\": \\"ls\\"}"}}
+
+            event: content_block_stop
+            data: {"type":"content_block_stop","index":2}
+
+            event: message_delta
+            data: {"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":30}}
+
+            event: message_stop
+            data: {"type":"message_stop"}
+
+
+            """
+        var acc = AnthropicStreamAccumulator()
+        for e in events(stream, splitEvery: 5) { try acc.handle(e) }
+        let streamed = try acc.finish()
+        let plain = try AnthropicProtocol.decode(response: try JSON.parse(
+            #"{"type":"message","content":[\#(thinking),\#(redacted),{"type":"tool_use","id":"toolu_1","name":"shell","input":{"command":"ls"}}],"stop_reason":"tool_use","usage":{}}"#))
+        let spec = try ModelSpec.parse("anthropic:m", baseURL: "http://127.0.0.1:1")
+        for turn in [streamed, plain] {
+            let conversation = Conversation(system: "s", messages: [.user("list"), .assistant(turn), .toolResults([ToolResult(callID: "toolu_1", content: "a.txt")])])
+            let bytes = try HTTPModelProvider.body(spec: spec, conversation: conversation, tools: [])
+            let text = String(decoding: bytes, as: UTF8.self)
+            #expect(text.contains(#"{"role":"assistant","content":[\#(thinking),\#(redacted),{"type":"tool_use""#), "\(text)")
+        }
+    }
+}

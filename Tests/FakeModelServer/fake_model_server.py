@@ -369,6 +369,41 @@ class Handler(BaseHTTPRequestHandler):
         if scenario == "nostream":
             msg = {"role": "assistant", "content": "plain", "tool_calls": []}
             return self.answer(200, {"choices": [{"index": 0, "message": msg, "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+        if scenario == "choicesplain":
+            # n > 1: only the choice with index 0 is the answer, wherever it is in the array.
+            other = {"index": 1, "message": {"role": "assistant", "content": "the other choice", "tool_calls": None}, "finish_reason": "length"}
+            first = {"index": 0, "message": {"role": "assistant", "content": "plain", "tool_calls": None}, "finish_reason": "stop"}
+            return self.answer(200, {"choices": [other, first], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+        if scenario == "refusalplain":
+            msg = {"role": "assistant", "content": None, "refusal": "I can't help with that.", "tool_calls": None}
+            return self.answer(200, {"choices": [{"index": 0, "message": msg, "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 5}})
+        if scenario == "refusal":
+            # A refusal as OpenAI streams it: refusal deltas, no content, finish_reason stop.
+            chunks = [
+                {"choices": [{"index": 0, "delta": {"role": "assistant", "content": None, "refusal": ""}, "finish_reason": None}]},
+                {"choices": [{"index": 0, "delta": {"refusal": "I'm sorry, "}}]},
+                {"choices": [{"index": 0, "delta": {"refusal": "I can't help with that."}}]},
+                {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                {"choices": [], "usage": {"prompt_tokens": 50, "completion_tokens": 9, "total_tokens": 59}},
+            ]
+        if scenario == "choices":
+            # Every chunk also carries choice 1 (sent first), which must be ignored.
+            def other(chunk):
+                if not chunk["choices"]:
+                    return chunk
+                extra = {"index": 1, "delta": {"content": "WRONG", "tool_calls": [{"index": 0, "id": "call_x", "type": "function",
+                                                                                    "function": {"name": "finish", "arguments": "{}"}}]},
+                         "finish_reason": "length"}
+                return dict(chunk, choices=[extra] + chunk["choices"])
+            chunks = [other(c) for c in chunks]
+        if scenario == "noblank":
+            # The last event ends the body without its blank line (and without [DONE]).
+            self.start_stream()
+            for chunk in chunks[:-2]:
+                self.send_sse("data: " + json.dumps(chunk) + "\n\n")
+            last = dict(chunks[-2], usage=chunks[-1]["usage"])
+            self.send_sse("data: " + json.dumps(last))
+            return
         self.start_stream()
         self.send_sse(": keep-alive\r\n\r\n")
         for i, chunk in enumerate(chunks):
@@ -404,6 +439,13 @@ class Handler(BaseHTTPRequestHandler):
         for i, (name, data) in enumerate(ANTHROPIC_STREAM):
             if scenario == "errorevent" and attempt == 1 and i == 3:
                 self.send_sse("event: error\ndata: " + json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}) + "\n\n")
+                return
+            if scenario == "errorlast" and attempt == 1 and i == 3:
+                # An error event that ends the body without its blank line.
+                self.send_sse("event: error\ndata: " + json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
+                return
+            if scenario == "noblank" and i == len(ANTHROPIC_STREAM) - 1:
+                self.send_sse(f"event: {name}\ndata: " + json.dumps(data) + "\n")  # one line end, not two
                 return
             self.send_sse(f"event: {name}\ndata: " + json.dumps(data) + "\n\n")
 

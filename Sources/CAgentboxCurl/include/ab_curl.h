@@ -32,13 +32,23 @@ struct ab_curl_request {
 };
 
 /// Performs one request (blocking). Returns the CURLcode; *status gets the HTTP status (0 if none);
-/// errbuf (at least 256 bytes) gets curl's message.
-int ab_curl_perform(const struct ab_curl_request *req, long *status, char *errbuf);
-/// Whether a CURLcode means the idle/total timeout fired, the callback aborted, or a connection problem.
-int ab_curl_is_timeout(int code);
-int ab_curl_is_aborted(int code);
-/// Whether a CURLcode is a TLS/certificate failure (not worth retrying).
-int ab_curl_is_tls(int code);
+/// *os_errno the errno of the last failed connect (0 if none: ECONNREFUSED says "connection refused"
+/// where curl only says "couldn't connect"); errbuf (at least 256 bytes) gets curl's message.
+int ab_curl_perform(const struct ab_curl_request *req, long *status, long *os_errno, char *errbuf);
+
+/// What a failed transfer means for the caller (ab_curl_classify).
+enum ab_curl_failure {
+    AB_CURL_TRANSIENT = 0,  // connection refused, reset, DNS, ...: worth another attempt
+    AB_CURL_TIMEOUT,        // the connect, idle or total timeout fired: worth another attempt
+    AB_CURL_ABORTED,        // a callback stopped the transfer (cancelled, or the body was refused)
+    AB_CURL_TLS,            // the certificate or the TLS setup failed: cannot heal by retrying
+    AB_CURL_BAD_URL,        // malformed URL or a scheme libcurl does not speak: cannot heal
+    AB_CURL_UNUSABLE,       // libcurl missing or lacking a feature: cannot heal
+};
+/// Classifies a CURLcode other than CURLE_OK.
+int ab_curl_classify(int code);
+/// curl's short text for a CURLcode ("Couldn't resolve host name"), or a fixed one when libcurl is missing.
+const char *ab_curl_strerror(int code);
 const char *ab_curl_version(void);
 
 #ifdef __cplusplus
