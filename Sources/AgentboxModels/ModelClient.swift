@@ -332,7 +332,7 @@ public final class ReplayProvider: ModelProvider {
 
     public func complete(_ conversation: Conversation, tools: [ToolDefinition]) throws(ModelError) -> (AssistantTurn, [Attempt]) {
         guard next < turns.count else {
-            throw ModelError(kind: .badRequest, message: "the replay session \(path) has no turn \(next + 1) (it has \(turns.count))",
+            throw ModelError(kind: .replayEnded, message: "the run asked for turn \(next + 1) of the replay session \(path), which has \(turns.count)",
                              provider: "replay")
         }
         defer { next += 1 }

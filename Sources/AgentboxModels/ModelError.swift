@@ -13,6 +13,8 @@ public struct ModelError: Error, Sendable, CustomStringConvertible {
         case unsupported
         /// The answer passed one of ResponseCaps (bytes, text, tool calls, argument size).
         case responseTooLarge
+        /// A replay session has no more turns for the run.
+        case replayEnded
     }
 
     public var kind: Kind
@@ -65,6 +67,7 @@ public struct ModelError: Error, Sendable, CustomStringConvertible {
         case .tls: return "not retried: the server's certificate is not trusted; for a private CA set AGENTBOX_CA_BUNDLE to its PEM file"
         case .badURL: return "not retried: check the base URL; it looks like https://api.openai.com/v1 or http://localhost:8000/v1"
         case .unsupported: return "not retried: agentbox needs a working libcurl with TLS (Debian: libcurl4)"
+        case .replayEnded: return "the session ended before the run did: add turns to it, or end it with a finish call"
         case .rateLimited, .overloaded, .server, .timeout, .conflict, .incompleteStream, .network, .streamError:
             guard let n = attemptsMade else { return "a failure that may pass; agentbox retries it" }
             let what: String
@@ -103,6 +106,7 @@ public struct ModelError: Error, Sendable, CustomStringConvertible {
         case .responseTooLarge: words = "answer too large"
         case .badURL: words = "bad URL"
         case .unsupported: words = "libcurl unusable"
+        case .replayEnded: words = "replay session ended"
         }
         return status.map { "\($0) \(words)" } ?? words
     }

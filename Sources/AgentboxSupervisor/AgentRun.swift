@@ -193,6 +193,7 @@ extension AgentRun: SandboxDelegate {
     public var wakeFD: Int32 { worker.fd }
 
     public func sandboxWake() throws(AgentboxError) {
+        for notice in worker.notices() { progressHandler(.note(notice.description)) }
         guard let outcome = worker.collect() else { return }
         try session.modelDone(outcome)
     }

@@ -274,6 +274,15 @@ public final class AgentSession {
                             by: "supervisor")
             }
             conversation.messages.append(.assistant(turn))
+            if turn.isRefusal && turn.toolCalls.isEmpty && ending == nil {
+                // The model declined the task: reminding it would only repeat that. The operators hear
+                // why, and the run ends (docs/agent.md, "Ending a run").
+                let why = turn.refusal ?? (turn.text.isEmpty ? "no reason given" : turn.text)
+                try confess(severity: "blocker", category: "refusal",
+                            summary: "the model refused the task: " + ToolText.clip(why, maxBytes: AgentSession.confessionCaps.summary), details: nil,
+                            by: "supervisor")
+                ending = .stopped("the model refused: " + ToolText.clip(why, maxBytes: 200))
+            }
             if !turn.toolCalls.isEmpty { reminders = 0 }
             self.turn = turn
             nextCall = 0
@@ -305,13 +314,15 @@ public final class AgentSession {
     }
 
     static func turnJSON(_ turn: AssistantTurn) -> JSON {
-        .object([
+        var fields: [(String, JSON)] = [
             ("text", .string(turn.text)),
             ("tool_calls", .array(turn.toolCalls.map { .object([("id", .string($0.id)), ("name", .string($0.name)), ("arguments", .string($0.arguments))]) })),
             ("thinking", .array(turn.thinking)),
             ("stop_reason", .string(turn.stopReason.rawValue)),
             ("usage", turn.usage.json),
-        ])
+        ]
+        if let refusal = turn.refusal { fields.append(("refusal", .string(refusal))) }
+        return .object(fields)
     }
 
     /// The loop is about to run the next call of the turn: journal it, then let it run or answer it here.

@@ -57,6 +57,7 @@ public enum JournalConversation {
                 }
                 turn.thinking = turnJSON["thinking"]?.arrayValue ?? []
                 turn.stopReason = StopReason(rawValue: turnJSON["stop_reason"]?.stringValue ?? "") ?? .other
+                turn.refusal = turnJSON["refusal"]?.stringValue
                 let request = r.data["request"]
                 let recorded: (Int, UInt32)? = request?["bytes"]?.intValue.flatMap { bytes in
                     request?["crc32c"]?.stringValue.flatMap { UInt32($0, radix: 16) }.map { (bytes, $0) }

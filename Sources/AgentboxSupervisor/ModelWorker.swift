@@ -8,6 +8,8 @@ final class ModelWorker: @unchecked Sendable {
     let fd: Int32
     var mutex = pthread_mutex_t()
     var outcome: ModelCallOutcome? = nil
+    /// Retries announced by the call in flight, for the supervision thread to show (`notices()`).
+    var pendingNotices: [RetryNotice] = []
     var thread: pthread_t? = nil
     let provider: ModelProvider
 
@@ -15,6 +17,23 @@ final class ModelWorker: @unchecked Sendable {
         self.provider = provider
         fd = ab_eventfd()
         pthread_mutex_init(&mutex, nil)
+        // Said live: the gateway thread queues the notice and wakes the supervision loop.
+        provider.onRetry = { [unowned self] notice in
+            pthread_mutex_lock(&mutex)
+            pendingNotices.append(notice)
+            pthread_mutex_unlock(&mutex)
+            var one: UInt64 = 1
+            _ = write(fd, &one, 8)
+        }
+    }
+
+    /// The retries announced since the last look.
+    func notices() -> [RetryNotice] {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        let n = pendingNotices
+        pendingNotices = []
+        return n
     }
 
     deinit {

@@ -20,21 +20,21 @@ struct RunCommand: ParsableCommand {
             Example: agentbox run --model openai:gpt-4o-mini --max-steps 30 --timeout 20m --task "make the tests pass"
             """)
     @OptionGroup(title: "Sandbox options") var sandbox: SandboxFlags
-    @Option(help: ArgumentHelp("PROVIDER:MODEL: openai:MODEL, anthropic:MODEL or replay:FILE (default: $AGENTBOX_MODEL).", valueName: "P:M"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("PROVIDER:MODEL: openai:MODEL, anthropic:MODEL or replay:FILE (default: $AGENTBOX_MODEL).", valueName: "P:M"))
     var model: String?
-    @Option(name: .customLong("base-url"), help: ArgumentHelp("Endpoint base (else OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else the official one; OpenAI-style bases include /v1).", valueName: "URL"))
+    @Option(name: .customLong("base-url"), parsing: .unconditional, help: ArgumentHelp("Endpoint base (else OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else the official one; OpenAI-style bases include /v1).", valueName: "URL"))
     var baseURL: String?
-    @Option(help: ArgumentHelp("The task, as text.", valueName: "TEXT")) var task: String?
-    @Option(name: .customLong("task-file"), help: ArgumentHelp("Read the task from FILE (- for stdin).", valueName: "FILE"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("The task, as text.", valueName: "TEXT")) var task: String?
+    @Option(name: .customLong("task-file"), parsing: .unconditional, help: ArgumentHelp("Read the task from FILE (- for stdin).", valueName: "FILE"))
     var taskFile: String?
-    @Option(help: ArgumentHelp("A name for the run (for ps, logs, stop); refused while a running run has it.", valueName: "NAME")) var name: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("A name for the run (for ps, logs, stop); refused while a running run has it.", valueName: "NAME")) var name: String?
     @Flag(name: .customLong("allow-duplicate-name"), help: "Start even if a running run has the same --name (stop and kill then need the id).")
     var allowDuplicateName = false
-    @Option(name: .customLong("max-steps"), help: ArgumentHelp("Stop (exit 3) after N model calls.", valueName: "N")) var maxSteps: Int?
-    @Option(name: .customLong("max-tool-calls"), help: ArgumentHelp("Stop (exit 3) after N tool calls (one model call may ask for many; at most \(AgentSession.maxCallsPerTurn) of a turn are run).", valueName: "N")) var maxToolCalls: Int?
-    @Option(name: .customLong("max-tokens"), help: ArgumentHelp("Stop (exit 3) once N tokens (input + output) are used.", valueName: "N"))
+    @Option(name: .customLong("max-steps"), parsing: .unconditional, help: ArgumentHelp("Stop (exit 3) after N model calls.", valueName: "N")) var maxSteps: Int?
+    @Option(name: .customLong("max-tool-calls"), parsing: .unconditional, help: ArgumentHelp("Stop (exit 3) after N tool calls (one model call may ask for many; at most \(AgentSession.maxCallsPerTurn) of a turn are run).", valueName: "N")) var maxToolCalls: Int?
+    @Option(name: .customLong("max-tokens"), parsing: .unconditional, help: ArgumentHelp("Stop (exit 3) once N tokens (input + output) are used.", valueName: "N"))
     var maxTokens: Int?
-    @Option(name: .customLong("max-cost"), help: ArgumentHelp("Stop (exit 3) once the cost reaches USD (price table: docs/models.md).", valueName: "USD"))
+    @Option(name: .customLong("max-cost"), parsing: .unconditional, help: ArgumentHelp("Stop (exit 3) once the cost reaches USD (price table: docs/models.md).", valueName: "USD"))
     var maxCost: Double?
     @Flag(help: "Start the run in the background, print its id and return; follow it with `agentbox logs -f RUN`.") var detach = false
     @Flag(help: "Print the journal records on stdout as JSON lines while the run goes.") var json = false
@@ -89,7 +89,7 @@ struct RunCommand: ParsableCommand {
         // The run's claim on its name, held until it ends.
         let nameClaim = name != nil && !allowDuplicateName ? try RunStore().claimName(name!) : Descriptor(-1)
         defer { _ = nameClaim.raw }  // held (open) until here
-        let display = Progress(model: "\(p.task.model.provider.rawValue):\(p.task.model.model)")
+        let display = Progress(model: "\(p.task.model.provider.rawValue):\(p.task.model.model)", json: json)
         let run = AgentRun(policy: p.policy, task: p.task, warn: { Console.warning($0) }, progress: display.show)
         if let g = ModelSpec.env("AGENTBOX_GRACE").flatMap(Double.init), g >= 0 { run.grace = g }
         if json {
@@ -133,7 +133,12 @@ func checkRunName(_ name: String) throws(AgentboxError) {
 /// and cut to one line (`safe`, docs/security.md "Terminal output").
 final class Progress {
     let model: String
-    init(model: String) { self.model = model }
+    /// `run --json`: stdout carries the journal records only.
+    let json: Bool
+    init(model: String, json: Bool) {
+        self.model = model
+        self.json = json
+    }
 
     static func clip(_ s: String, _ n: Int) -> String {
         let one = s.split(separator: "\n", omittingEmptySubsequences: true).first.map(String.init) ?? ""
@@ -165,6 +170,7 @@ final class Progress {
             line += " · \(Progress.tokens(total)) tokens · \(Progress.money(cost)) · \(Progress.clock(elapsed))"
             Console.write(Style.bold(line))
             if !turn.text.trimmingSpaces().isEmpty { Console.write("  " + Style.dim(safe(Progress.clip(turn.text, 160)))) }
+            if let refusal = turn.refusal { Console.write("  refused: " + safe(Progress.clip(refusal, 160))) }
         case let .tool(name, args):
             let detail: String
             switch name {
@@ -196,8 +202,14 @@ final class Progress {
         if let s = o.status { line += " (\(s))" }
         line += " · \(o.steps) step\(o.steps == 1 ? "" : "s") · \(Progress.tokens(o.usage.total)) tokens · \(Progress.money(o.cost)) · \(Progress.clock(o.elapsed)) · exit \(o.exitCode)"
         Console.write(Style.bold(line))
-        Console.write("  " + safe(o.summary ?? o.reason))
+        Console.write("  " + safe(o.reason))
         Console.write(Style.dim("  see: agentbox logs \(o.id) · agentbox confessions \(o.id)"))
+        // The agent's answer is the run's output, on stdout (`summary=$(agentbox run ...)`), as
+        // `claude -p` and `codex exec` print theirs; escaped when stdout is a terminal.
+        if !json, let summary = o.summary {
+            let bytes = Array(summary.utf8)
+            Console.out(isatty(1) == 1 ? TerminalText.block(bytes: bytes) : summary)
+        }
     }
 }
 
@@ -366,10 +378,11 @@ struct Stop: ParsableCommand {
         abstract: "Stop a run: SIGTERM, the current tool may finish within the grace period, then SIGKILL.",
         discussion: "An agent run ends with state interrupted and exit code 75 (resumable); an exec run's command gets SIGTERM.")
     @Argument(help: ArgumentHelp("Run id, unique id prefix, or name.", valueName: "RUN")) var target: String
-    @Option(help: ArgumentHelp("Seconds to wait before SIGKILL (default: the run's own grace period, 10 s unless AGENTBOX_GRACE said otherwise when it started, plus 5).", valueName: "SECONDS"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Seconds to wait before SIGKILL (default: the run's own grace period, 10 s unless AGENTBOX_GRACE said otherwise when it started, plus 5).", valueName: "SECONDS"))
     var grace: Double?
     func run() throws {
         guarded { () throws(AgentboxError) -> Int32 in
+            if let g = grace, !(g >= 0 && g.isFinite) { throw .usage("--grace \(g): must be 0 or more seconds") }
             let s = try Supervisor(target)
             let recorded = (try? s.store.summary(s.id, full: false))?.grace
             let grace = self.grace ?? (recorded ?? Sandbox.gracePeriod) + 5

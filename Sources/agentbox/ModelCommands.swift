@@ -18,11 +18,11 @@ struct ModelCommand: ParsableCommand {
                 OPENAI_API_KEY / ANTHROPIC_API_KEY; the base URL from --base-url, OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else \
                 the official endpoints.
                 """)
-        @Option(help: ArgumentHelp("PROVIDER:MODEL: openai:..., anthropic:... or replay:FILE (default: $AGENTBOX_MODEL).", valueName: "P:M"))
+        @Option(parsing: .unconditional, help: ArgumentHelp("PROVIDER:MODEL: openai:..., anthropic:... or replay:FILE (default: $AGENTBOX_MODEL).", valueName: "P:M"))
         var model: String?
-        @Option(name: .customLong("base-url"), help: ArgumentHelp("Endpoint base (OpenAI-style bases include /v1, Anthropic's do not).", valueName: "URL"))
+        @Option(name: .customLong("base-url"), parsing: .unconditional, help: ArgumentHelp("Endpoint base (OpenAI-style bases include /v1, Anthropic's do not).", valueName: "URL"))
         var baseURL: String?
-        @Option(help: ArgumentHelp("The user message to send.", valueName: "TEXT"))
+        @Option(parsing: .unconditional, help: ArgumentHelp("The user message to send.", valueName: "TEXT"))
         var prompt: String = "List the files in the workspace, using the shell tool."
 
         func run() throws {

@@ -101,7 +101,7 @@ struct Prune: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "prune", abstract: "Delete every run that has ended (never a running run), or only the older ones.",
         discussion: "Example: agentbox prune --older-than 7d. Leftovers of an interrupted rm are removed too.")
-    @Option(name: .customLong("older-than"), help: ArgumentHelp("Only runs that ended (or, if their end was never recorded, started) longer ago than this, e.g. 12h, 7d.", valueName: "DURATION"))
+    @Option(name: .customLong("older-than"), parsing: .unconditional, help: ArgumentHelp("Only runs that ended (or, if their end was never recorded, started) longer ago than this, e.g. 12h, 7d.", valueName: "DURATION"))
     var olderThan: String?
     @Flag(name: .customLong("dry-run"), help: "Show what would be removed; remove nothing.") var dryRun = false
     @Flag(help: "JSON output: one object per run.") var json = false
@@ -181,7 +181,7 @@ struct Logs: ParsableCommand {
     @Flag(name: [.short, .long], help: "Follow: show new records as they are written; end when the run ends.") var follow = false
     @Flag(help: "Print the journal records as stored, one per line.") var json = false
     @Flag(help: "Write the command's output bytes exactly as recorded, escape sequences included (for files and pipes).") var raw = false
-    @Option(help: ArgumentHelp("Start after this sequence number.", valueName: "SEQ")) var since: UInt64 = 0
+    @Option(parsing: .unconditional, help: ArgumentHelp("Start after this sequence number.", valueName: "SEQ")) var since: UInt64 = 0
 
     /// What the model and the tools wrote is indented with this: no line agentbox prints itself starts
     /// with it, so no line of theirs can pass for a record.
@@ -276,7 +276,7 @@ struct Confessions: ParsableCommand {
     @Argument(help: ArgumentHelp("Only this run (id, prefix or name).", valueName: "RUN")) var target: String?
     @Flag(name: [.short, .long], help: "Follow the node-wide feed.") var follow = false
     @Flag(help: "JSON lines as stored in the feed.") var json = false
-    @Option(help: ArgumentHelp("Minimum severity: info, warning or blocker.", valueName: "LEVEL")) var severity: String?
+    @Option(parsing: .unconditional, help: ArgumentHelp("Minimum severity: info, warning or blocker.", valueName: "LEVEL")) var severity: String?
 
     func run() throws {
         guarded { () throws(AgentboxError) -> Int32 in

@@ -73,43 +73,43 @@ enum Console {
 }
 
 struct SandboxFlags: ParsableArguments {
-    @Option(help: ArgumentHelp("Profile name or path to a profile file.", valueName: "NAME|PATH"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Profile name or path to a profile file.", valueName: "NAME|PATH"))
     var profile: String = "workspace-write"
 
-    @Option(help: ArgumentHelp("The workspace, bound read-write at the same path and used as the starting directory (default: the current directory).", valueName: "DIR"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("The workspace, bound read-write at the same path and used as the starting directory (default: the current directory).", valueName: "DIR"))
     var workspace: String?
 
-    @Option(name: .customLong("ro"), help: ArgumentHelp("Also bind PATH read-only (repeatable).", valueName: "PATH"))
+    @Option(name: .customLong("ro"), parsing: .unconditionalSingleValue, help: ArgumentHelp("Also bind PATH read-only (repeatable).", valueName: "PATH"))
     var ro: [String] = []
 
-    @Option(name: .customLong("rw"), help: ArgumentHelp("Also bind PATH read-write (repeatable).", valueName: "PATH"))
+    @Option(name: .customLong("rw"), parsing: .unconditionalSingleValue, help: ArgumentHelp("Also bind PATH read-write (repeatable).", valueName: "PATH"))
     var rw: [String] = []
 
-    @Option(help: ArgumentHelp("Hide PATH behind an empty read-only directory or file (repeatable).", valueName: "PATH"))
+    @Option(parsing: .unconditionalSingleValue, help: ArgumentHelp("Hide PATH behind an empty read-only directory or file (repeatable).", valueName: "PATH"))
     var hide: [String] = []
 
-    @Option(help: ArgumentHelp("none or loopback: a private network namespace whose own loopback is up; no route to the host or the internet.", valueName: "MODE"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("none or loopback: a private network namespace whose own loopback is up; no route to the host or the internet.", valueName: "MODE"))
     var network: String?
 
-    @Option(help: ArgumentHelp("Memory limit for the whole sandbox, e.g. 512M, 2G (OOM kill -> exit 137).", valueName: "SIZE"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Memory limit for the whole sandbox, e.g. 512M, 2G (OOM kill -> exit 137).", valueName: "SIZE"))
     var memory: String?
 
-    @Option(help: ArgumentHelp("Maximum number of processes and threads in the sandbox.", valueName: "N"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Maximum number of processes and threads in the sandbox.", valueName: "N"))
     var pids: Int?
 
-    @Option(help: ArgumentHelp("CPU limit in CPUs, fractional allowed (e.g. 0.5).", valueName: "N"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("CPU limit in CPUs, fractional allowed (e.g. 0.5).", valueName: "N"))
     var cpus: Double?
 
-    @Option(help: ArgumentHelp("Wall-clock limit, e.g. 90s, 30m, 2h; the whole sandbox is killed (exit 124).", valueName: "DURATION"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Wall-clock limit, e.g. 90s, 30m, 2h; the whole sandbox is killed (exit 124).", valueName: "DURATION"))
     var timeout: String?
 
-    @Option(name: .customLong("tmp-size"), help: ArgumentHelp("Size cap of the private /tmp and /dev/shm.", valueName: "SIZE"))
+    @Option(name: .customLong("tmp-size"), parsing: .unconditional, help: ArgumentHelp("Size cap of the private /tmp and /dev/shm.", valueName: "SIZE"))
     var tmpSize: String?
 
-    @Option(name: .customLong("journal-output"), help: ArgumentHelp("Command output a journaled run stores (default 256M); past it output is still shown but only counted. The journal also stops storing output when its disk runs low.", valueName: "SIZE"))
+    @Option(name: .customLong("journal-output"), parsing: .unconditional, help: ArgumentHelp("Command output a journaled run stores (default 256M); past it output is still shown but only counted. The journal also stops storing output when its disk runs low.", valueName: "SIZE"))
     var journalOutput: String?
 
-    @Option(help: ArgumentHelp("Set an environment variable in the sandbox (repeatable). The host environment is not inherited.", valueName: "KEY=VALUE"))
+    @Option(parsing: .unconditionalSingleValue, help: ArgumentHelp("Set an environment variable in the sandbox (repeatable). The host environment is not inherited.", valueName: "KEY=VALUE"))
     var env: [String] = []
 
     @Flag(name: .customLong("strict-limits"), help: "Fail instead of falling back to rlimits when a limit cannot be enforced by a cgroup.")
@@ -200,7 +200,7 @@ struct SandboxArgs {
     func resolve() throws(AgentboxError) -> SandboxPolicy {
         let o = try options()
         let profile = try ProfileStore.load(o.profile)
-        let policy = try PolicyResolver.resolve(profile: profile, options: o, cwd: currentDirectory(), host: RealHostPaths(),
+        let policy = try PolicyResolver.resolve(profile: profile, options: o, cwd: currentDirectory(needed: o.workspace == nil), host: RealHostPaths(),
                                                 protected: ProtectedPaths.current(profile: profile))
         for p in policy.protections {
             Console.note("\(p.access == .hidden ? "hiding" : "making read-only") \(p.path) inside the sandbox: it is \(p.what)")
@@ -217,8 +217,17 @@ enum Timing {
     }
 }
 
-func currentDirectory() -> String {
-    guard let p = getcwd(nil, 0) else { return "/" }
+/// The current directory. When it is gone (deleted or moved away under the shell) and it is `needed`
+/// (it would be the workspace), that is the error; otherwise "/" stands in for it.
+func currentDirectory(needed: Bool = false) throws(AgentboxError) -> String {
+    guard let p = getcwd(nil, 0) else {
+        let err = errno
+        if needed {
+            throw AgentboxError(stage: "workspace", err == ENOENT ? "the current directory no longer exists (deleted or moved)" : "cannot read the current directory: \(FileIO.errnoString(err))",
+                                hint: "cd to the project directory again, or pass --workspace DIR")
+        }
+        return "/"
+    }
     defer { free(p) }
     return String(cString: p)
 }
@@ -260,7 +269,7 @@ struct Exec: ParsableCommand {
 
     @OptionGroup(title: "Sandbox options") var sandbox: SandboxFlags
 
-    @Option(help: ArgumentHelp("Make a journaled run with this name (see `agentbox ps`, `logs`, `inspect`); without it the run is ephemeral. Refused while a running run has the name.", valueName: "NAME"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Make a journaled run with this name (see `agentbox ps`, `logs`, `inspect`); without it the run is ephemeral. Refused while a running run has the name.", valueName: "NAME"))
     var name: String?
 
     @Flag(name: .customLong("allow-duplicate-name"), help: "With --name: start even if a running run has the same name (stop and kill then need the id).")
@@ -468,6 +477,16 @@ do {
     } else if args.count > 1 && args[1] == "exec", let fast = try? Exec.parse(Array(args.dropFirst(2))) {
         command = fast
     } else {
+        // A word that names no command says so (ArgumentParser would call it an unexpected argument),
+        // and `help NOSUCH` too (it would print the overview and exit 0).
+        let names = Agentbox.configuration.subcommands.map { $0._commandName }
+        let word = args.count > 1 && args[1] == "help" ? (args.count > 2 ? args[2] : nil) : (args.count > 1 ? args[1] : nil)
+        if let word, !word.hasPrefix("-"), word != "help", !names.contains(word) {
+            let near = names.filter { $0.hasPrefix(String(word.prefix(2))) }
+            Console.error(.usage("no command \"\(word)\"" + (near.isEmpty ? "" : "; did you mean \(near.joined(separator: " or "))?"),
+                                 hint: "the commands are \(names.joined(separator: ", ")); `agentbox --help` says what each does"))
+            exit(125)
+        }
         command = try Agentbox.parseAsRoot()
     }
     try command.run()

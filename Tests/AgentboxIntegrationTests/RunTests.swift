@@ -169,6 +169,33 @@ import Testing
         #expect(data(rs.last!)["status"] as? String == "failure")
     }
 
+    @Test func aRetriedModelCallIsSaidLiveAndTheRunGoesOn() {
+        let h = home()
+        var e = env
+        e["AGENTBOX_HOME"] = h
+        let r = run([TestEnv.agentbox, "run", "--model", "openai:gpt-4o", "--base-url", Self.server.base("500"), "--max-steps", "1",
+                     "--task", "look around"], cwd: TestEnv.workspace(), env: e)
+        #expect(r.code == 3, "the step budget ends it, not the 500: \(r)")
+        #expect(r.err.contains("agentbox: attempt 1/6: 500 server error; retrying in 0."), "\(r.err)")
+        #expect(!r.err.contains("kept failing"), "\(r.err)")
+    }
+
+    @Test func aRefusalIsShownConfessedAndEndsTheRun() {
+        let h = home()
+        var e = env
+        e["AGENTBOX_HOME"] = h
+        let r = run([TestEnv.agentbox, "run", "--name", "refused", "--model", "openai:gpt-4o", "--base-url", Self.server.base("refusal"),
+                     "--task", "do something bad"], cwd: TestEnv.workspace(), env: e)
+        #expect(r.code == 1 && r.err.contains("refused: I'm sorry"), "\(r)")
+        let rs = records("refused", home: h)
+        let turn = rs.first { $0["type"] as? String == "model.response" }.map(data)?["turn"] as? [String: Any]
+        #expect((turn?["refusal"] as? String)?.contains("I'm sorry") == true && turn?["stop_reason"] as? String == "refusal", "\(String(describing: turn))")
+        let cs = rs.filter { $0["type"] as? String == "confession" }.map(data)
+        #expect(cs.map { $0["category"] as? String } == ["refusal"], "\(cs)")
+        #expect(inspect("refused", home: h)["state"] as? String == "stopped")
+        #expect(rs.filter { $0["type"] as? String == "model.request" }.count == 1, "a refusal is not reminded")
+    }
+
     @Test func aStuckLoopIsConfessedThenStopped() {
         let h = home()
         let r = agentRun("loop", home: h, extra: ["--name", "loop"])

@@ -1,0 +1,102 @@
+import AgentboxCore
+import Foundation
+import Testing
+
+/// What a new user trips over (issue 10, section 4): names, removing runs, the answer on stdout, and
+/// messages that say what is really wrong.
+@Suite struct NewUserTests {
+    func ab(_ args: [String], home: String, cwd: String = "/tmp") -> RunResult {
+        run([TestEnv.agentbox] + args, cwd: cwd, env: ["AGENTBOX_HOME": home])
+    }
+    func replay(_ ws: String, _ turns: String) throws -> String {
+        let path = ws + "/session.json"
+        try #"{"turns": [\#(turns)]}"#.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+    static let finish = #"{"text": "done", "tool_calls": [{"name": "finish", "arguments": {"status": "success", "summary": "Fixed the parser.\nAll 12 tests pass."}}]}"#
+
+    @Test func anUnknownCommandIsNamedAndHelpForItFails() {
+        let home = TestEnv.workspace()
+        let r = ab(["pss"], home: home)
+        #expect(r.code == 125 && r.err.contains("no command \"pss\"; did you mean ps?") && r.err.contains("the commands are exec, run"), "\(r)")
+        let h = ab(["help", "nosuch"], home: home)
+        #expect(h.code == 125 && h.err.contains("no command \"nosuch\""), "\(h)")
+        #expect(ab(["help", "stop"], home: home).code == 0)
+    }
+
+    @Test func aNegativeNumberIsCheckedNotTakenForAnOption() {
+        let home = TestEnv.workspace()
+        let g = ab(["stop", "--grace", "-1", "x"], home: home)
+        #expect(g.code == 125 && g.err.contains("--grace -1") && g.err.contains("must be 0 or more") && !g.err.contains("Missing value"), "\(g)")
+        let s = ab(["run", "--max-steps", "-3", "--model", "replay:x", "--task", "t"], home: home)
+        #expect(s.code == 125 && s.err.contains("--max-steps -3: must be at least 1"), "\(s)")
+    }
+
+    @Test func aDeletedWorkingDirectoryIsSaidAsSuch() {
+        let home = TestEnv.workspace(), dir = TestEnv.workspace()
+        let r = run(["/bin/sh", "-c", "cd '\(dir)' && rmdir '\(dir)' && '\(TestEnv.agentbox)' exec -- true"], env: ["AGENTBOX_HOME": home])
+        #expect(r.code == 125 && r.err.contains("the current directory no longer exists") && !r.err.contains("whole filesystem"), "\(r)")
+    }
+
+    @Test func aReplaySessionShorterThanTheRunIsNotCalledABug() throws {
+        let home = TestEnv.workspace(), ws = TestEnv.workspace()
+        let session = try replay(ws, #"{"tool_calls": [{"name": "shell", "arguments": {"command": "true"}}]}"#)
+        let r = ab(["run", "--model", "replay:" + session, "--task", "t"], home: home, cwd: ws)
+        #expect(r.code == 1 && r.err.contains("the session ended before the run did") && !r.err.contains("bug in agentbox"), "\(r)")
+    }
+
+    @Test func theAgentsAnswerIsOnStdoutAndProgressOnStderr() throws {
+        let home = TestEnv.workspace(), ws = TestEnv.workspace()
+        let session = try replay(ws, NewUserTests.finish)
+        let r = ab(["run", "--model", "replay:" + session, "--task", "t"], home: home, cwd: ws)
+        #expect(r.code == 0 && r.out == "Fixed the parser.\nAll 12 tests pass.\n", "\(r)")
+        #expect(r.err.contains("agentbox: finished (success)"), "\(r)")
+        let j = ab(["run", "--model", "replay:" + session, "--task", "t", "--json"], home: home, cwd: ws)
+        #expect(j.code == 0 && j.out.split(separator: "\n").allSatisfy { $0.hasPrefix("{") }, "--json: stdout is records only: \(j.out.suffix(300))")
+    }
+
+    @Test func aNameARunningRunHasIsRefusedUnlessAllowed() throws {
+        let home = TestEnv.workspace(), ws = TestEnv.workspace()
+        let script = """
+        A='\(TestEnv.agentbox)'
+        "$A" exec --name web -- sleep 30 > /dev/null 2>&1 &
+        for i in $(seq 100); do "$A" ps | grep -q web && break; sleep 0.05; done
+        "$A" exec --name web -- true; echo "dup=$?"
+        "$A" exec --name web --allow-duplicate-name -- sleep 30 > /dev/null 2>&1 &
+        for i in $(seq 100); do [ "$("$A" ps | grep -c web)" = 2 ] && break; sleep 0.05; done
+        "$A" stop web; echo "stop=$?"
+        for id in $("$A" ps --json | sed -n 's/.*"id":"\\([0-9a-f]*\\)".*/\\1/p'); do "$A" kill "$id" > /dev/null; done
+        wait
+        "$A" exec --name web -- true; echo "after=$?"
+        """
+        let r = run(["/bin/bash", "-c", script], cwd: ws, env: ["AGENTBOX_HOME": home])
+        #expect(r.out.contains("dup=125") && r.err.contains("the name \"web\" belongs to a running run"), "\(r)")
+        #expect(r.err.contains("--allow-duplicate-name"), "the hint names the option: \(r.err)")
+        #expect(r.out.contains("stop=125") && r.err.contains("\"web\" names 2 running runs"), "\(r)")
+        #expect(r.out.contains("after=0"), "the name is free once its runs ended: \(r)")
+    }
+
+    @Test func rmAndPruneDeleteEndedRunsOnly() throws {
+        let home = TestEnv.workspace(), ws = TestEnv.workspace()
+        for name in ["a", "b", "c"] { #expect(ab(["exec", "--name", name, "--", "true"], home: home, cwd: ws).code == 0) }
+        let script = """
+        A='\(TestEnv.agentbox)'
+        "$A" exec --name live -- sleep 30 > /dev/null 2>&1 &
+        for i in $(seq 100); do "$A" ps | grep -q live && break; sleep 0.05; done
+        "$A" rm live; echo "rm-live=$?"
+        "$A" rm a nosuch; echo "rm-a=$?"
+        "$A" prune --older-than 1h; echo "prune-old=$?"
+        "$A" prune --dry-run; echo "dry=$?"
+        "$A" prune; echo "prune=$?"
+        "$A" ps --all --json | grep -c '"id"'
+        "$A" kill live > /dev/null; wait
+        """
+        let r = run(["/bin/bash", "-c", script], cwd: ws, env: ["AGENTBOX_HOME": home])
+        #expect(r.out.contains("rm-live=1") && r.err.contains("run ") && r.err.contains(" is running"), "\(r)")
+        #expect(r.out.contains("removed ") && r.out.contains("(a)") && r.out.contains("rm-a=1") && r.err.contains("no run \"nosuch\""), "\(r)")
+        #expect(r.err.contains("removed 0 run(s)") && r.out.contains("would remove") && r.err.contains("removed 2 run(s)"), "\(r)")
+        #expect(r.out.hasSuffix("1\n"), "only the running run is left: \(r.out)")
+        let left = try FileManager.default.contentsOfDirectory(atPath: home + "/runs")
+        #expect(left.count == 1 && !left.contains { $0.hasPrefix(".removing") }, "\(left)")
+    }
+}
