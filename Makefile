@@ -65,11 +65,20 @@ install: release
 	rm -rf $(DESTDIR)$(PREFIX)/share/agentbox/sandbox-profiles
 	cp -r sandbox-profiles $(DESTDIR)$(PREFIX)/share/agentbox/sandbox-profiles
 	chmod -R a+rX $(DESTDIR)$(PREFIX)/share/agentbox
-	@echo "installed $(DESTDIR)$(PREFIX)/bin/agentbox; try: agentbox doctor"
+	# The man page and the shell completions are generated from the CLI's own help.
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/bash-completion/completions \
+	  $(DESTDIR)$(PREFIX)/share/zsh/site-functions $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	python3 tools/manpage.py $(RELEASE_BIN)/agentbox > $(DESTDIR)$(PREFIX)/share/man/man1/agentbox.1
+	$(RELEASE_BIN)/agentbox --generate-completion-script bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/agentbox
+	$(RELEASE_BIN)/agentbox --generate-completion-script zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_agentbox
+	$(RELEASE_BIN)/agentbox --generate-completion-script fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/agentbox.fish
+	@echo "installed $(DESTDIR)$(PREFIX)/bin/agentbox (man agentbox; completions for bash, zsh, fish); try: agentbox doctor"
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/agentbox
 	rm -rf $(DESTDIR)$(PREFIX)/libexec/agentbox $(DESTDIR)$(PREFIX)/share/agentbox
+	rm -f $(DESTDIR)$(PREFIX)/share/man/man1/agentbox.1 $(DESTDIR)$(PREFIX)/share/bash-completion/completions/agentbox \
+	  $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_agentbox $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/agentbox.fish
 
 bench: release bench-deps
 	@bash bench/sandbox.sh $(RELEASE_BIN)/agentbox

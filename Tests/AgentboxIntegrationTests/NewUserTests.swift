@@ -100,3 +100,22 @@ import Testing
         #expect(left.count == 1 && !left.contains { $0.hasPrefix(".removing") }, "\(left)")
     }
 }
+
+extension NewUserTests {
+    @Test func theManPageAndCompletionsComeFromTheHelp() throws {
+        let man = run(["/usr/bin/python3", TestEnv.repoRoot + "/tools/manpage.py", TestEnv.agentbox])
+        #expect(man.code == 0 && man.out.hasPrefix(".TH AGENTBOX 1"), "\(man.err)")
+        for text in [#".SH "AGENTBOX RM""#, #".SH "AGENTBOX PRUNE""#, "--older-than", "--allow-duplicate-name", #".SH "AGENTBOX MODEL CHECK""#] {
+            #expect(man.out.contains(text), "the man page lacks \(text)")
+        }
+        for shell in ["bash", "zsh", "fish"] {
+            let script = run([TestEnv.agentbox, "--generate-completion-script", shell])
+            #expect(script.code == 0 && script.out.contains("prune") && script.out.contains("allow-duplicate-name"), "\(shell): \(script.err)")
+            if shell == "bash" {
+                let path = TestEnv.workspace() + "/agentbox.bash"
+                try script.out.write(toFile: path, atomically: true, encoding: .utf8)
+                #expect(run(["/bin/bash", "-n", path]).code == 0, "the bash completion parses")
+            }
+        }
+    }
+}
