@@ -296,6 +296,7 @@ struct SandboxLauncher {
         let cEnv: [UnsafeMutablePointer<CChar>?] = policy.env.map { strdup("\($0.0)=\($0.1)") } + [nil]
         defer { for p in cArgv + cEnv { free(p) } }
         let handover: [Int32] = [childChannel.raw] + mountTrees.raw
+        let parentEnds: [Int32] = [syncWrite.raw, channel.raw, stdoutRead.raw, stderrRead.raw].filter { $0 >= 0 }
         var pidfd: Int32 = -1
         let flags = AB_CLONE_NEWUSER | AB_CLONE_NEWPID | AB_CLONE_NEWNS | AB_CLONE_NEWNET | AB_CLONE_NEWUTS | AB_CLONE_NEWIPC
         let stdoutFD = devNull.isValid ? devNull.raw : out[1]  // -1: agentbox's own
@@ -303,16 +304,17 @@ struct SandboxLauncher {
         let pid: pid_t = initPath.withCString { path in
             cArgv.withUnsafeBufferPointer { argvBuf in
                 cEnv.withUnsafeBufferPointer { envBuf in
-                    handover.withUnsafeBufferPointer { fdsBuf in
+                    handover.withUnsafeBufferPointer { fdsBuf in parentEnds.withUnsafeBufferPointer { parentBuf in
                         var args = ab_spawn_args(clone_flags: Int32(flags), path: path, argv: argvBuf.baseAddress!,
                                                  envp: envBuf.baseAddress!, fds: fdsBuf.baseAddress, nfds: Int32(fdsBuf.count),
                                                  sync_fd: syncRead.raw, keep_caps: ident.keepCaps ? 1 : 0,
                                                  cgroup_fd: cgroup?.cloneFd ?? -1, uid: ident.uid, gid: ident.gid,
                                                  drop_groups: ident.denySetgroups ? 0 : 1, stdout_fd: stdoutFD,
                                                  stderr_fd: stderrFD, owner_uid: geteuid() == 0 ? ident.hostUID : uid_t.max,
-                                                 exec_fd: initFD.raw)
+                                                 exec_fd: initFD.raw, parent_fds: parentBuf.baseAddress,
+                                                 nparent_fds: Int32(parentBuf.count))
                         return ab_spawn(&args, &pidfd)
-                    }
+                    } }
                 }
             }
         }

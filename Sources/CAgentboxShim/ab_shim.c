@@ -198,6 +198,9 @@ static void child_fail(const char *what) {
 
 static void child_main(const struct ab_spawn_args *a, const sigset_t *mask) {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) child_fail("prctl(PR_SET_PDEATHSIG)");
+    // Only the parent holds its ends now: if it died before the line above (no signal then), the read
+    // of "go" below sees EOF, and a later death hangs up the channel.
+    for (int i = 0; i < a->nparent_fds; i++) close(a->parent_fds[i]);
     // SIGPIPE is ignored by the supervisor (a closed stdout must not kill a run); not by the sandbox.
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);

@@ -57,6 +57,11 @@ struct ab_spawn_args {
     /// (execveat AT_EMPTY_PATH), so that the sandbox user needs no search permission on the folders
     /// above it (a clone under /root or any 0700 folder). `path` is then only used in messages.
     int exec_fd;
+    /// The parent's own ends (the sync pipe's write end, its end of the control channel), closed first
+    /// in the child: while the child held copies, the parent's death could neither end its wait for
+    /// "go" (EOF) nor hang up the channel, and a child cloned just before its parent died waited forever.
+    const int *_Nullable parent_fds;
+    int nparent_fds;
 };
 
 /// Clones a child into new namespaces (clone3, falling back to clone). Returns the child's pid and
