@@ -615,3 +615,22 @@ extension SurroundingsTests {
         #expect(r.code == "124" && (Int(r.seconds) ?? 9999) < 3000, "\(r)")
     }
 }
+
+extension SurroundingsTests {
+    @Test func aClosedTerminalStopsARunAsDocumented() throws {
+        // SIGHUP (the terminal closed) is a stop, like SIGTERM: the run ends interrupted (75), on record.
+        let home = TestEnv.workspace(), ws = TestEnv.workspace()
+        try #"{"turns": [{"tool_calls": [{"name": "shell", "arguments": {"command": "sleep 30"}}]}]}"#
+            .write(toFile: ws + "/session.json", atomically: true, encoding: .utf8)
+        let script = """
+        A='\(TestEnv.agentbox)'
+        AGENTBOX_GRACE=1 "$A" run --name hup --model replay:session.json --task t > /dev/null 2>&1 & P=$!
+        for i in $(seq 200); do "$A" logs hup --json 2>/dev/null | grep -q '"tool.call"' && break; sleep 0.05; done
+        kill -HUP $P; wait $P; echo "code=$?"
+        """
+        let r = run(["/bin/bash", "-c", script], cwd: ws, env: ["AGENTBOX_HOME": home])
+        #expect(r.out.contains("code=75"), "\(r)")
+        let i = run([TestEnv.agentbox, "inspect", "hup", "--json"], env: ["AGENTBOX_HOME": home]).out
+        #expect(i.contains("\"state\": \"interrupted\"") && i.contains("stopped by signal 1"), "\(i)")
+    }
+}
