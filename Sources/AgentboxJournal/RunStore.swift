@@ -64,7 +64,8 @@ public struct RunStore: Sendable {
     /// The run `ref` names: an id, a name, or a unique id prefix. Several runs may share a name over
     /// time: the newest is meant, or with `running` the one that is running (an error lists them when
     /// several are).
-    public func resolve(_ ref: String, running: Bool = false) throws(AgentboxError) -> String {
+    public func resolve(_ ref: String, running: Bool = false, minimumPrefix: Int = 1) throws(AgentboxError) -> String {
+        guard !ref.isEmpty else { throw AgentboxError(stage: "run", "an empty run id or name", hint: "`agentbox ps --all` lists runs", exitCode: 125) }
         let all = ids()
         if all.contains(ref) { return ref }
         let named = all.filter { (try? summary($0, full: false))?.name == ref }
@@ -77,6 +78,9 @@ public struct RunStore: Sendable {
             return live.first ?? named[0]
         }
         let matches = all.filter { $0.hasPrefix(ref) }
+        if matches.count == 1 && ref.count < minimumPrefix {
+            throw AgentboxError(stage: "run", "\"\(ref)\" is too short a prefix here", hint: "give at least \(minimumPrefix) characters of the id (\(matches[0])?), or the name")
+        }
         if matches.count == 1 { return matches[0] }
         if matches.count > 1 {
             throw AgentboxError(stage: "run", "\"\(ref)\" matches \(matches.count) runs: \(matches.prefix(5).joined(separator: ", "))",
@@ -94,7 +98,8 @@ public struct RunStore: Sendable {
         let dir = runsDir + "/" + id
         let lock: Int32
         do { lock = try JournalWriter.lock(dir) } catch {
-            throw AgentboxError(stage: "rm", "run \(id) is running", hint: "stop it first (agentbox stop \(id)), or kill it", exitCode: 1)
+            throw AgentboxError(stage: "rm", "run \(id) is running (or still delivering its output to a slow reader)",
+                                hint: "stop it first (agentbox stop \(id)), or kill it", exitCode: 1)
         }
         defer { close(lock) }
         let trash = runsDir + "/.removing-" + id
@@ -121,7 +126,12 @@ public struct RunStore: Sendable {
     public func claimName(_ name: String) throws(AgentboxError) -> Descriptor {
         let dir = home + "/names"
         try mkdirs(dir)
-        let path = dir + "/" + name.utf8.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        // The name in hex (any bytes are safe in a file name then); a long name by its start, length
+        // and checksum, within NAME_MAX.
+        let utf8 = Array(name.utf8)
+        func hex(_ bytes: [UInt8]) -> String { bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
+        let file = utf8.count <= 100 ? hex(utf8) : hex(Array(utf8.prefix(64))) + "-\(utf8.count)-" + CRC32C.hex(CRC32C.checksum(utf8))
+        let path = dir + "/" + file
         let fd = Descriptor(open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600))
         guard fd.isValid else { throw AgentboxError(stage: "run", "cannot open \(path): \(FileIO.errnoString())") }
         let holder = ids().first { isLive($0) && (try? summary($0, full: false))?.name == name }

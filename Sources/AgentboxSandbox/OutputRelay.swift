@@ -108,7 +108,7 @@ public final class OutputRelay: @unchecked Sendable {
         guard started else { return true }
         var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0), pollfd(fd: interrupt, events: Int16(POLLIN), revents: 0)]
         while !isFinished {
-            let rc = poll(&fds, 2, -1)
+            let rc = poll(&fds, 2, wakeFD >= 0 ? -1 : 50)  // no eventfd (EMFILE): look again every 50 ms
             if rc < 0 && errno != EINTR { return false }
             if fds[1].revents != 0 { return false }
             var n: UInt64 = 0
@@ -135,23 +135,7 @@ public final class OutputRelay: @unchecked Sendable {
     }
 
     func startThread() -> Bool {
-        let body = ThreadStart { [self] in writeLoop() }
-        let arg = Unmanaged.passRetained(body).toOpaque()
-        var tid = pthread_t()
-        // The thread starts with every signal blocked: signals are the supervision loop's (its
-        // signalfd), and a thread that did not block them would take the default action for it.
-        var all = sigset_t(), old = sigset_t()
-        sigfillset(&all)
-        pthread_sigmask(SIG_SETMASK, &all, &old)
-        let rc = pthread_create(&tid, nil, { p in
-            Unmanaged<ThreadStart>.fromOpaque(p!).takeRetainedValue().run()
-            return nil
-        }, arg)
-        pthread_sigmask(SIG_SETMASK, &old, nil)
-        if rc != 0 {
-            Unmanaged<ThreadStart>.fromOpaque(arg).release()
-            return false
-        }
+        guard let tid = HelperThread.start({ [self] in writeLoop() }) else { return false }
         pthread_detach(tid)
         thread = tid
         return true
@@ -200,9 +184,4 @@ public final class OutputRelay: @unchecked Sendable {
         }
         return true
     }
-}
-
-final class ThreadStart {
-    let run: () -> Void
-    init(_ run: @escaping () -> Void) { self.run = run }
 }

@@ -105,6 +105,9 @@ public final class Sandbox {
     var process: SandboxProcess? = nil
     /// Captured output on its way to agentbox's stdout and stderr (`captureOutput` only).
     let relays: [OutputRelay]
+    /// Blocked from `run` until this Sandbox goes away (after its owner journaled the result and
+    /// delivered the output): a late SIGTERM is consumed, not fatal.
+    var signals: StopSignals? = nil
 
     public init(id: String = RunID.make(), policy: SandboxPolicy, argv: [String], mode: Mode = .command, captureOutput: Bool = false,
                 warn: @escaping (SandboxWarning) -> Void) {
@@ -122,7 +125,10 @@ public final class Sandbox {
     /// Call it after `run` once the result is recorded: a reader that never reads then delays only the
     /// exit of agentbox, not the journal.
     @discardableResult
-    public func deliverOutput() -> Bool { relays.allSatisfy { $0.finishUnlessSignalled() } }
+    public func deliverOutput() -> Bool {
+        guard let signals else { return relays.allSatisfy { $0.finishUnlessSignalled() } }
+        return relays.allSatisfy { $0.finish(interrupt: signals.fd) }
+    }
 
     /// The sandbox's cgroup counters now (OOM kills, pids-limit hits), nil without a cgroup.
     public func cgroupReport() -> CgroupReport? { process?.cgroup?.report() }
@@ -156,7 +162,9 @@ public final class Sandbox {
     public func run(delegate: SandboxDelegate? = nil) throws(AgentboxError) -> SandboxResult {
         let timing = Timing(warn: warn)
         defer { timing.mark("teardown") }
-        let launcher = SandboxLauncher(id: id, policy: policy, argv: argv, mode: mode, captureOutput: captureOutput, warn: warn, timing: timing)
+        let signals = self.signals ?? StopSignals()
+        self.signals = signals
+        let launcher = SandboxLauncher(signals: signals, id: id, policy: policy, argv: argv, mode: mode, captureOutput: captureOutput, warn: warn, timing: timing)
         let process = try launcher.launch()
         self.process = process
         defer { self.process = nil }

@@ -4,7 +4,7 @@ import Glibc
 
 /// A launched sandbox: its init's pid and every descriptor that belongs to it, owned here. When the
 /// handle goes away (normally, or on an error path) a sandbox still running is killed and reaped, the
-/// descriptors are closed, the signal mask is restored and the cgroup removed: nothing is left behind.
+/// descriptors are closed and the cgroup removed: nothing is left behind.
 final class SandboxProcess {
     let pid: pid_t
     /// Readable when the init exits (-1 before Linux 5.3: the channel's hang-up says it instead).
@@ -14,25 +14,24 @@ final class SandboxProcess {
     /// The read ends of the command's stdout and stderr when output is captured (else -1).
     let stdout: Descriptor
     let stderr: Descriptor
-    /// SIGINT, SIGTERM, SIGHUP and SIGQUIT, blocked for the supervisor's threads and read from here.
-    let signals: Descriptor
+    /// The stop signals' descriptor (`StopSignals`, owned by the Sandbox: they stay blocked until the
+    /// run is journaled).
+    let signals: Int32
     let cgroup: CgroupHandle?
     let started: Double
-    var oldMask: sigset_t
     private(set) var reaped = false
     /// The init's wait status and its rusage (the whole command tree it reaped), once reaped.
     private(set) var status: Int32 = 0
     private(set) var usage = rusage()
 
     init(pid: pid_t, pidfd: consuming Descriptor, channel: consuming Descriptor, stdout: consuming Descriptor, stderr: consuming Descriptor,
-         signals: consuming Descriptor, oldMask: sigset_t, cgroup: CgroupHandle?, started: Double) {
+         signals: Int32, cgroup: CgroupHandle?, started: Double) {
         self.pid = pid
         self.pidfd = pidfd
         self.channel = channel
         self.stdout = stdout
         self.stderr = stderr
         self.signals = signals
-        self.oldMask = oldMask
         self.cgroup = cgroup
         self.started = started
     }
@@ -41,7 +40,6 @@ final class SandboxProcess {
         if !reaped { kill() }
         reap()
         cgroup?.destroy()
-        pthread_sigmask(SIG_SETMASK, &oldMask, nil)
     }
 
     /// SIGKILL to the init: PID 1 of the namespace dies, and with it every process of the sandbox.
@@ -65,6 +63,7 @@ final class SandboxProcess {
 /// Builds a sandbox: identity, cgroup, idmapped mounts, the clone, the parent side of the handshake.
 /// Returns the running init as a `SandboxProcess`; every failure before that undoes what was done.
 struct SandboxLauncher {
+    let signals: StopSignals
     let id: String
     let policy: SandboxPolicy
     let argv: [String]
@@ -269,20 +268,6 @@ struct SandboxLauncher {
             }
         }
 
-        // The signals a run reacts to are read from a signalfd, blocked for this thread (and so for the
-        // threads it starts); SIGPIPE too, so a closed stdout cannot kill the supervisor. The clone
-        // child resets its mask before exec.
-        var sigs = sigset_t()
-        sigemptyset(&sigs)
-        for s in [SIGINT, SIGTERM, SIGHUP, SIGQUIT] { sigaddset(&sigs, s) }
-        var oldMask = sigset_t()
-        var blocked = sigs
-        sigaddset(&blocked, SIGPIPE)
-        pthread_sigmask(SIG_BLOCK, &blocked, &oldMask)
-        var masked = true
-        defer { if masked { pthread_sigmask(SIG_SETMASK, &oldMask, nil) } }
-        let signals = Descriptor(ab_signalfd(&sigs))
-
         // The init is executed through a descriptor opened here, by the supervisor: the sandbox user
         // needs no search permission on the folders above it (a clone under /root, a 0700 folder).
         let initFD = Descriptor(open(initPath, AB_O_PATH | O_CLOEXEC))
@@ -333,9 +318,8 @@ struct SandboxLauncher {
         }
         // From here the process owns the sandbox: any failure below kills and reaps it.
         launched = true
-        masked = false
         let process = SandboxProcess(pid: pid, pidfd: Descriptor(pidfd), channel: channel, stdout: stdoutRead, stderr: stderrRead,
-                                     signals: signals, oldMask: oldMask, cgroup: cgroup, started: started)
+                                     signals: signals.fd, cgroup: cgroup, started: started)
 
         // Parent side of the handshake: maps, cgroup, then "go" and the setup.
         do throws(AgentboxError) {
@@ -358,6 +342,34 @@ struct SandboxLauncher {
 }
 
 /// AGENTBOX_TIMING=1 prints where a sandbox's time goes (for `make bench` and profiling).
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT blocked (with SIGPIPE: a closed stdout must not kill the
+/// supervisor) and read from a signalfd, for as long as a Sandbox needs them: from before the clone
+/// (the threads started meanwhile inherit the mask; the clone child resets it) until the run is
+/// journaled and its output delivered. Then what is pending is consumed and the mask restored, so a
+/// signal that came late never cuts the journal short.
+public final class StopSignals {
+    public let fd: Int32
+    var oldMask = sigset_t()
+
+    public init() {
+        var sigs = sigset_t()
+        sigemptyset(&sigs)
+        for s in [SIGINT, SIGTERM, SIGHUP, SIGQUIT] { sigaddset(&sigs, s) }
+        var blocked = sigs
+        sigaddset(&blocked, SIGPIPE)
+        pthread_sigmask(SIG_BLOCK, &blocked, &oldMask)
+        fd = ab_signalfd(&sigs)
+    }
+
+    deinit {
+        if fd >= 0 {
+            while ab_signalfd_read(fd) > 0 {}
+            close(fd)
+        }
+        pthread_sigmask(SIG_SETMASK, &oldMask, nil)
+    }
+}
+
 final class Timing {
     let enabled = getenv("AGENTBOX_TIMING") != nil
     let warn: (SandboxWarning) -> Void

@@ -108,7 +108,7 @@ struct Supervision {
         var chunk = captureBuffer()
         var fds = [pollfd](repeating: pollfd(fd: -1, events: Int16(POLLIN), revents: 0), count: Source.allCases.count)
         fds[Source.channel.rawValue].fd = process.channel.raw
-        fds[Source.signals.rawValue].fd = process.signals.raw
+        fds[Source.signals.rawValue].fd = process.signals
         fds[Source.initExit.rawValue].fd = process.pidfd.raw
         fds[Source.wake.rawValue].fd = delegate?.wakeFD ?? -1
         while true {
@@ -125,7 +125,10 @@ struct Supervision {
             }
             if delegate != nil { timeoutMs = timeoutMs < 0 ? Supervision.tickInterval : min(timeoutMs, Supervision.tickInterval) }
             let rc = poll(&fds, nfds_t(fds.count), timeoutMs)
-            if rc < 0 && errno != EINTR { break }
+            if rc < 0 && errno != EINTR {
+                fail(AgentboxError(stage: "supervise", "poll: \(FileIO.errnoString())"))
+                break
+            }
             func ready(_ s: Source) -> Bool { fds[s.rawValue].fd >= 0 && fds[s.rawValue].revents != 0 }
             for (i, room) in [Source.stdoutRoom, .stderrRoom].enumerated() where ready(room) {
                 var n: UInt64 = 0
@@ -188,7 +191,7 @@ struct Supervision {
     /// SIGINT/SIGTERM/SIGHUP/SIGQUIT: the first goes to the delegate (agent mode) or the command, and
     /// starts the grace period; a second kills the sandbox at once.
     mutating func stopSignals(now: Double) {
-        while case let sig = ab_signalfd_read(process.signals.raw), sig > 0 {
+        while case let sig = ab_signalfd_read(process.signals), sig > 0 {
             guard ending.stopSignal == nil else {
                 process.kill()
                 continue

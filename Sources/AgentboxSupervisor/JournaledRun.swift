@@ -16,6 +16,9 @@ public final class JournaledRun {
     let warn: (String) -> Void
 
     public private(set) var id = ""
+    /// False when agentbox stopped waiting for the reader of its output (a stop signal): what the reader
+    /// did not take is in the journal.
+    public private(set) var outputDelivered = true
 
     public init(store: RunStore = RunStore(), name: String, policy: SandboxPolicy, argv: [String], warn: @escaping (String) -> Void) {
         self.store = store
@@ -80,7 +83,7 @@ public final class JournaledRun {
                 ("state", "failed"), ("exit_code", .number(Double(error.exitCode))),
                 ("reason", .string("\(error.stage): \(error.message)")),
             ]), critical: true)
-            box.deliverOutput()
+            outputDelivered = box.deliverOutput()
             throw error
         }
 
@@ -128,9 +131,7 @@ public final class JournaledRun {
         try writer.append(.runEnded, .object([("state", .string(state)), ("exit_code", .number(Double(result.exitCode)))]),
                           critical: true)
         try writer.finish()
-        if !box.deliverOutput() {
-            warn("stopped waiting for the reader of agentbox's output: what it did not take is in the journal (agentbox logs \(id))")
-        }
+        outputDelivered = box.deliverOutput()
         return result
     }
 }

@@ -1,4 +1,5 @@
 import AgentboxModels
+import AgentboxSandbox
 import CAgentboxShim
 import Glibc
 
@@ -47,7 +48,7 @@ final class ModelWorker: @unchecked Sendable {
     /// Starts `complete` on a new thread. False when no thread could be created.
     func start(_ conversation: Conversation, tools: [ToolDefinition]) -> Bool {
         join()
-        let body = ThreadBody { [self] in
+        let started = HelperThread.start { [self] in
             let result: Result<AssistantTurn, ModelError>
             do throws(ModelError) { result = .success(try provider.complete(conversation, tools: tools).0) } catch { result = .failure(error) }
             let done = ModelCallOutcome(result: result, attempts: provider.lastAttempts, request: provider.lastRequest)
@@ -57,22 +58,8 @@ final class ModelWorker: @unchecked Sendable {
             var one: UInt64 = 1
             _ = write(fd, &one, 8)
         }
-        let arg = Unmanaged.passRetained(body).toOpaque()
-        var tid = pthread_t()
-        // Every signal blocked in the thread (the supervision loop reads them from its signalfd).
-        var all = sigset_t(), old = sigset_t()
-        sigfillset(&all)
-        pthread_sigmask(SIG_SETMASK, &all, &old)
-        defer { pthread_sigmask(SIG_SETMASK, &old, nil) }
-        let rc = pthread_create(&tid, nil, { p in
-            Unmanaged<ThreadBody>.fromOpaque(p!).takeRetainedValue().run()
-            return nil
-        }, arg)
-        if rc != 0 {
-            Unmanaged<ThreadBody>.fromOpaque(arg).release()
-            return false
-        }
-        thread = tid
+        guard let started else { return false }
+        thread = started
         return true
     }
 
@@ -97,9 +84,4 @@ final class ModelWorker: @unchecked Sendable {
             thread = nil
         }
     }
-}
-
-final class ThreadBody {
-    let run: () -> Void
-    init(_ run: @escaping () -> Void) { self.run = run }
 }

@@ -85,9 +85,18 @@ struct RunCommand: ParsableCommand {
         return Prepared(policy: policy, task: AgentTask(name: name ?? "", task: text, model: spec, budget: budget, prices: prices))
     }
 
+    /// The claim on `--name` (none with --allow-duplicate-name); a detached copy reports a refusal.
+    func claimName() throws(AgentboxError) -> Descriptor {
+        guard let name, !allowDuplicateName else { return Descriptor(-1) }
+        do { return try RunStore().claimName(name) } catch {
+            Detach.fail(error)
+            throw error
+        }
+    }
+
     func runAgent(_ p: Prepared) throws(AgentboxError) -> Int32 {
         // The run's claim on its name, held until it ends.
-        let nameClaim = name != nil && !allowDuplicateName ? try RunStore().claimName(name!) : Descriptor(-1)
+        let nameClaim = try claimName()
         defer { _ = nameClaim.raw }  // held (open) until here
         let display = Progress(model: "\(p.task.model.provider.rawValue):\(p.task.model.model)", json: json)
         let run = AgentRun(policy: p.policy, task: p.task, warn: { Console.warning($0) }, progress: display.show)
@@ -96,13 +105,13 @@ struct RunCommand: ParsableCommand {
             run.journalObserver = { line in Console.out(bytes: line) }
         }
         run.onJournaled = { id, journal in Detach.report(id: id, journal: journal) }
-        let relays = (out: OutputRelay(fd: 1, capacity: 16 << 20, overflow: .drop), err: OutputRelay(fd: 2, capacity: 1 << 20, overflow: .drop))
-        Console.relays = relays
         let outcome: AgentOutcome
         do {
-            defer { Console.relays = nil; Console.deliver(relays, run: run.id) }
-            outcome = try run.run()
-            display.finish(outcome)
+            outcome = try Console.relayed(run: run.id) { () throws(AgentboxError) in
+                let o = try run.run()
+                display.finish(o)
+                return (o, true)
+            }
         } catch {
             Detach.fail(error)
             throw error
@@ -339,7 +348,8 @@ final class Supervisor {
         self.id = id
         let summary = try store.summary(id, full: false)
         let lockPath = store.runsDir + "/" + id + "/lock"
-        guard summary.state == "running", let text = FileIO.readSmall(lockPath), let pid = pid_t(text.trimmingSpaces()), pid > 0 else {
+        // A run that ended but still delivers its output to a slow reader holds its lock: it can be stopped.
+        guard summary.state == "running" || store.isLive(id), let text = FileIO.readSmall(lockPath), let pid = pid_t(text.trimmingSpaces()), pid > 0 else {
             throw AgentboxError(stage: "run", "run \(id) is not running (state: \(summary.state))", exitCode: 1)
         }
         self.pid = pid

@@ -79,7 +79,7 @@ struct Remove: ParsableCommand {
             var failed = false
             for ref in runs {
                 do throws(AgentboxError) {
-                    let id = try store.resolve(ref)
+                    let id = try store.resolve(ref, minimumPrefix: 4)  // deleting: no one-letter guesses
                     let freed = try store.remove(id)
                     if json {
                         Console.out(JSON.object([("id", .string(id)), ("removed", true), ("bytes", .number(Double(freed)))]).serialized)
@@ -110,7 +110,9 @@ struct Prune: ParsableCommand {
         guarded { () throws(AgentboxError) -> Int32 in
             var minimumAge: Double? = nil
             if let text = olderThan {
-                guard let d = Units.parseDuration(text), d >= 0 else {
+                // 0 (any unit) means every ended run, like no --older-than.
+                let zero = !text.isEmpty && text.allSatisfy { "0.smhd".contains($0) } && text.contains("0")
+                guard let d = zero ? 0 : Units.parseDuration(text), d >= 0 else {
                     throw .usage("--older-than \(text): expected a duration such as 30m, 12h, 7d")
                 }
                 minimumAge = d

@@ -20,12 +20,17 @@ enum Console {
     /// stalls (a pipe nobody reads) must not stall the supervision loop. Lines that do not fit are
     /// dropped and counted (the journal has everything).
     nonisolated(unsafe) static var relays: (out: OutputRelay, err: OutputRelay)? = nil
+    /// Set once agentbox gave up on a reader of its stderr that stopped reading (a stop signal came
+    /// while it waited): later messages are written only if stderr can take them at once.
+    nonisolated(unsafe) static var stalled = false
+    nonisolated(unsafe) static var lateSignals: StopSignals? = nil
 
     static func write(_ text: String) {
         var s = text
         if !s.hasSuffix("\n") { s += "\n" }
         let bytes = Array(s.utf8)
         if let relays { return relays.err.write(bytes) }
+        if stalled { return writeIfReady(bytes) }
         _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
     }
     static func error(_ e: AgentboxError) {
@@ -37,16 +42,39 @@ enum Console {
         let label = color ? "\u{1B}[1;33mwarning\u{1B}[0m" : "warning"
         write("agentbox: \(label): \(TerminalText.line(message))")
     }
-    /// Ends a relay: waits until its reader took what is queued (a stop signal ends the wait) and
-    /// says what was dropped.
-    static func deliver(_ relays: (out: OutputRelay, err: OutputRelay), run id: String) {
-        // stderr first (the terminal, usually); a stop signal ends the wait for both.
-        let complete = relays.err.finishUnlessSignalled() && relays.out.finishUnlessSignalled()
-        let dropped = relays.out.dropped + relays.err.dropped
-        if dropped > 0 || !complete {
-            let what = dropped > 0 ? "\(dropped) bytes of agentbox's output were dropped" : "agentbox's output was not all delivered"
-            warning("\(what): its reader did not keep up; the journal has everything" + (id.isEmpty ? "" : " (agentbox logs \(id))"))
+    /// Runs `body` (a run being supervised) with agentbox's own messages going through relays, so a
+    /// stalled stdout or stderr never stalls the supervision loop; then delivers them: waits until the
+    /// reader took what is queued, unless `body` says delivery was given up (a stop signal), and says
+    /// what was dropped without blocking on a reader that is stuck.
+    static func relayed<T>(run id: @autoclosure () -> String, _ body: () throws(AgentboxError) -> (T, delivered: Bool)) throws(AgentboxError) -> T {
+        // The stop signals stay blocked until agentbox exits: one that comes after the sandbox's
+        // supervision (while the result is journaled, or later) is not fatal; the exit code stays.
+        lateSignals = lateSignals ?? StopSignals()
+        let relays = (out: OutputRelay(fd: 1, capacity: 16 << 20, overflow: .drop), err: OutputRelay(fd: 2, capacity: 1 << 20, overflow: .drop))
+        Console.relays = relays
+        var delivered = true
+        defer {
+            Console.relays = nil
+            // stderr first (the terminal, usually); a stop signal ends the wait for both.
+            let complete = delivered && relays.err.finishUnlessSignalled() && relays.out.finishUnlessSignalled()
+            if !complete { stalled = true }
+            let dropped = relays.out.dropped + relays.err.dropped
+            if dropped > 0 || !complete {
+                let what = dropped > 0 ? "\(dropped) bytes of agentbox's output were dropped" : "agentbox's output was not all delivered"
+                let run = id()
+                warning("\(what): its reader did not keep up; the journal has everything" + (run.isEmpty ? "" : " (agentbox logs \(run))"))
+            }
         }
+        let (value, done) = try body()
+        delivered = done
+        return value
+    }
+
+    /// A line to stderr only if it can take it now (a reader that stopped reading must not hold agentbox).
+    static func writeIfReady(_ bytes: [UInt8]) {
+        var p = pollfd(fd: 2, events: Int16(POLLOUT), revents: 0)
+        guard poll(&p, 1, 0) == 1, p.revents & Int16(POLLOUT) != 0 else { return }
+        _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
     }
 
     static func note(_ message: String) { write("agentbox: \(TerminalText.line(message))") }
@@ -336,7 +364,11 @@ func runExec(_ sandbox: SandboxArgs, name: String?, allowDuplicateName: Bool = f
             }
             let claim = allowDuplicateName ? Descriptor(-1) : try RunStore().claimName(name)
             defer { _ = claim.raw }  // held (open) until here
-            result = try JournaledRun(name: name, policy: policy, argv: command) { Console.warning($0) }.run()
+            let journaled = JournaledRun(name: name, policy: policy, argv: command) { Console.warning($0) }
+            result = try Console.relayed(run: journaled.id) { () throws(AgentboxError) in
+                let r = try journaled.run()
+                return (r, journaled.outputDelivered)
+            }
         } else {
             result = try Sandbox(policy: policy, argv: command) { Console.warning($0.message) }.run()
         }

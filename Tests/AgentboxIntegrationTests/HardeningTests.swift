@@ -581,10 +581,10 @@ extension SurroundingsTests {
     /// Runs `command` (an agentbox command line) with stdout into a FIFO whose reader never reads; after
     /// `wait` seconds returns what `inspect NAME` says, then SIGTERMs agentbox and returns its exit
     /// code and how long it took to go.
-    func stalled(_ command: String, name: String, home: String, cwd: String, wait: Int) -> (inspect: String, code: String, seconds: String) {
+    func stalled(_ command: String, name: String, home: String, cwd: String, wait: Int, redirect: String = "> fifo") -> (inspect: String, code: String, seconds: String) {
         let script = """
         mkfifo fifo; sleep 120 < fifo > /dev/null 2>&1 & R=$!
-        \(command) > fifo & P=$!
+        \(command) \(redirect) & P=$!
         sleep \(wait)
         '\(TestEnv.agentbox)' inspect \(name) --json > inspect.json
         T0=$(date +%s%N); kill -TERM $P; wait $P; C=$?; T1=$(date +%s%N); kill -KILL $R
@@ -600,6 +600,16 @@ extension SurroundingsTests {
         let r = stalled("'\(TestEnv.agentbox)' exec --name stall --timeout 2 -- sh -c 'yes'", name: "stall", home: home, cwd: ws, wait: 5)
         // The timeout was acted on and journaled while stdout was full; the stop signal ends the wait
         // for the reader; the exit code is the command's (124: timeout).
+        #expect(r.inspect.contains("\"state\": \"timeout\""), "\(r)")
+        #expect(r.code == "124" && (Int(r.seconds) ?? 9999) < 3000, "\(r)")
+    }
+
+    @Test func aStalledReaderOfBothStreamsDoesNotStallAJournaledExecThatWarns() throws {
+        // stderr on the same stalled pipe, and a warning of agentbox's own during supervision (the
+        // journal's output cap): it goes through a relay too; one signal ends the wait for the reader.
+        let home = TestEnv.workspace(), ws = TestEnv.workspace()
+        let r = stalled("'\(TestEnv.agentbox)' exec --name capstall --timeout 2 --journal-output 1M -- sh -c 'head -c 8000000 /dev/zero | tr \"\\0\" a; sleep 30'",
+                        name: "capstall", home: home, cwd: ws, wait: 5, redirect: "> fifo 2>&1")
         #expect(r.inspect.contains("\"state\": \"timeout\""), "\(r)")
         #expect(r.code == "124" && (Int(r.seconds) ?? 9999) < 3000, "\(r)")
     }
