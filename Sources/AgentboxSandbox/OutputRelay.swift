@@ -154,7 +154,7 @@ public final class OutputRelay: @unchecked Sendable {
                 head = 0
             }
             pthread_mutex_unlock(&mutex)
-            let ok = OutputRelay.deliver(fd, bytes)
+            let ok = Sandbox.writeAll(fd, bytes)
             pthread_mutex_lock(&mutex)
             if !ok { broken = true }
             queued -= bytes.count
@@ -171,17 +171,5 @@ public final class OutputRelay: @unchecked Sendable {
     func wake() {
         var one: UInt64 = 1
         _ = Glibc.write(wakeFD, &one, 8)
-    }
-
-    /// Writes all of `bytes`; false when the reader is gone (EPIPE) or the descriptor is unusable.
-    static func deliver(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
-        var off = 0
-        while off < bytes.count {
-            let n = bytes[off...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return false }
-            off += n
-        }
-        return true
     }
 }

@@ -189,20 +189,17 @@ public final class Sandbox {
                              elapsed: Clock.monotonic() - process.started)
     }
 
-    /// Writes all of `bytes` to `fd`, giving up silently when the reader is gone (EPIPE).
-    public static func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
+    /// Writes all of `bytes` to `fd`; false, giving up silently, when the reader is gone (EPIPE) or
+    /// the descriptor is unusable.
+    @discardableResult
+    public static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
         var off = 0
         while off < bytes.count {
             let n = bytes[off...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return }
+            if n <= 0 { return false }
             off += n
         }
-    }
-
-    static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+        return true
     }
 }
