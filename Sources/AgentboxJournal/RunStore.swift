@@ -132,14 +132,39 @@ public struct RunStore: Sendable {
         func hex(_ bytes: [UInt8]) -> String { bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
         let file = utf8.count <= 100 ? hex(utf8) : hex(Array(utf8.prefix(64))) + "-\(utf8.count)-" + CRC32C.hex(CRC32C.checksum(utf8))
         let path = dir + "/" + file
-        let fd = Descriptor(open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600))
-        guard fd.isValid else { throw AgentboxError(stage: "run", "cannot open \(path): \(FileIO.errnoString())") }
         let holder = ids().first { isLive($0) && (try? summary($0, full: false))?.name == name }
-        if flock(fd.raw, LOCK_EX | LOCK_NB) < 0 || holder != nil {
-            throw AgentboxError(stage: "run", "the name \"\(name)\" belongs to a running run\(holder.map { " (\($0))" } ?? "")",
-                                hint: "pick another --name, stop that run (agentbox stop \(holder ?? name)), or pass --allow-duplicate-name")
+        func refused() -> AgentboxError {
+            AgentboxError(stage: "run", "the name \"\(name)\" belongs to a running run\(holder.map { " (\($0))" } ?? "")",
+                          hint: "pick another --name, stop that run (agentbox stop \(holder ?? name)), or pass --allow-duplicate-name")
         }
-        return fd
+        if holder != nil { throw refused() }
+        // `prune` deletes name files nobody holds (locking them first): a lock taken on a file that was
+        // deleted meanwhile guards nothing, so the claim checks it still holds the file at `path`.
+        for _ in 0..<8 {
+            let fd = Descriptor(open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600))
+            guard fd.isValid else { throw AgentboxError(stage: "run", "cannot open \(path): \(FileIO.errnoString())") }
+            if flock(fd.raw, LOCK_EX | LOCK_NB) < 0 { throw refused() }
+            var held = stat(), named = stat()
+            if fstat(fd.raw, &held) == 0, stat(path, &named) == 0, held.st_dev == named.st_dev, held.st_ino == named.st_ino { return fd }
+        }
+        throw AgentboxError(stage: "run", "could not claim the name \"\(name)\": \(path) keeps changing", hint: "try again")
+    }
+
+    /// Deletes the name files (`names/`) that no running run holds.
+    public func removeUnclaimedNames() {
+        let dir = home + "/names"
+        guard let d = opendir(dir) else { return }
+        var files: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if !name.hasPrefix(".") { files.append(name) }
+        }
+        closedir(d)
+        for file in files {
+            let fd = Descriptor(open(dir + "/" + file, O_RDWR | O_CLOEXEC))
+            guard fd.isValid, flock(fd.raw, LOCK_EX | LOCK_NB) == 0 else { continue }
+            unlink(dir + "/" + file)  // while locked: a claimer that opened it sees it gone and retries
+        }
     }
 
     /// Whether a live writer holds the run's lock.

@@ -140,7 +140,10 @@ struct Prune: ParsableCommand {
                     Console.error(error)
                 }
             }
-            if !dryRun { store.removeLeftovers() }
+            if !dryRun {
+                store.removeLeftovers()
+                store.removeUnclaimedNames()
+            }
             if !json {
                 Console.note(dryRun ? "\(removed) run(s) would be removed" : "removed \(removed) run(s), \(Units.formatSize(freed)) freed")
             }

@@ -270,6 +270,25 @@ func guarded(_ body: () throws(AgentboxError) -> Int32) -> Never {
     }
 }
 
+extension Agentbox {
+    /// The first of `words` (a command line after `agentbox`) that should name a subcommand and names
+    /// none, with the command path before it and the names it could have been; nil when all is well.
+    static func unknownCommand(_ words: [String]) -> (String, [String], [String])? {
+        var command: ParsableCommand.Type = Agentbox.self
+        var path = ["agentbox"]
+        for word in words {
+            let subcommands = command.configuration.subcommands
+            if word.hasPrefix("-") || subcommands.isEmpty { return nil }  // options, or a leaf's arguments
+            guard let next = subcommands.first(where: { $0._commandName == word }) else {
+                return word == "help" && path.count == 1 ? nil : (word, path, subcommands.map { $0._commandName })
+            }
+            command = next
+            path.append(word)
+        }
+        return nil
+    }
+}
+
 struct Agentbox: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "agentbox",
@@ -510,13 +529,12 @@ do {
         command = fast
     } else {
         // A word that names no command says so (ArgumentParser would call it an unexpected argument),
-        // and `help NOSUCH` too (it would print the overview and exit 0).
-        let names = Agentbox.configuration.subcommands.map { $0._commandName }
-        let word = args.count > 1 && args[1] == "help" ? (args.count > 2 ? args[2] : nil) : (args.count > 1 ? args[1] : nil)
-        if let word, !word.hasPrefix("-"), word != "help", !names.contains(word) {
+        // and `help NOSUCH` too (it would print the overview and exit 0), at any depth.
+        let words = Array(args.dropFirst(args.count > 1 && args[1] == "help" ? 2 : 1))
+        if let (word, path, names) = Agentbox.unknownCommand(words) {
             let near = names.filter { $0.hasPrefix(String(word.prefix(2))) }
-            Console.error(.usage("no command \"\(word)\"" + (near.isEmpty ? "" : "; did you mean \(near.joined(separator: " or "))?"),
-                                 hint: "the commands are \(names.joined(separator: ", ")); `agentbox --help` says what each does"))
+            Console.error(.usage("no command \"\((path.dropFirst() + [word]).joined(separator: " "))\"" + (near.isEmpty ? "" : "; did you mean \(near.joined(separator: " or "))?"),
+                                 hint: "the commands are \(names.joined(separator: ", ")); `\(path.joined(separator: " ")) --help` says what each does"))
             exit(125)
         }
         command = try Agentbox.parseAsRoot()

@@ -22,6 +22,8 @@ import Testing
         let h = ab(["help", "nosuch"], home: home)
         #expect(h.code == 125 && h.err.contains("no command \"nosuch\""), "\(h)")
         #expect(ab(["help", "stop"], home: home).code == 0)
+        let nested = ab(["help", "journal", "nosuch"], home: home)
+        #expect(nested.code == 125 && nested.err.contains("no command \"journal nosuch\"") && nested.err.contains("the commands are verify"), "\(nested)")
     }
 
     @Test func aNegativeNumberIsCheckedNotTakenForAnOption() {
@@ -105,6 +107,8 @@ import Testing
         #expect(r.out.contains("rm-empty=1") && r.err.contains("an empty run id or name"), "rm \"\" deletes nothing: \(r)")
         let left = try FileManager.default.contentsOfDirectory(atPath: home + "/runs")
         #expect(left.count == 1 && !left.contains { $0.hasPrefix(".removing") }, "\(left)")
+        let names = try FileManager.default.contentsOfDirectory(atPath: home + "/names")
+        #expect(names.count == 1, "prune removes the name claims of ended runs; the running run's stays: \(names)")
     }
 }
 
