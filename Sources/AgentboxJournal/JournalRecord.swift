@@ -83,6 +83,8 @@ public enum RecordType: String, CaseIterable, Sendable {
     case exit
     case usage
     case runEnded = "run.ended"
+    /// `resume` continues the run (a new writer epoch): what it answered and the totals it continues from.
+    case runResumed = "run.resumed"
     // Agent runs (docs/agent.md).
     case modelRequest = "model.request"
     case modelAttempt = "model.attempt"

@@ -230,6 +230,7 @@ public struct RunSummary: Sendable {
             case .usage?: usage = r.data
             case .exit?: exitCode = r.data["code"]?.intValue
             case .runEnded?: ended = r
+            case .runResumed?: ended = nil  // continued: an earlier end is not the run's end
             default: break
             }
         }

@@ -284,7 +284,8 @@ public final class HTTPModelProvider: ModelProvider {
 public final class ReplayProvider: ModelProvider {
     public let path: String
     let turns: [AssistantTurn]
-    var next = 0
+    /// The turn the next call plays (a resumed run continues after the turns its journal holds).
+    public var next = 0
     public private(set) var lastAttempts: [Attempt] = []
     public var lastRequest: (bytes: Int, crc32c: UInt32)? { nil }
     /// Never called: a replay does not fail.

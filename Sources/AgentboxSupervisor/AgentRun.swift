@@ -11,12 +11,16 @@ public struct AgentTask: Sendable {
     public var model: ModelSpec
     public var budget: Budget
     public var prices: PriceTable
-    public init(name: String, task: String, model: ModelSpec, budget: Budget, prices: PriceTable) {
+    /// How the sandbox was asked for (the CLI's options, paths absolute, `--env` names only), recorded in
+    /// `run.started` so that `resume` builds the same sandbox.
+    public var options: JSON
+    public init(name: String, task: String, model: ModelSpec, budget: Budget, prices: PriceTable, options: JSON = .null) {
         self.name = name
         self.task = task
         self.model = model
         self.budget = budget
         self.prices = prices
+        self.options = options
     }
 }
 
@@ -60,6 +64,8 @@ public final class AgentRun {
     public var onJournaled: ((String, String) -> Void)? = nil
 
     public private(set) var id = ""
+    /// `resume`: the run to continue (its journal gets a new epoch) instead of a new one.
+    public var resuming: String? = nil
     /// Seconds a stopped run's current tool may take before the sandbox is killed.
     public var grace = Sandbox.gracePeriod
 
@@ -106,26 +112,40 @@ public final class AgentRun {
     public func run() throws(AgentboxError) -> AgentOutcome {
         try Accounting(provider: task.model.provider.rawValue, model: task.model.model, prices: task.prices).validate(task.budget)
         let provider = try makeProvider(task.model)
-        let (id, writer) = try store.createRun()
+        let id: String
+        let writer: JournalWriter
+        if let resuming {
+            id = resuming
+            writer = try JournalWriter.reopen(dir: store.runsDir + "/" + id)  // the run's writer lock: one resume wins
+        } else {
+            (id, writer) = try store.createRun()
+        }
         self.id = id
         self.writer = writer
         writer.observer = journalObserver
         let session = AgentSession(host: self, runID: id, task: task, policy: policy, grace: grace,
                                    system: AgentRun.systemPrompt(policy: policy, budget: task.budget))
         self.session = session
-        let modelJSON: JSON = .object([("provider", .string(task.model.provider.rawValue)), ("model", .string(task.model.model)),
-                                       ("base_url", task.model.baseURL.isEmpty ? .null : .string(task.model.baseURL))])
-        try writer.append(.runStarted, .object([
-            ("id", .string(id)), ("name", task.name.isEmpty ? .null : .string(task.name)), ("kind", "run"),
-            ("task", .string(task.task)), ("model", modelJSON), ("budget", session.budgetJSON),
-            ("system_prompt", .string(session.conversation.system)),
-            ("grace_s", .number(grace)),
-            ("tools", .array(BuiltinTools.definitions.map { .string($0.name) })),
-            ("policy", policy.json),
-            ("profile_digest", JournaledRun.digest(policy.profile.path.isEmpty ? nil : policy.profile.path)),
-            ("seccomp_digest", JournaledRun.digest(policy.profile.seccomp)),
-            ("host", JournaledRun.hostFacts()),
-        ]), critical: true)
+        if resuming != nil {
+            try resume(session, writer: writer)
+            // A replayed session goes on with its next turn, as a model would go on from the conversation.
+            if let replay = provider as? ReplayProvider { replay.next = session.accounting.steps }
+        } else {
+            let modelJSON: JSON = .object([("provider", .string(task.model.provider.rawValue)), ("model", .string(task.model.model)),
+                                           ("base_url", task.model.baseURL.isEmpty ? .null : .string(task.model.baseURL))])
+            try writer.append(.runStarted, .object([
+                ("id", .string(id)), ("name", task.name.isEmpty ? .null : .string(task.name)), ("kind", "run"),
+                ("task", .string(task.task)), ("model", modelJSON), ("budget", session.budgetJSON),
+                ("system_prompt", .string(session.conversation.system)),
+                ("grace_s", .number(grace)),
+                ("tools", .array(BuiltinTools.definitions.map { .string($0.name) })),
+                ("policy", policy.json),
+                ("options", task.options),
+                ("profile_digest", JournaledRun.digest(policy.profile.path.isEmpty ? nil : policy.profile.path)),
+                ("seccomp_digest", JournaledRun.digest(policy.profile.seccomp)),
+                ("host", JournaledRun.hostFacts()),
+            ]), critical: true)
+        }
         onJournaled?(id, store.journalPath(id))
         progressHandler(.started(id: id, journal: store.journalPath(id)))
         let envFiles = policy.exposedEnvFiles(AgentRun.envFiles(in: policy.workspace))
@@ -162,6 +182,44 @@ public final class AgentRun {
         let outcome = try session.conclude(result)
         try writer.finish()
         return outcome
+    }
+
+    /// `resume` (docs/lifecycle.md): the conversation and the totals from the journal; the calls of the
+    /// last turn that have no result get one now, recorded before anything runs: the one that was
+    /// running when the supervisor stopped is said to be interrupted (it may have run in part, and is
+    /// never run again by agentbox), the ones after it were not run. A completed call is never run twice.
+    func resume(_ session: AgentSession, writer: JournalWriter) throws(AgentboxError) {
+        let scan = try JournalReader.scan(path: store.journalPath(id))
+        let tail: JournalConversation.Tail
+        do { tail = try JournalConversation.walk(scan.records) } catch {
+            throw AgentboxError(stage: "resume", "the journal of run \(id) cannot be continued: \(error.description)")
+        }
+        let endedAs = scan.records.last { $0.kind == .runEnded }?.data["state"]?.stringValue ?? "interrupted"
+        var results = tail.results
+        let unanswered = Array(tail.lastTurn?.toolCalls.dropFirst(results.count) ?? [])
+        try writer.append(.runResumed, .object([
+            ("from_state", .string(endedAs)), ("epoch", .number(Double(writer.epoch))),
+            ("steps", .number(Double(tail.usages.count))), ("tool_calls", .number(Double(tail.toolCalls))),
+            ("answered", .array(unanswered.map { .object([("id", .string($0.id)), ("name", .string($0.name)),
+                                                          ("interrupted", .bool($0.id == tail.inFlight?.id))]) })),
+            ("budget", session.budgetJSON), ("options", task.options), ("policy", policy.json),
+        ]), critical: true)
+        for call in unanswered {
+            let interrupted = call.id == tail.inFlight?.id
+            let content = interrupted
+                ? "interrupted: the run stopped while this call ran (its supervisor ended); it may have run in part: check its effects before doing it again"
+                : "not run: the run stopped before this call"
+            try writer.append(.toolDone, .object([("id", .string(call.id)), ("name", .string(call.name)), ("is_error", true),
+                                                  ("content", .string(content)), ("by", "supervisor"),
+                                                  (interrupted ? "interrupted" : "skipped", true)]), critical: true)
+            results.append(ToolResult(callID: call.id, content: content, isError: true))
+        }
+        session.restore(tail, results: results)
+        if let call = tail.inFlight {
+            try session.confess(severity: "warning", category: "resume",
+                                summary: "the run was resumed; \(call.name) (call \(call.id)) was running when it stopped and may have run in part: the model was told",
+                                details: nil, by: "supervisor")
+        }
     }
 
     /// The regular files (symlinks followed) at the top of `dir` whose names start with `.env`, with

@@ -103,6 +103,19 @@ public final class AgentSession {
         accounting = Accounting(provider: task.model.provider.rawValue, model: task.model.model, prices: task.prices)
     }
 
+    /// Continues where a journal left the run (`resume`): its conversation through the last model turn,
+    /// that turn with one result per call (the recorded ones, then those the resume answered), the
+    /// budgets' totals and the reminders given. The loop's first `next` then closes the turn as usual.
+    public func restore(_ tail: JournalConversation.Tail, results: [ToolResult]) {
+        conversation = tail.conversation
+        for usage in tail.usages { accounting.record(usage) }
+        for _ in 0..<tail.toolCalls { accounting.recordToolCall() }
+        turn = tail.lastTurn
+        self.results = tail.lastTurn == nil ? [] : results
+        nextCall = self.results.count
+        reminders = tail.reminders
+    }
+
     /// Long work shows progress: a line every 30 s while a tool runs or the model is thinking.
     static let heartbeatInterval = 30.0
     var lastHeartbeat = 0.0

@@ -18,6 +18,30 @@ public enum JournalConversation {
     }
 
     public static func requests(_ records: [JournalRecord]) throws(RebuildError) -> [Request] {
+        try walk(records).requests
+    }
+
+    /// Where a run stands at the end of its journal: what `resume` continues from.
+    public struct Tail {
+        /// Every request made, as above.
+        public var requests: [Request]
+        /// The conversation through the last assistant turn (reminders and compaction applied).
+        public var conversation: Conversation
+        /// The last assistant turn, when its results have not gone to a request yet.
+        public var lastTurn: AssistantTurn?
+        /// The results recorded for `lastTurn`'s calls, in order (a prefix of its calls).
+        public var results: [ToolResult]
+        /// A call journaled as started (`tool.call`) whose result never came: it was running.
+        public var inFlight: ToolCall?
+        /// Usage of each model response, and the number of tool calls made (for the budgets).
+        public var usages: [Usage]
+        public var toolCalls: Int
+        /// Reminders since the last turn with a tool call.
+        public var reminders: Int
+    }
+
+    /// The journal's records walked once: the requests, and where the run stands.
+    public static func walk(_ records: [JournalRecord]) throws(RebuildError) -> Tail {
         guard let start = records.first(where: { $0.kind == .runStarted }), start.data["kind"]?.stringValue == "run",
               let system = start.data["system_prompt"]?.stringValue, let task = start.data["task"]?.stringValue else {
             throw RebuildError(description: "not an agent run's journal (no run.started of kind run)")
@@ -25,17 +49,29 @@ public enum JournalConversation {
         var conversation = Conversation(system: system, messages: [.user(task)])
         var pending: [ToolResult] = []
         var out: [Request] = []
+        var lastTurn: AssistantTurn? = nil
+        var started: [String: ToolCall] = [:]
+        var usages: [Usage] = []
+        var toolCalls = 0
+        var reminders = 0
         func flush() {
             if !pending.isEmpty { conversation.messages.append(.toolResults(pending)) }
             pending = []
+            lastTurn = nil
+            started = [:]
         }
         for r in records {
             switch r.kind {
             case .toolDone?:
                 guard let id = r.data["id"]?.stringValue else { throw RebuildError(description: "seq \(r.seq): tool.done without an id") }
                 pending.append(ToolResult(callID: id, content: r.data["content"]?.stringValue ?? "", isError: r.data["is_error"]?.boolValue ?? false))
+                started[id] = nil
+            case .toolCall?:
+                toolCalls += 1
+                if let id = r.data["id"]?.stringValue, let call = lastTurn?.toolCalls.first(where: { $0.id == id }) { started[id] = call }
             case .reminder?:
                 flush()
+                reminders += 1
                 conversation.messages.append(.user(r.data["text"]?.stringValue ?? ""))
             case .contextCompacted?:
                 flush()
@@ -64,9 +100,14 @@ public enum JournalConversation {
                 }
                 out.append(Request(step: r.data["step"]?.intValue ?? out.count + 1, conversation: conversation, recorded: recorded))
                 conversation.messages.append(.assistant(turn))
+                turn.usage = Usage(inputTokens: turnJSON["usage"]?["input_tokens"]?.intValue ?? 0, outputTokens: turnJSON["usage"]?["output_tokens"]?.intValue ?? 0)
+                usages.append(turn.usage)
+                if !turn.toolCalls.isEmpty { reminders = 0 }
+                lastTurn = turn
             default: break
             }
         }
-        return out
+        return Tail(requests: out, conversation: conversation, lastTurn: lastTurn, results: pending, inFlight: started.values.first,
+                    usages: usages, toolCalls: toolCalls, reminders: reminders)
     }
 }

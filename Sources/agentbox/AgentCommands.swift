@@ -81,8 +81,9 @@ struct RunCommand: ParsableCommand {
         let accounting = Accounting(provider: spec.provider.rawValue, model: spec.model, prices: prices)
         try accounting.validate(budget)
         var policy = try sandbox.resolve()
+        let options = sandbox.args.json(policy: policy)
         AgentRun.applyDefaults(to: &policy)
-        return Prepared(policy: policy, task: AgentTask(name: name ?? "", task: text, model: spec, budget: budget, prices: prices))
+        return Prepared(policy: policy, task: AgentTask(name: name ?? "", task: text, model: spec, budget: budget, prices: prices, options: options))
     }
 
     /// The claim on `--name` (none with --allow-duplicate-name); a detached copy reports a refusal.
@@ -98,25 +99,7 @@ struct RunCommand: ParsableCommand {
         // The run's claim on its name, held until it ends.
         let nameClaim = try claimName()
         defer { _ = nameClaim.raw }  // held (open) until here
-        let display = Progress(model: "\(p.task.model.provider.rawValue):\(p.task.model.model)", json: json)
-        let run = AgentRun(policy: p.policy, task: p.task, warn: { Console.warning($0) }, progress: display.show)
-        if let g = ModelSpec.env("AGENTBOX_GRACE").flatMap(Double.init), g >= 0 { run.grace = g }
-        if json {
-            run.journalObserver = { line in Console.out(bytes: line) }
-        }
-        run.onJournaled = { id, journal in Detach.report(id: id, journal: journal) }
-        let outcome: AgentOutcome
-        do {
-            outcome = try Console.relayed(run: run.id) { () throws(AgentboxError) in
-                let o = try run.run()
-                display.finish(o)
-                return (o, true)
-            }
-        } catch {
-            Detach.fail(error)
-            throw error
-        }
-        return outcome.exitCode
+        return try superviseAgent(p, json: json, resuming: nil)
     }
 
     func readStdin() -> String {
@@ -129,6 +112,112 @@ struct RunCommand: ParsableCommand {
             bytes += buf[0..<n]
         }
         return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// Runs (or, with `resuming`, continues) an agent run in the foreground: progress on stderr, the
+/// answer on stdout, agentbox's own output through relays; a detached copy reports how it started.
+func superviseAgent(_ p: RunCommand.Prepared, json: Bool, resuming: String?) throws(AgentboxError) -> Int32 {
+    let display = Progress(model: "\(p.task.model.provider.rawValue):\(p.task.model.model)", json: json)
+    let run = AgentRun(policy: p.policy, task: p.task, warn: { Console.warning($0) }, progress: display.show)
+    run.resuming = resuming
+    if let g = ModelSpec.env("AGENTBOX_GRACE").flatMap(Double.init), g >= 0 { run.grace = g }
+    if json {
+        run.journalObserver = { line in Console.out(bytes: line) }
+    }
+    run.onJournaled = { id, journal in Detach.report(id: id, journal: journal) }
+    let outcome: AgentOutcome
+    do {
+        outcome = try Console.relayed(run: run.id) { () throws(AgentboxError) in
+            let o = try run.run()
+            display.finish(o)
+            return (o, true)
+        }
+    } catch {
+        Detach.fail(error)
+        throw error
+    }
+    return outcome.exitCode
+}
+
+/// `agentbox resume RUN`: continue an agent run that stopped before it finished (docs/lifecycle.md).
+struct Resume: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Continue an agent run that stopped before it finished (interrupted, killed, stopped, out of budget or time).",
+        discussion: """
+            The conversation is rebuilt from the run's journal and the run goes on in the same workspace, with the \
+            same sandbox options, under a new journal epoch. A tool call that completed is never run again; the call \
+            that was running when the run stopped goes back to the model as an interrupted result (it may have run in \
+            part), with a confession. Budgets continue from the journal's totals; the options below may raise them. \
+            Exit codes as `run`; 125 when the run cannot be resumed (finished, running, an exec run).
+            """)
+    @Argument(help: ArgumentHelp("Run id, unique id prefix, or name.", valueName: "RUN")) var target: String
+    @Option(parsing: .unconditionalSingleValue, help: ArgumentHelp("Set a sandbox variable again (repeatable): values are not journaled, so every --env of the run must be given again.", valueName: "KEY=VALUE"))
+    var env: [String] = []
+    @Option(name: .customLong("max-steps"), parsing: .unconditional, help: ArgumentHelp("A new step budget (all steps of the run count).", valueName: "N")) var maxSteps: Int?
+    @Option(name: .customLong("max-tool-calls"), parsing: .unconditional, help: ArgumentHelp("A new tool-call budget (all calls of the run count).", valueName: "N")) var maxToolCalls: Int?
+    @Option(name: .customLong("max-tokens"), parsing: .unconditional, help: ArgumentHelp("A new token budget (all tokens of the run count).", valueName: "N")) var maxTokens: Int?
+    @Option(name: .customLong("max-cost"), parsing: .unconditional, help: ArgumentHelp("A new cost budget in USD (all of the run's cost counts).", valueName: "USD")) var maxCost: Double?
+    @Option(parsing: .unconditional, help: ArgumentHelp("Wall-clock limit for this part of the run (default: the run's own).", valueName: "DURATION")) var timeout: String?
+    @Flag(help: "Continue in the background, print the run's id and return.") var detach = false
+    @Flag(help: "Print the journal records on stdout as JSON lines while the run goes.") var json = false
+
+    func run() throws {
+        guarded { () throws(AgentboxError) -> Int32 in
+            let (id, prepared, name) = try prepare()
+            if detach { return try Detach.start(json: json) }
+            let claim = try name.map { n throws(AgentboxError) in try RunStore().claimName(n).release() } ?? -1
+            defer { if claim >= 0 { close(claim) } }  // the run's name, held until it ends
+            return try superviseAgent(prepared, json: json, resuming: id)
+        }
+    }
+
+    /// The run to continue, checked, and how to run it; everything that can fail fails here, before
+    /// the journal is touched.
+    func prepare() throws(AgentboxError) -> (String, RunCommand.Prepared, String?) {
+        let store = RunStore()
+        let id = try store.resolve(target)
+        let summary = try store.summary(id)
+        guard summary.kind == "run" else { throw .usage("run \(id) is an `exec` run: only agent runs are resumed") }
+        if store.isLive(id) { throw AgentboxError(stage: "resume", "run \(id) is running", hint: "stop it first, or follow it: agentbox logs -f \(id)") }
+        switch summary.state {
+        case "finished": throw AgentboxError(stage: "resume", "run \(id) finished (exit \(summary.exitCode.map(String.init) ?? "?")): there is nothing to resume", hint: "start a new run, or fork it")
+        case "damaged": throw AgentboxError(stage: "resume", "the journal of run \(id) is damaged: \(summary.damage ?? "")", hint: "agentbox journal verify \(id)")
+        default: break
+        }
+        let records = try JournalReader.scan(path: store.journalPath(id)).records
+        guard let start = records.first(where: { $0.kind == .runStarted })?.data, let task = start["task"]?.stringValue,
+              let provider = start["model"]?["provider"]?.stringValue, let model = start["model"]?["model"]?.stringValue else {
+            throw AgentboxError(stage: "resume", "run \(id) has no run.started record to continue from")
+        }
+        let recorded = start["options"] ?? .null
+        guard var args = SandboxArgs(recorded: recorded, env: env) else {
+            throw AgentboxError(stage: "resume", "run \(id) was recorded by an older agentbox, without its sandbox options", hint: "start a new run")
+        }
+        let given = Set(env.compactMap { EnvVar.split($0)?.0 })
+        let missing = (recorded["env"]?.arrayValue?.compactMap(\.stringValue) ?? []).filter { !given.contains($0) }
+        if !missing.isEmpty {
+            throw .usage("the run had --env \(missing.joined(separator: ", ")), whose values are not journaled",
+                         hint: "give them again: " + missing.map { "--env \($0)=..." }.joined(separator: " "))
+        }
+        if let t = timeout { args.timeout = t }
+        let spec = try ModelSpec.resolve(model: provider + ":" + model, baseURL: start["model"]?["base_url"]?.stringValue)
+        var budget = Budget()
+        let b = start["budget"] ?? .null
+        budget.maxSteps = maxSteps ?? b["max_steps"]?.intValue
+        budget.maxToolCalls = maxToolCalls ?? b["max_tool_calls"]?.intValue
+        budget.maxTokens = maxTokens ?? b["max_tokens"]?.intValue
+        budget.maxCost = maxCost ?? b["max_cost"]?.numberValue
+        for (flag, n) in [("--max-steps", maxSteps), ("--max-tool-calls", maxToolCalls), ("--max-tokens", maxTokens)] where (n ?? 1) < 1 {
+            throw .usage("\(flag) \(n!): must be at least 1")
+        }
+        if let c = maxCost, !(c > 0 && c.isFinite) { throw .usage("--max-cost \(c): must be a positive amount of USD") }
+        let prices = try PriceTable.load()
+        var policy = try args.resolve(cwd: recorded["workdir"]?.stringValue)
+        AgentRun.applyDefaults(to: &policy)
+        let name = summary.name
+        return (id, RunCommand.Prepared(policy: policy, task: AgentTask(name: name ?? "", task: task, model: spec, budget: budget,
+                                                                          prices: prices, options: recorded)), name)
     }
 }
 

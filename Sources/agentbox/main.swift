@@ -153,6 +153,33 @@ struct SandboxFlags: ParsableArguments {
     func resolve() throws(AgentboxError) -> SandboxPolicy { try args.resolve() }
 }
 
+extension SandboxArgs {
+    /// What `run.started` records of them (docs/lifecycle.md): paths absolute, the workspace and the
+    /// starting directory as resolved, `--env` by name only (values can be secrets: `resume` asks again).
+    func json(policy: SandboxPolicy) -> JSON {
+        func abs(_ paths: [String]) -> JSON { .array(paths.map { .string(AgentboxPaths.absolute($0)) }) }
+        func opt(_ v: String?) -> JSON { v.map { .string($0) } ?? .null }
+        return .object([
+            ("profile", .string(profile.contains("/") ? AgentboxPaths.absolute(profile) : profile)),
+            ("workspace", .string(policy.workspace)), ("workdir", .string(policy.workdir)),
+            ("ro", abs(ro)), ("rw", abs(rw)), ("hide", abs(hide)), ("network", opt(network)),
+            ("memory", opt(memory)), ("pids", pids.map { .number(Double($0)) } ?? .null), ("cpus", cpus.map { .number($0) } ?? .null),
+            ("timeout", opt(timeout)), ("tmp_size", opt(tmpSize)), ("journal_output", opt(journalOutput)),
+            ("env", .array(env.compactMap { EnvVar.split($0).map { .string($0.0) } })), ("strict_limits", .bool(strictLimits)),
+        ])
+    }
+
+    /// The options a run recorded, with `env` (KEY=VALUE) given again; nil when it recorded none.
+    init?(recorded o: JSON, env: [String]) {
+        guard o.objectValue != nil, let profile = o["profile"]?.stringValue else { return nil }
+        func list(_ key: String) -> [String] { o[key]?.arrayValue?.compactMap(\.stringValue) ?? [] }
+        self.init(profile: profile, workspace: o["workspace"]?.stringValue, ro: list("ro"), rw: list("rw"), hide: list("hide"),
+                  network: o["network"]?.stringValue, memory: o["memory"]?.stringValue, pids: o["pids"]?.intValue,
+                  cpus: o["cpus"]?.numberValue, timeout: o["timeout"]?.stringValue, tmpSize: o["tmp_size"]?.stringValue,
+                  journalOutput: o["journal_output"]?.stringValue, env: env, strictLimits: o["strict_limits"]?.boolValue ?? false)
+    }
+}
+
 /// The sandbox options as given on the command line, before validation.
 struct SandboxArgs {
     var profile = "workspace-write"
@@ -225,10 +252,13 @@ struct SandboxArgs {
         return o
     }
 
-    func resolve() throws(AgentboxError) -> SandboxPolicy {
+    /// The policy these options give; `cwd` stands for the current directory (resume: the run's).
+    func resolve(cwd: String? = nil) throws(AgentboxError) -> SandboxPolicy {
         let o = try options()
         let profile = try ProfileStore.load(o.profile)
-        let policy = try PolicyResolver.resolve(profile: profile, options: o, cwd: currentDirectory(needed: o.workspace == nil), host: RealHostPaths(),
+        var here = cwd ?? ""
+        if cwd == nil { here = try currentDirectory(needed: o.workspace == nil) }
+        let policy = try PolicyResolver.resolve(profile: profile, options: o, cwd: here, host: RealHostPaths(),
                                                 protected: ProtectedPaths.current(profile: profile))
         for p in policy.protections {
             Console.note("\(p.access == .hidden ? "hiding" : "making read-only") \(p.path) inside the sandbox: it is \(p.what)")
@@ -300,7 +330,7 @@ struct Agentbox: ParsableCommand {
             for an OOM kill). See docs/cli.md.
             """,
         version: "agentbox \(agentboxVersion)",
-        subcommands: [Exec.self, RunCommand.self, Stop.self, Kill.self, PS.self, Logs.self, Inspect.self, Confessions.self, Remove.self, Prune.self, JournalCommand.self,
+        subcommands: [Exec.self, RunCommand.self, Resume.self, Stop.self, Kill.self, PS.self, Logs.self, Inspect.self, Confessions.self, Remove.self, Prune.self, JournalCommand.self,
                       ModelCommand.self, ProfileCommand.self, Doctor.self, Version.self])
 }
 

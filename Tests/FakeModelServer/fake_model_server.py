@@ -81,6 +81,15 @@ def script_loop(step, results):
     return ("Again.", [call("shell", command="echo same")])
 
 
+def script_count(step, results):
+    """Twelve turns of two shell calls, each appending its own label to log.txt, then finish: a run to kill
+    and resume (every label must be in the log at most once)."""
+    if step >= 12:
+        return ("", [call("finish", status="success", summary="counted")])
+    return ("Turn %d." % step, [call("shell", command="echo %d.a >> log.txt; sleep 0.1" % step),
+                                call("shell", command="echo %d.b >> log.txt; sleep 0.1" % step)])
+
+
 def script_spin(step, results):
     return ("Step %d." % step, [call("shell", command="echo step %d" % step)])
 
@@ -162,7 +171,7 @@ def script_talk(step, results):
     return ("I think the task is done.", [])
 
 
-AGENT_SCRIPTS = {"fix": script_fix, "badargs": script_badargs, "loop": script_loop, "spin": script_spin, "sleep": script_sleep,
+AGENT_SCRIPTS = {"fix": script_fix, "badargs": script_badargs, "loop": script_loop, "spin": script_spin, "count": script_count, "sleep": script_sleep,
                  "slow": script_slow, "talk": script_talk, "many": script_many, "bigconfess": script_bigconfess, "idle": script_idle, "leak": script_leak}
 
 

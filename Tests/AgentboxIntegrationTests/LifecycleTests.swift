@@ -1,0 +1,94 @@
+import AgentboxCore
+import Foundation
+import Testing
+
+/// `agentbox resume` (docs/lifecycle.md): a run survives the death of its supervisor.
+@Suite struct LifecycleTests {
+    static let server = try! FakeModelServer()
+
+    func env(_ home: String) -> [String: String] {
+        ["OPENAI_API_KEY": FakeModelServer.key, "AGENTBOX_HOME": home]
+    }
+    func ab(_ args: [String], home: String, cwd: String = "/tmp") -> RunResult {
+        run([TestEnv.agentbox] + args, cwd: cwd, env: env(home))
+    }
+    func records(_ ref: String, home: String) -> [[String: Any]] {
+        ab(["logs", ref, "--json"], home: home).out.split(separator: "\n")
+            .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
+
+    @Test func aRunKilledAtRandomPointsAndResumedRunsEveryCallAtMostOnce() throws {
+        let home = TestEnv.workspace(), ws = TestEnv.workspace()
+        var rng = SystemRandomNumberGenerator()
+        let seed = UInt64.random(in: 1...UInt64(UInt32.max), using: &rng)
+        var state = seed
+        func next(_ bound: UInt32) -> UInt32 {  // xorshift, reproducible from the printed seed
+            state ^= state << 13; state ^= state >> 7; state ^= state << 17
+            return UInt32(truncatingIfNeeded: state) % bound
+        }
+        print("LifecycleTests seed \(seed)")
+        let base = Self.server.agent("count")
+        var finished = false
+        var kills = 0
+        for _ in 0..<40 where !finished {
+            let exists = ab(["inspect", "count", "--json"], home: home).out.contains("\"kind\": \"run\"")
+            let args = exists ? ["resume", "count"] : ["run", "--name", "count", "--model", "openai:gpt-4o", "--base-url", base, "--task", "count"]
+            let p = try startAgentbox(args, cwd: ws, env: env(home))
+            let delay = 20_000 + next(400_000)
+            var waited: UInt32 = 0
+            while p.isRunning && waited < delay { usleep(5_000); waited += 5_000 }
+            if p.isRunning && kills < 20 {
+                kill(p.processIdentifier, SIGKILL)
+                kills += 1
+            }
+            p.waitUntilExit()
+            finished = p.terminationReason == .exit && p.terminationStatus == 0
+        }
+        #expect(finished, "seed \(seed): the run never finished")
+        #expect(kills >= 5, "seed \(seed): the test killed too rarely to mean anything (\(kills))")
+        #expect(Self.server.violationLog.isEmpty, "seed \(seed): a request paired calls and results wrongly: \(Self.server.violationLog)")
+
+        // Every call ran at most once; every call whose result was recorded as run is in the log.
+        let log = (try? String(contentsOfFile: ws + "/log.txt", encoding: .utf8)) ?? ""
+        let lines = log.split(separator: "\n").map(String.init)
+        #expect(Set(lines).count == lines.count, "seed \(seed): a call ran twice: \(lines)")
+        let rs = records("count", home: home)
+        func data(_ r: [String: Any]) -> [String: Any] { r["data"] as? [String: Any] ?? [:] }
+        let done = rs.filter { $0["type"] as? String == "tool.done" }.map(data)
+        let interrupted = done.filter { $0["interrupted"] as? Bool == true }
+        let ranForSure = done.filter { $0["name"] as? String == "shell" && $0["by"] == nil }.count
+        #expect(lines.count >= ranForSure && lines.count <= ranForSure + interrupted.count, "seed \(seed): \(lines.count) lines, \(ranForSure) calls ran, \(interrupted.count) interrupted")
+        let resumeConfessions = rs.filter { $0["type"] as? String == "confession" && data($0)["category"] as? String == "resume" }
+        #expect(resumeConfessions.count == interrupted.count, "seed \(seed): each interrupted call is confessed")
+        #expect(ab(["journal", "verify", "count"], home: home).code == 0, "seed \(seed)")
+        let inspect = ab(["inspect", "count", "--json"], home: home).out
+        #expect(inspect.contains("\"state\": \"finished\""), "seed \(seed): \(inspect)")
+    }
+
+    @Test func stopThenResumeFinishesAndAFinishedRunIsNotResumed() throws {
+        let home = TestEnv.workspace(), ws = TestEnv.workspace()
+        let script = """
+        A='\(TestEnv.agentbox)'
+        AGENTBOX_GRACE=0 "$A" run --name sr --model openai:gpt-4o --base-url '\(Self.server.agent("count"))' --task t > /dev/null 2>&1 & P=$!
+        for i in $(seq 200); do [ -s log.txt ] && break; sleep 0.02; done
+        "$A" stop sr > /dev/null 2>&1; wait $P; echo "stopped=$?"
+        "$A" resume sr > out.txt 2> err.txt; echo "resumed=$?"
+        "$A" resume sr 2> again.txt; echo "again=$?"
+        """
+        let r = run(["/bin/bash", "-c", script], cwd: ws, env: env(home))
+        #expect(r.out.contains("stopped=75") && r.out.contains("resumed=0") && r.out.contains("again=125"), "\(r)")
+        #expect((try? String(contentsOfFile: ws + "/out.txt", encoding: .utf8)) == "counted\n")
+        #expect(((try? String(contentsOfFile: ws + "/again.txt", encoding: .utf8)) ?? "").contains("nothing to resume"))
+        let types = records("sr", home: home).compactMap { $0["type"] as? String }
+        #expect(types.filter { $0 == "journal.opened" }.count == 2 && types.contains("run.resumed") && types.last == "run.ended", "\(types)")
+    }
+
+    @Test func resumeRefusesWhatItCannotContinue() throws {
+        let home = TestEnv.workspace(), ws = TestEnv.workspace()
+        #expect(ab(["exec", "--name", "e", "--", "true"], home: home, cwd: ws).code == 0)
+        let e = ab(["resume", "e"], home: home)
+        #expect(e.code == 125 && e.err.contains("only agent runs are resumed"), "\(e)")
+        let none = ab(["resume", "nosuch"], home: home)
+        #expect(none.code == 125 && none.err.contains("no run"), "\(none)")
+    }
+}
