@@ -36,15 +36,50 @@ struct RunCommand: ParsableCommand {
     var maxTokens: Int?
     @Option(name: .customLong("max-cost"), parsing: .unconditional, help: ArgumentHelp("Stop (exit 3) once the cost reaches USD (price table: docs/models.md).", valueName: "USD"))
     var maxCost: Double?
+    @Flag(name: .customLong("resume-if-exists"), help: "With --name: the idempotent start for schedulers. No run of that name: start it; one that stopped before it finished: resume it; one that finished: print its outcome and exit with its code, running nothing; one running: refuse (125).")
+    var resumeIfExists = false
     @Flag(help: "Start the run in the background, print its id and return; follow it with `agentbox logs -f RUN`.") var detach = false
     @Flag(help: "Print the journal records on stdout as JSON lines while the run goes.") var json = false
 
     func run() throws {
         guarded { () throws(AgentboxError) -> Int32 in
+            if resumeIfExists, let code = try continueExisting() { return code }
             let prepared = try prepare()
             if detach { return try Detach.start(json: json) }
             return try runAgent(prepared)
         }
+    }
+
+    /// `--resume-if-exists`: what to do with the newest run of this name, if there is one (nil: none,
+    /// start a new run).
+    func continueExisting() throws(AgentboxError) -> Int32? {
+        guard let name else { throw .usage("--resume-if-exists needs --name: the name is what makes the start idempotent") }
+        let store = RunStore()
+        guard let id = store.ids().first(where: { (try? store.summary($0, full: false))?.name == name }) else { return nil }
+        let summary = try store.summary(id)
+        if store.isLive(id) {
+            throw AgentboxError(stage: "run", "run \(id) (\(name)) is running (supervisor pid \(FileIO.readSmall(store.runsDir + "/" + id + "/lock")?.trimmingSpaces() ?? "?"))",
+                                hint: "follow it with agentbox logs -f \(id), or stop it")
+        }
+        if summary.state == "finished" {
+            Console.note("run \(id) (\(name)) already finished: \(summary.reason ?? "") (exit \(summary.exitCode.map(String.init) ?? "?")); nothing was run")
+            if let summaryText = try JournalReader.scan(path: store.journalPath(id)).records.last(where: { $0.kind == .runEnded })?.data["summary"]?.stringValue {
+                Console.out(summaryText)
+            }
+            return Int32(summary.exitCode ?? 0)
+        }
+        var args = [id]
+        for (flag, value) in [("--max-steps", maxSteps.map(String.init)), ("--max-tool-calls", maxToolCalls.map(String.init)),
+                              ("--max-tokens", maxTokens.map(String.init)), ("--max-cost", maxCost.map { "\($0)" }),
+                              ("--timeout", sandbox.timeout)] {
+            if let value { args += [flag, value] }
+        }
+        for e in sandbox.env { args += ["--env", e] }
+        if json { args.append("--json") }
+        if detach { args.append("--detach") }
+        Console.note("resuming run \(id) (\(name)), \(summary.state)")
+        do { try Resume.parse(args).run() } catch { throw AgentboxError(stage: "resume", "\(error)") }
+        return 0  // not reached: Resume exits with the run's code
     }
 
     struct Prepared {

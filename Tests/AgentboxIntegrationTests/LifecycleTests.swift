@@ -91,4 +91,31 @@ import Testing
         let none = ab(["resume", "nosuch"], home: home)
         #expect(none.code == 125 && none.err.contains("no run"), "\(none)")
     }
+
+    @Test func resumeIfExistsIsAnIdempotentStartInEveryState() throws {
+        let home = TestEnv.workspace(), ws = TestEnv.workspace()
+        let start = "'\(TestEnv.agentbox)' run --resume-if-exists --model openai:gpt-4o --base-url '\(Self.server.agent("count"))' --task t --name"
+        let script = """
+        A='\(TestEnv.agentbox)'
+        \(start) fresh > out1.txt 2>/dev/null; echo "none=$?"
+        n=$("$A" logs fresh --json | wc -l)
+        \(start) fresh > out2.txt 2> err2.txt; echo "finished=$?"
+        [ "$("$A" logs fresh --json | wc -l)" = "$n" ] && echo "untouched"
+        \(start) dead > /dev/null 2>&1 & P=$!
+        for i in $(seq 200); do "$A" logs dead --json 2>/dev/null | grep -q '"tool.done"' && break; sleep 0.02; done
+        kill -9 $P; wait $P
+        \(start) dead > /dev/null 2> err3.txt; echo "interrupted=$?"
+        \(start) busy > /dev/null 2>&1 & P=$!
+        for i in $(seq 200); do "$A" ps | grep -q busy && break; sleep 0.02; done
+        \(start) busy 2> err4.txt; echo "running=$?"
+        kill -9 $P; wait $P
+        """
+        let r = run(["/bin/bash", "-c", script], cwd: ws, env: env(home))
+        func file(_ name: String) -> String { (try? String(contentsOfFile: ws + "/" + name, encoding: .utf8)) ?? "" }
+        #expect(r.out.contains("none=0") && file("out1.txt") == "counted\n", "\(r)")
+        #expect(r.out.contains("finished=0") && r.out.contains("untouched") && file("out2.txt") == "counted\n", "\(r) \(file("err2.txt"))")
+        #expect(file("err2.txt").contains("already finished") && file("err2.txt").contains("nothing was run"))
+        #expect(r.out.contains("interrupted=0") && file("err3.txt").contains("resuming run"), "\(r) \(file("err3.txt"))")
+        #expect(r.out.contains("running=125") && file("err4.txt").contains("is running"), "\(r) \(file("err4.txt"))")
+    }
 }
