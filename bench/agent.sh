@@ -110,4 +110,29 @@ end=$(date +%s.%N)
 echo "  $ok succeeded, $bad failed, in $(python3 -c "print(round($end-$start, 2))") s"
 if [ "$bad" != 0 ]; then cat "$work"/err.* | grep -i error | sort | uniq -c | head; fi
 [ -s "$work/violations" ] && { echo "  fake server saw malformed requests:"; head "$work/violations"; }
-[ "$bad" = 0 ]
+[ "$bad" = 0 ] || exit 1
+
+echo "== 4. resume of a 1000-step run to its next model request (target < 100 ms)"
+python3 - "$work/thousand.json" <<'PY'
+import json, sys
+turns = [{"text": "step %d" % i, "tool_calls": [{"name": "shell", "arguments": {"command": "echo %d > last.txt" % i}}],
+          "usage": {"input_tokens": 1000 + i, "output_tokens": 50}} for i in range(1000)]
+turns.append({"tool_calls": [{"name": "finish", "arguments": {"status": "success", "summary": "done"}}]})
+json.dump({"turns": turns}, open(sys.argv[1], "w"))
+PY
+export AGENTBOX_HOME="$work/resume-home"
+"$AGENTBOX" run --workspace "$work/ws" --name thousand --model "replay:$work/thousand.json" --max-steps 1000 --task t >/dev/null 2>&1 || true
+cp -a "$AGENTBOX_HOME" "$work/resume-base"
+for i in $(seq 10); do
+  rm -rf "$AGENTBOX_HOME"; cp -a "$work/resume-base" "$AGENTBOX_HOME"
+  t0=$(date +%s.%N)
+  "$AGENTBOX" resume thousand --max-steps 1001 >/dev/null 2>&1
+  "$AGENTBOX" logs thousand --json | T0=$t0 python3 -c '
+import sys, json, os
+from datetime import datetime
+recs = [json.loads(l) for l in sys.stdin]
+epoch = max(r["epoch"] for r in recs)
+q = next(r for r in recs if r["type"] == "model.request" and r["epoch"] == epoch)
+print((datetime.fromisoformat(q["ts"].replace("Z", "+00:00")).timestamp() - float(os.environ["T0"])) * 1000)'
+done | sort -n | awk '{a[NR]=$1} END {printf "  command start -> first model.request: median %.0f ms, min %.0f, max %.0f (10 resumes of a 1000-step run)\n", a[int((NR+1)/2)], a[1], a[NR]}'
+

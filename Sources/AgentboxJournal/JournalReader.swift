@@ -60,6 +60,15 @@ public enum JournalReader {
         return result
     }
 
+    /// The verified records of a journal's first `bytes` (complete lines only): `run.started`, for
+    /// finding runs by name without reading whole journals.
+    public static func head(path: String, bytes: Int = 64 << 10) throws(AgentboxError) -> [JournalRecord] {
+        let file = try JournalFile(path)
+        let head = file.read(at: 0, count: min(bytes, file.size))
+        let end = (head.lastIndex(of: UInt8(ascii: "\n")) ?? -1) + 1
+        return scan(bytes: Array(head[0..<end])).records
+    }
+
     public static func scan(bytes: [UInt8], startOffset: Int = 0, expectedSeq: UInt64 = 1) -> JournalScan {
         var scan = JournalScan()
         scan.fileSize = startOffset + bytes.count

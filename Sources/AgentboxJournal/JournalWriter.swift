@@ -79,7 +79,11 @@ public final class JournalWriter {
 
     /// Opens an existing journal to continue it (resume): verifies it, truncates a torn last line and
     /// records that it did, and takes a new epoch so records of an older writer can be told apart.
-    public static func reopen(dir: String) throws(AgentboxError) -> JournalWriter {
+    public static func reopen(dir: String) throws(AgentboxError) -> JournalWriter { try reopenScanned(dir: dir).writer }
+
+    /// `reopen`, with the records it verified (what was there before this epoch): `resume` continues
+    /// from them without reading the journal again.
+    public static func reopenScanned(dir: String) throws(AgentboxError) -> (writer: JournalWriter, records: [JournalRecord]) {
         let lockFd = try lock(dir)
         let path = dir + "/journal.jsonl"
         let scan: JournalScan
@@ -114,7 +118,7 @@ public final class JournalWriter {
         }
         try writer.append(RecordType.journalOpened, .object([("epoch", .number(Double(epoch))), ("pid", .number(Double(getpid())))]),
                           critical: true)
-        return writer
+        return (writer, scan.records)
     }
 
     /// Sees every record line (with its newline) as it is appended: `run --json` streams them.

@@ -68,7 +68,7 @@ public struct RunStore: Sendable {
         guard !ref.isEmpty else { throw AgentboxError(stage: "run", "an empty run id or name", hint: "`agentbox ps --all` lists runs", exitCode: 125) }
         let all = ids()
         if all.contains(ref) { return ref }
-        let named = all.filter { (try? summary($0, full: false))?.name == ref }
+        let named = all.filter { name(of: $0) == ref }
         if !named.isEmpty {
             let live = running ? named.filter(isLive) : []
             if live.count > 1 {
@@ -120,6 +120,11 @@ public struct RunStore: Sendable {
         for name in names { _ = try? FileIO.removeTree(runsDir + "/" + name) }
     }
 
+    /// A run's name, from the head of its journal (`run.started`).
+    public func name(of id: String) -> String? {
+        (try? JournalReader.head(path: journalPath(id)))?.first { $0.kind == .runStarted }?.data["name"]?.stringValue
+    }
+
     /// Claims `name` for a run that is about to start: refused while a running run has it. The claim
     /// (a lock on a file under names/) lasts as long as the returned descriptor is open: keep it for the
     /// whole run. Two runs started at once with one name cannot both get it.
@@ -132,7 +137,7 @@ public struct RunStore: Sendable {
         func hex(_ bytes: [UInt8]) -> String { bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
         let file = utf8.count <= 100 ? hex(utf8) : hex(Array(utf8.prefix(64))) + "-\(utf8.count)-" + CRC32C.hex(CRC32C.checksum(utf8))
         let path = dir + "/" + file
-        let holder = ids().first { isLive($0) && (try? summary($0, full: false))?.name == name }
+        let holder = ids().first { isLive($0) && self.name(of: $0) == name }
         func refused() -> AgentboxError {
             AgentboxError(stage: "run", "the name \"\(name)\" belongs to a running run\(holder.map { " (\($0))" } ?? "")",
                           hint: "pick another --name, stop that run (agentbox stop \(holder ?? name)), or pass --allow-duplicate-name")
@@ -209,7 +214,7 @@ public struct RunSummary: Sendable {
     public var damage: String?
     public var tornBytes: Int
 
-    init(id: String, journal: String, scan: JournalScan, live: Bool) {
+    public init(id: String, journal: String, scan: JournalScan, live: Bool) {
         self.id = id
         self.journal = journal
         records = scan.partial ? nil : scan.records.count

@@ -114,9 +114,10 @@ public final class AgentRun {
         let provider = try makeProvider(task.model)
         let id: String
         let writer: JournalWriter
+        var earlier: [JournalRecord] = []
         if let resuming {
             id = resuming
-            writer = try JournalWriter.reopen(dir: store.runsDir + "/" + id)  // the run's writer lock: one resume wins
+            (writer, earlier) = try JournalWriter.reopenScanned(dir: store.runsDir + "/" + id)  // the run's writer lock: one resume wins
         } else {
             (id, writer) = try store.createRun()
         }
@@ -127,7 +128,7 @@ public final class AgentRun {
                                    system: AgentRun.systemPrompt(policy: policy, budget: task.budget))
         self.session = session
         if resuming != nil {
-            try resume(session, writer: writer)
+            try resume(session, writer: writer, records: earlier)
             // A replayed session goes on with its next turn, as a model would go on from the conversation.
             if let replay = provider as? ReplayProvider { replay.next = session.accounting.steps }
         } else {
@@ -188,13 +189,16 @@ public final class AgentRun {
     /// last turn that have no result get one now, recorded before anything runs: the one that was
     /// running when the supervisor stopped is said to be interrupted (it may have run in part, and is
     /// never run again by agentbox), the ones after it were not run. A completed call is never run twice.
-    func resume(_ session: AgentSession, writer: JournalWriter) throws(AgentboxError) {
-        let scan = try JournalReader.scan(path: store.journalPath(id))
+    func resume(_ session: AgentSession, writer: JournalWriter, records: [JournalRecord]) throws(AgentboxError) {
+        if let finished = records.last(where: { $0.kind == .runEnded || $0.kind == .runResumed }), finished.kind == .runEnded,
+           finished.data["state"]?.stringValue == "finished" {
+            throw AgentboxError(stage: "resume", "run \(id) finished: there is nothing to resume")  // checked again under the lock
+        }
         let tail: JournalConversation.Tail
-        do { tail = try JournalConversation.walk(scan.records) } catch {
+        do { tail = try JournalConversation.walk(records) } catch {
             throw AgentboxError(stage: "resume", "the journal of run \(id) cannot be continued: \(error.description)")
         }
-        let endedAs = scan.records.last { $0.kind == .runEnded }?.data["state"]?.stringValue ?? "interrupted"
+        let endedAs = records.last { $0.kind == .runEnded || $0.kind == .runResumed }.flatMap { $0.kind == .runEnded ? $0.data["state"]?.stringValue : nil } ?? "interrupted"
         var results = tail.results
         let unanswered = Array(tail.lastTurn?.toolCalls.dropFirst(results.count) ?? [])
         try writer.append(.runResumed, .object([

@@ -18,7 +18,7 @@ public enum JournalConversation {
     }
 
     public static func requests(_ records: [JournalRecord]) throws(RebuildError) -> [Request] {
-        try walk(records).requests
+        try walk(records, keepRequests: true).requests
     }
 
     /// Where a run stands at the end of its journal: what `resume` continues from.
@@ -40,8 +40,9 @@ public enum JournalConversation {
         public var reminders: Int
     }
 
-    /// The journal's records walked once: the requests, and where the run stands.
-    public static func walk(_ records: [JournalRecord]) throws(RebuildError) -> Tail {
+    /// The journal's records walked once: where the run stands, and with `keepRequests` every request
+    /// (each a copy of the conversation then: quadratic in the run's length, so only when asked).
+    public static func walk(_ records: [JournalRecord], keepRequests: Bool = false) throws(RebuildError) -> Tail {
         guard let start = records.first(where: { $0.kind == .runStarted }), start.data["kind"]?.stringValue == "run",
               let system = start.data["system_prompt"]?.stringValue, let task = start.data["task"]?.stringValue else {
             throw RebuildError(description: "not an agent run's journal (no run.started of kind run)")
@@ -98,7 +99,7 @@ public enum JournalConversation {
                 let recorded: (Int, UInt32)? = request?["bytes"]?.intValue.flatMap { bytes in
                     request?["crc32c"]?.stringValue.flatMap { UInt32($0, radix: 16) }.map { (bytes, $0) }
                 }
-                out.append(Request(step: r.data["step"]?.intValue ?? out.count + 1, conversation: conversation, recorded: recorded))
+                if keepRequests { out.append(Request(step: r.data["step"]?.intValue ?? out.count + 1, conversation: conversation, recorded: recorded)) }
                 conversation.messages.append(.assistant(turn))
                 turn.usage = Usage(inputTokens: turnJSON["usage"]?["input_tokens"]?.intValue ?? 0, outputTokens: turnJSON["usage"]?["output_tokens"]?.intValue ?? 0)
                 usages.append(turn.usage)

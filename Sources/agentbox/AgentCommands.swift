@@ -55,7 +55,7 @@ struct RunCommand: ParsableCommand {
     func continueExisting() throws(AgentboxError) -> Int32? {
         guard let name else { throw .usage("--resume-if-exists needs --name: the name is what makes the start idempotent") }
         let store = RunStore()
-        guard let id = store.ids().first(where: { (try? store.summary($0, full: false))?.name == name }) else { return nil }
+        guard let id = store.ids().first(where: { store.name(of: $0) == name }) else { return nil }
         let summary = try store.summary(id)
         if store.isLive(id) {
             throw AgentboxError(stage: "run", "run \(id) (\(name)) is running (supervisor pid \(FileIO.readSmall(store.runsDir + "/" + id + "/lock")?.trimmingSpaces() ?? "?"))",
@@ -212,7 +212,10 @@ struct Resume: ParsableCommand {
     func prepare() throws(AgentboxError) -> (String, RunCommand.Prepared, String?) {
         let store = RunStore()
         let id = try store.resolve(target)
-        let summary = try store.summary(id)
+        // The state and run.started from one read of the head and the tail; `resume` verifies every
+        // record under the run's lock.
+        let scan = try JournalReader.headAndTail(path: store.journalPath(id))
+        let summary = RunSummary(id: id, journal: store.journalPath(id), scan: scan, live: store.isLive(id))
         guard summary.kind == "run" else { throw .usage("run \(id) is an `exec` run: only agent runs are resumed") }
         if store.isLive(id) { throw AgentboxError(stage: "resume", "run \(id) is running", hint: "stop it first, or follow it: agentbox logs -f \(id)") }
         switch summary.state {
@@ -220,7 +223,7 @@ struct Resume: ParsableCommand {
         case "damaged": throw AgentboxError(stage: "resume", "the journal of run \(id) is damaged: \(summary.damage ?? "")", hint: "agentbox journal verify \(id)")
         default: break
         }
-        let records = try JournalReader.scan(path: store.journalPath(id)).records
+        let records = scan.records
         guard let start = records.first(where: { $0.kind == .runStarted })?.data, let task = start["task"]?.stringValue,
               let provider = start["model"]?["provider"]?.stringValue, let model = start["model"]?["model"]?.stringValue else {
             throw AgentboxError(stage: "resume", "run \(id) has no run.started record to continue from")
