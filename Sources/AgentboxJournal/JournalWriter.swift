@@ -83,7 +83,10 @@ public final class JournalWriter {
 
     /// `reopen`, with the records it verified (what was there before this epoch): `resume` continues
     /// from them without reading the journal again.
-    public static func reopenScanned(dir: String) throws(AgentboxError) -> (writer: JournalWriter, records: [JournalRecord]) {
+    /// `check` sees the records under the lock, before anything is written: a refusal leaves the
+    /// journal untouched.
+    public static func reopenScanned(dir: String, check: ([JournalRecord]) throws(AgentboxError) -> Void = { _ in })
+        throws(AgentboxError) -> (writer: JournalWriter, records: [JournalRecord]) {
         let lockFd = try lock(dir)
         let path = dir + "/journal.jsonl"
         let scan: JournalScan
@@ -95,6 +98,10 @@ public final class JournalWriter {
             close(lockFd)
             throw AgentboxError(stage: "journal", "\(path) is damaged at \(damage)",
                                 hint: "`agentbox journal verify \(path)` shows the damage; a damaged journal is never continued")
+        }
+        do { try check(scan.records) } catch {
+            close(lockFd)
+            throw error
         }
         let fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
         guard fd >= 0 else {

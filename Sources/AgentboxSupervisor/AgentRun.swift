@@ -117,7 +117,13 @@ public final class AgentRun {
         var earlier: [JournalRecord] = []
         if let resuming {
             id = resuming
-            (writer, earlier) = try JournalWriter.reopenScanned(dir: store.runsDir + "/" + id)  // the run's writer lock: one resume wins
+            // The run's writer lock: of two resumes one wins; the other sees the run finished, or running.
+            (writer, earlier) = try JournalWriter.reopenScanned(dir: store.runsDir + "/" + id) { records throws(AgentboxError) in
+                if let last = records.last(where: { $0.kind == .runEnded || $0.kind == .runResumed }), last.kind == .runEnded,
+                   last.data["state"]?.stringValue == "finished" {
+                    throw AgentboxError(stage: "resume", "run \(id) finished: there is nothing to resume")
+                }
+            }
         } else {
             (id, writer) = try store.createRun()
         }
@@ -190,10 +196,6 @@ public final class AgentRun {
     /// running when the supervisor stopped is said to be interrupted (it may have run in part, and is
     /// never run again by agentbox), the ones after it were not run. A completed call is never run twice.
     func resume(_ session: AgentSession, writer: JournalWriter, records: [JournalRecord]) throws(AgentboxError) {
-        if let finished = records.last(where: { $0.kind == .runEnded || $0.kind == .runResumed }), finished.kind == .runEnded,
-           finished.data["state"]?.stringValue == "finished" {
-            throw AgentboxError(stage: "resume", "run \(id) finished: there is nothing to resume")  // checked again under the lock
-        }
         let tail: JournalConversation.Tail
         do { tail = try JournalConversation.walk(records) } catch {
             throw AgentboxError(stage: "resume", "the journal of run \(id) cannot be continued: \(error.description)")

@@ -37,7 +37,7 @@ public final class JournaledRun {
                         ("cgroup_mode", .string(CgroupMode.detect().rawValue))])
     }
 
-    static func digest(_ path: String?) -> JSON {
+    public static func digest(_ path: String?) -> JSON {
         guard let path, let bytes = try? FileIO.read(path) else { return .null }
         return .string("crc32c:" + CRC32C.hex(CRC32C.checksum(bytes)))
     }

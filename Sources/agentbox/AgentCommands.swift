@@ -199,9 +199,17 @@ struct Resume: ParsableCommand {
 
     func run() throws {
         guarded { () throws(AgentboxError) -> Int32 in
-            let (id, prepared, name) = try prepare()
+            let (id, prepared, name): (String, RunCommand.Prepared, String?)
+            switch try prepare() {
+            case let .recorded(code): return code
+            case let .resume(i, p, n): (id, prepared, name) = (i, p, n)
+            }
             if detach { return try Detach.start(json: json) }
-            let claim = try name.map { n throws(AgentboxError) in try RunStore().claimName(n).release() } ?? -1
+            var claim: Int32 = -1
+            do throws(AgentboxError) { claim = try name.map { n throws(AgentboxError) in try RunStore().claimName(n).release() } ?? -1 } catch {
+                Detach.fail(error)  // a detached copy says why it did not start
+                throw error
+            }
             defer { if claim >= 0 { close(claim) } }  // the run's name, held until it ends
             return try superviseAgent(prepared, json: json, resuming: id)
         }
@@ -209,7 +217,14 @@ struct Resume: ParsableCommand {
 
     /// The run to continue, checked, and how to run it; everything that can fail fails here, before
     /// the journal is touched.
-    func prepare() throws(AgentboxError) -> (String, RunCommand.Prepared, String?) {
+    enum Plan {
+        /// Continue run `id` with this policy and task; its name to claim.
+        case resume(String, RunCommand.Prepared, String?)
+        /// Nothing to run: the end was recorded (exit code).
+        case recorded(Int32)
+    }
+
+    func prepare() throws(AgentboxError) -> Plan {
         let store = RunStore()
         let id = try store.resolve(target)
         // The state and run.started from one read of the head and the tail; `resume` verifies every
@@ -224,11 +239,14 @@ struct Resume: ParsableCommand {
         default: break
         }
         let records = scan.records
+        if let code = try recordDecidedFinish(store, id, records) { return .recorded(code) }
         guard let start = records.first(where: { $0.kind == .runStarted })?.data, let task = start["task"]?.stringValue,
               let provider = start["model"]?["provider"]?.stringValue, let model = start["model"]?["model"]?.stringValue else {
             throw AgentboxError(stage: "resume", "run \(id) has no run.started record to continue from")
         }
-        let recorded = start["options"] ?? .null
+        // The latest part's options and budget (a resume may have raised them), else the start's.
+        let latest = records.last { $0.kind == .runResumed }?.data
+        var recorded = latest?["options"] ?? start["options"] ?? .null
         guard var args = SandboxArgs(recorded: recorded, env: env) else {
             throw AgentboxError(stage: "resume", "run \(id) was recorded by an older agentbox, without its sandbox options", hint: "start a new run")
         }
@@ -238,10 +256,13 @@ struct Resume: ParsableCommand {
             throw .usage("the run had --env \(missing.joined(separator: ", ")), whose values are not journaled",
                          hint: "give them again: " + missing.map { "--env \($0)=..." }.joined(separator: " "))
         }
-        if let t = timeout { args.timeout = t }
+        if let t = timeout {
+            args.timeout = t
+            recorded = .object((recorded.objectValue ?? []).filter { $0.0 != "timeout" } + [("timeout", .string(t))])
+        }
         let spec = try ModelSpec.resolve(model: provider + ":" + model, baseURL: start["model"]?["base_url"]?.stringValue)
         var budget = Budget()
-        let b = start["budget"] ?? .null
+        let b = latest?["budget"] ?? start["budget"] ?? .null
         budget.maxSteps = maxSteps ?? b["max_steps"]?.intValue
         budget.maxToolCalls = maxToolCalls ?? b["max_tool_calls"]?.intValue
         budget.maxTokens = maxTokens ?? b["max_tokens"]?.intValue
@@ -252,10 +273,56 @@ struct Resume: ParsableCommand {
         if let c = maxCost, !(c > 0 && c.isFinite) { throw .usage("--max-cost \(c): must be a positive amount of USD") }
         let prices = try PriceTable.load()
         var policy = try args.resolve(cwd: recorded["workdir"]?.stringValue)
+        // The same sandbox, or none: the agent had the workspace to itself, and could have replaced a
+        // folder the options name with a symlink to the host, or removed what --hide hid.
+        if let change = Resume.sandboxChange(recorded: start, now: policy) {
+            throw AgentboxError(stage: "resume", "run \(id)'s sandbox would not be the same: \(change)",
+                                hint: "the options resolve differently now (a path in the workspace was moved or replaced, or the profile changed); start a new run")
+        }
         AgentRun.applyDefaults(to: &policy)
         let name = summary.name
-        return (id, RunCommand.Prepared(policy: policy, task: AgentTask(name: name ?? "", task: task, model: spec, budget: budget,
-                                                                          prices: prices, options: recorded)), name)
+        return .resume(id, RunCommand.Prepared(policy: policy, task: AgentTask(name: name ?? "", task: task, model: spec, budget: budget,
+                                                                                 prices: prices, options: recorded)), name)
+    }
+
+    /// How the sandbox a resume would build differs from the one `run.started` recorded (nil: same):
+    /// every mount (source, target, kind), the network, the seccomp policy and Landlock mode, and the
+    /// contents of the profile and seccomp files (their digests).
+    static func sandboxChange(recorded start: JSON, now policy: SandboxPolicy) -> String? {
+        let was = start["policy"] ?? .null
+        let now = policy.json
+        for key in ["workspace", "network", "seccomp", "landlock"] where was[key] != now[key] {
+            return "its \(key) was \(was[key]?.serialized ?? "null"), now \(now[key]?.serialized ?? "null")"
+        }
+        let before = was["mounts"]?.arrayValue ?? [], after = now["mounts"]?.arrayValue ?? []
+        if let gone = before.first(where: { !after.contains($0) }) { return "the mount \(gone.serialized) would be missing" }
+        if let new = after.first(where: { !before.contains($0) }) { return "the mount \(new.serialized) would be new" }
+        if start["profile_digest"] != JournaledRun.digest(policy.profile.path.isEmpty ? nil : policy.profile.path) {
+            return "the profile file \(policy.profile.path) changed"
+        }
+        if start["seccomp_digest"] != JournaledRun.digest(policy.profile.seccomp) { return "the seccomp policy changed" }
+        return nil
+    }
+
+    /// A run whose agent called `finish` but whose supervisor stopped before recording the end: the
+    /// end is recorded now and nothing runs (the model must not be asked again). Returns the exit code.
+    func recordDecidedFinish(_ store: RunStore, _ id: String, _ records: [JournalRecord]) throws(AgentboxError) -> Int32? {
+        let sinceResume = records.reversed().prefix { $0.kind != .runResumed && $0.kind != .runEnded }
+        guard let done = sinceResume.first(where: { $0.kind == .toolDone && $0.data["name"]?.stringValue == "finish" && $0.data["is_error"]?.boolValue == false }),
+              let callID = done.data["id"]?.stringValue,
+              let args = records.last(where: { $0.kind == .toolCall && $0.data["id"]?.stringValue == callID })?.data["arguments"],
+              let status = args["status"]?.stringValue else { return nil }
+        let code: Int32 = status == "success" ? 0 : 1
+        let writer = try JournalWriter.reopen(dir: store.runsDir + "/" + id)
+        var ended: [(String, JSON)] = [("state", "finished"), ("exit_code", .number(Double(code))),
+                                       ("reason", .string("the agent called finish with status \(status); its supervisor stopped before recording the end, resume recorded it"))]
+        ended.append(("status", .string(status)))
+        if let summary = args["summary"]?.stringValue { ended.append(("summary", .string(summary))) }
+        try writer.append(.runEnded, .object(ended), critical: true)
+        try writer.finish()
+        Console.note("run \(id) had finished (\(status)) before its supervisor stopped: recorded, nothing was run")
+        if let summary = args["summary"]?.stringValue { Console.out(summary) }
+        return code
     }
 }
 

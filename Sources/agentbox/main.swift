@@ -160,7 +160,8 @@ extension SandboxArgs {
         func abs(_ paths: [String]) -> JSON { .array(paths.map { .string(AgentboxPaths.absolute($0)) }) }
         func opt(_ v: String?) -> JSON { v.map { .string($0) } ?? .null }
         return .object([
-            ("profile", .string(profile.contains("/") ? AgentboxPaths.absolute(profile) : profile)),
+            // The profile file it resolved to (a name is looked up again otherwise, maybe elsewhere).
+            ("profile", .string(policy.profile.path.isEmpty ? profile : policy.profile.path)),
             ("workspace", .string(policy.workspace)), ("workdir", .string(policy.workdir)),
             ("ro", abs(ro)), ("rw", abs(rw)), ("hide", abs(hide)), ("network", opt(network)),
             ("memory", opt(memory)), ("pids", pids.map { .number(Double($0)) } ?? .null), ("cpus", cpus.map { .number($0) } ?? .null),

@@ -118,4 +118,64 @@ import Testing
         #expect(r.out.contains("interrupted=0") && file("err3.txt").contains("resuming run"), "\(r) \(file("err3.txt"))")
         #expect(r.out.contains("running=125") && file("err4.txt").contains("is running"), "\(r) \(file("err4.txt"))")
     }
+
+    func replay(_ ws: String, _ commands: [String]) throws -> String {
+        let turns = commands.map { #"{"tool_calls": [{"name": "shell", "arguments": {"command": \#(JSON.string($0).serialized)}}]}"# }
+        let path = ws + "/../session-\(UUID().uuidString.prefix(6)).json"
+        try #"{"turns": [\#(turns.joined(separator: ","))]}"#.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    @Test func resumeRefusesASandboxTheAgentReshaped() throws {
+        // The agent had the workspace: it replaced a bound folder with a symlink to the host, and moved
+        // away the folder of a hidden file. A resume must not follow either.
+        let home = TestEnv.workspace(), ws = TestEnv.workspace(), outside = TestEnv.workspace()
+        try FileManager.default.createDirectory(atPath: ws + "/d/cache", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: ws + "/sec", withIntermediateDirectories: true)
+        try "key".write(toFile: ws + "/sec/key.txt", atomically: true, encoding: .utf8)
+        let session = try replay(ws, ["mv d d2 && mkdir d && ln -s '\(outside)' d/cache", "true", "true"])
+        let r = ab(["run", "--name", "shape", "--model", "replay:" + session, "--rw", "d/cache", "--max-steps", "1", "--task", "t"], home: home, cwd: ws)
+        #expect(r.code == 3, "\(r)")
+        let again = ab(["resume", "shape", "--max-steps", "3"], home: home, cwd: ws)
+        #expect(again.code == 125 && again.err.contains("sandbox would not be the same") && again.err.contains("d/cache"), "\(again)")
+
+        let session2 = try replay(ws, ["mv sec sec2", "cat sec2/key.txt", "true"])
+        let h = ab(["run", "--name", "hide", "--model", "replay:" + session2, "--hide", "sec/key.txt", "--max-steps", "1", "--task", "t"], home: home, cwd: ws)
+        #expect(h.code == 3, "\(h)")
+        let hr = ab(["resume", "hide", "--max-steps", "3"], home: home, cwd: ws)
+        #expect(hr.code == 125 && hr.err.contains("would be missing"), "\(hr)")
+        let types = records("hide", home: home).compactMap { $0["type"] as? String }
+        #expect(types.filter { $0 == "journal.opened" }.count == 1, "a refused resume leaves the journal untouched: \(types)")
+    }
+
+    @Test func resumeRefusesAProfileThatChanged() throws {
+        let home = TestEnv.workspace(), ws = TestEnv.workspace(), dir = TestEnv.workspace()
+        try #"{"extends": "workspace-write"}"#.write(toFile: dir + "/p.json", atomically: true, encoding: .utf8)
+        let session = try replay(ws, ["true", "true"])
+        let r = ab(["run", "--name", "prof", "--profile", dir + "/p.json", "--model", "replay:" + session, "--max-steps", "1", "--task", "t"], home: home, cwd: ws)
+        #expect(r.code == 3, "\(r)")
+        try #"{"extends": "workspace-write", "network": "loopback"}"#.write(toFile: dir + "/p.json", atomically: true, encoding: .utf8)
+        let again = ab(["resume", "prof", "--max-steps", "2"], home: home, cwd: "/")
+        #expect(again.code == 125 && again.err.contains("would not be the same"), "\(again)")
+    }
+
+    @Test func aFinishTheSupervisorDidNotRecordIsRecordedNotContinued() throws {
+        // A supervisor killed between the agent's finish and run.ended (the sandbox's teardown): the
+        // run is over; resume records the end and asks the model nothing.
+        let home = TestEnv.workspace(), ws = TestEnv.workspace()
+        let path = ws + "/../fin.json"
+        try #"{"turns": [{"tool_calls": [{"name": "finish", "arguments": {"status": "success", "summary": "all done"}}]}, {"text": "never"}]}"#
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(ab(["run", "--name", "fin", "--model", "replay:" + path, "--task", "t"], home: home, cwd: ws).code == 0)
+        let id = try FileManager.default.contentsOfDirectory(atPath: home + "/runs").first { !$0.hasPrefix(".") }!
+        let journal = home + "/runs/" + id + "/journal.jsonl"
+        let lines = try String(contentsOfFile: journal, encoding: .utf8).split(separator: "\n")
+        let cut = lines.prefix { !$0.contains("\"type\":\"tool.done\"") } + [lines.first { $0.contains("\"type\":\"tool.done\"") }!]
+        try (cut.joined(separator: "\n") + "\n").write(toFile: journal, atomically: true, encoding: .utf8)
+        let r = ab(["resume", "fin"], home: home, cwd: ws)
+        #expect(r.code == 0 && r.out == "all done\n" && r.err.contains("had finished"), "\(r)")
+        let types = records("fin", home: home).compactMap { $0["type"] as? String }
+        #expect(types.filter { $0 == "model.request" }.count == 1 && types.last == "run.ended", "\(types)")
+        #expect(ab(["inspect", "fin", "--json"], home: home).out.contains("\"state\": \"finished\""))
+    }
 }
