@@ -114,6 +114,7 @@ public final class AgentSession {
         self.results = tail.lastTurn == nil ? [] : results
         nextCall = self.results.count
         reminders = tail.reminders
+        (lastKey, repeats) = (tail.callKey, tail.repeats)
     }
 
     /// Long work shows progress: a line every 30 s while a tool runs or the model is thinking.
@@ -436,7 +437,8 @@ public final class AgentSession {
         let skipped = extra.contains { $0.0 == "skipped" || $0.0 == "refused" }
         var stuck: (severity: String, summary: String)? = nil
         if !skipped {
-            let key = call.name + "\u{0}" + call.arguments + "\u{0}" + result.content
+            // The call and its result as a CRC-32C (journaled: a resume goes on counting).
+            let key = CRC32C.hex(CRC32C.checksum(Array((call.name + "\u{0}" + call.arguments + "\u{0}" + result.content).utf8)))
             repeats = key == lastKey ? repeats + 1 : 1
             lastKey = key
             if repeats == AgentSession.stuckWarnAt {
@@ -452,6 +454,7 @@ public final class AgentSession {
         data += extra
         if !extra.contains(where: { $0.0 == "duration_ms" }) { data.append(("duration_ms", .number((seconds * 1e6).rounded() / 1000))) }
         if supervisor { data.append(("by", "supervisor")) }
+        if !skipped { data += [("call_key", .string(lastKey)), ("repeats", .number(Double(repeats)))] }
         try host.journal(.toolDone, .object(data), critical: true)
         if !skipped { host.progress(.toolDone(name: name, result: result.content, isError: result.isError, seconds: seconds)) }
         results.append(result)

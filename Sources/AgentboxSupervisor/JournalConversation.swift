@@ -38,6 +38,9 @@ public enum JournalConversation {
         public var toolCalls: Int
         /// Reminders since the last turn with a tool call.
         public var reminders: Int
+        /// The stuck-loop rule's state: the last call and result (`call_key`) and how many times in a row.
+        public var callKey: String
+        public var repeats: Int
     }
 
     /// The journal's records walked once: where the run stands, and with `keepRequests` every request
@@ -55,6 +58,8 @@ public enum JournalConversation {
         var usages: [Usage] = []
         var toolCalls = 0
         var reminders = 0
+        var callKey = ""
+        var repeats = 0
         func flush() {
             if !pending.isEmpty { conversation.messages.append(.toolResults(pending)) }
             pending = []
@@ -67,6 +72,7 @@ public enum JournalConversation {
                 guard let id = r.data["id"]?.stringValue else { throw RebuildError(description: "seq \(r.seq): tool.done without an id") }
                 pending.append(ToolResult(callID: id, content: r.data["content"]?.stringValue ?? "", isError: r.data["is_error"]?.boolValue ?? false))
                 started[id] = nil
+                if let key = r.data["call_key"]?.stringValue, let n = r.data["repeats"]?.intValue { (callKey, repeats) = (key, n) }
             case .toolCall?:
                 toolCalls += 1
                 if let id = r.data["id"]?.stringValue, let call = lastTurn?.toolCalls.first(where: { $0.id == id }) { started[id] = call }
@@ -109,6 +115,6 @@ public enum JournalConversation {
             }
         }
         return Tail(requests: out, conversation: conversation, lastTurn: lastTurn, results: pending, inFlight: started.values.first,
-                    usages: usages, toolCalls: toolCalls, reminders: reminders)
+                    usages: usages, toolCalls: toolCalls, reminders: reminders, callKey: callKey, repeats: repeats)
     }
 }

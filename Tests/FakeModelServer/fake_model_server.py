@@ -82,9 +82,9 @@ def script_loop(step, results):
 
 
 def script_count(step, results):
-    """Twelve turns of two shell calls, each appending its own label to log.txt, then finish: a run to kill
+    """Thirty turns of two shell calls, each appending its own label to log.txt, then finish: a run to kill
     and resume (every label must be in the log at most once)."""
-    if step >= 12:
+    if step >= 30:
         return ("", [call("finish", status="success", summary="counted")])
     return ("Turn %d." % step, [call("shell", command="echo %d.a >> log.txt; sleep 0.1" % step),
                                 call("shell", command="echo %d.b >> log.txt; sleep 0.1" % step)])
