@@ -64,8 +64,11 @@ public final class AgentSession {
     public enum Ending: Equatable, Sendable {
         case finished(status: String, summary: String)
         case budget(String)
-        case stopped(String)
-        case interrupted(signal: Int32)
+        /// The run gave up without the agent finishing (stuck loop, no tool calls after reminders, a
+        /// refusal, the model failing, a low disk): state `aborted`, exit 1.
+        case aborted(String)
+        /// A stop signal (`agentbox stop`, SIGTERM, SIGINT, SIGHUP): state `stopped`, exit 75, resumable.
+        case stopped(signal: Int32)
     }
 
     unowned let host: AgentSessionHost
@@ -143,8 +146,8 @@ public final class AgentSession {
     }
 
     public func stop(signal: Int32) {
-        if case .interrupted? = ending { return }
-        ending = .interrupted(signal: signal)
+        if case .stopped? = ending { return }
+        ending = .stopped(signal: signal)
         _ = try? host.journal(.warning, .object([("message", .string("signal \(signal): stopping the run (the current tool may finish within \(Int(grace)) s)"))]),
                                critical: false)
         host.progress(.note("stopping: the current tool may finish within \(Int(grace)) s"))
@@ -181,7 +184,7 @@ public final class AgentSession {
             if turn.toolCalls.isEmpty && ending == nil {
                 reminders += 1
                 if reminders > AgentSession.maxReminders {
-                    ending = .stopped("the model stopped calling tools without calling finish (\(AgentSession.maxReminders) reminders)")
+                    ending = .aborted("the model stopped calling tools without calling finish (\(AgentSession.maxReminders) reminders)")
                 } else {
                     conversation.messages.append(.user(AgentPrompt.reminder))
                     try host.journal(.reminder, .object([("text", .string(AgentPrompt.reminder)), ("count", .number(Double(reminders)))]),
@@ -203,7 +206,7 @@ public final class AgentSession {
             let what = "the journal's disk is almost full: the run was stopped before the next model call"
             try host.journal(.limit, .object([("kind", "journal_disk"), ("detail", .string(what))]), critical: true)
             try confess(severity: "blocker", category: "limits", summary: what, details: nil, by: "supervisor")
-            ending = .stopped(what)
+            ending = .aborted(what)
         }
         if ending != nil {
             host.send(.end)
@@ -295,7 +298,7 @@ public final class AgentSession {
                 try confess(severity: "blocker", category: "refusal",
                             summary: "the model refused the task: " + ToolText.clip(why, maxBytes: AgentSession.confessionCaps.summary), details: nil,
                             by: "supervisor")
-                ending = .stopped("the model refused: " + ToolText.clip(why, maxBytes: 200))
+                ending = .aborted("the model refused: " + ToolText.clip(why, maxBytes: 200))
             }
             if !turn.toolCalls.isEmpty { reminders = 0 }
             self.turn = turn
@@ -321,7 +324,7 @@ public final class AgentSession {
                                                           ("attempts", attemptsJSON), ("request", requestDigest)]), critical: true)
                 try confess(severity: "blocker", category: "model",
                             summary: "the model call failed after \(attempts.count) attempt(s): \(error.description)", details: nil, by: "supervisor")
-                if ending == nil { ending = .stopped("the model call failed: \(error.description)") }
+                if ending == nil { ending = .aborted("the model call failed: \(error.description)") }
             }
             host.send(.end)
         }
@@ -419,8 +422,8 @@ public final class AgentSession {
         switch e {
         case .finished: return "the run already finished"
         case let .budget(why): return why
-        case let .stopped(why): return why
-        case .interrupted: return "the run was stopped"
+        case let .aborted(why): return why
+        case .stopped: return "the run was stopped"
         }
     }
 
@@ -446,7 +449,7 @@ public final class AgentSession {
                 stuck = ("warning", "\(call.name) was called \(repeats) times in a row with the same arguments and the same result")
             } else if repeats >= AgentSession.stuckStopAt && ending == nil {
                 stuck = ("blocker", "\(call.name) was called \(repeats) times in a row with the same arguments and result: the run was stopped")
-                ending = .stopped("stuck loop: the same call and result \(repeats) times in a row")
+                ending = .aborted("stuck loop: the same call and result \(repeats) times in a row")
             }
         }
         var data: [(String, JSON)] = [("id", .string(call.id)), ("name", .string(name)), ("is_error", .bool(result.isError)),
@@ -555,8 +558,8 @@ public final class AgentSession {
                 status = s
                 summary = text
             case let .budget(why): (state, code, reason) = ("budget", 3, why)
-            case let .stopped(why): (state, code, reason) = ("stopped", 1, why)
-            case let .interrupted(sig): (state, code, reason) = ("interrupted", 75, "stopped by signal \(sig)")
+            case let .aborted(why): (state, code, reason) = ("aborted", 1, why)
+            case let .stopped(sig): (state, code, reason) = ("stopped", 75, "stopped by signal \(sig)")
             }
         } else {
             let how: String

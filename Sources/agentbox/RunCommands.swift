@@ -17,7 +17,7 @@ enum Style {
         switch s {
         case "running": return "\u{1B}[36m\(s)\u{1B}[0m"
         case "exited", "finished": return "\u{1B}[32m\(s)\u{1B}[0m"
-        case "interrupted", "timeout", "damaged", "failed", "stopped", "budget", "killed": return "\u{1B}[33m\(s)\u{1B}[0m"
+        case "interrupted", "timeout", "damaged", "failed", "stopped", "aborted", "budget", "killed": return "\u{1B}[33m\(s)\u{1B}[0m"
         default: return s
         }
     }

@@ -628,7 +628,7 @@ extension SurroundingsTests {
 
 extension SurroundingsTests {
     @Test func aClosedTerminalStopsARunAsDocumented() throws {
-        // SIGHUP (the terminal closed) is a stop, like SIGTERM: the run ends interrupted (75), on record.
+        // SIGHUP (the terminal closed) is a stop, like SIGTERM: the run ends stopped (75), on record.
         let home = TestEnv.workspace(), ws = TestEnv.workspace()
         try #"{"turns": [{"tool_calls": [{"name": "shell", "arguments": {"command": "sleep 30"}}]}]}"#
             .write(toFile: ws + "/session.json", atomically: true, encoding: .utf8)
@@ -641,6 +641,6 @@ extension SurroundingsTests {
         let r = run(["/bin/bash", "-c", script], cwd: ws, env: ["AGENTBOX_HOME": home])
         #expect(r.out.contains("code=75"), "\(r)")
         let i = run([TestEnv.agentbox, "inspect", "hup", "--json"], env: ["AGENTBOX_HOME": home]).out
-        #expect(i.contains("\"state\": \"interrupted\"") && i.contains("stopped by signal 1"), "\(i)")
+        #expect(i.contains("\"state\": \"stopped\"") && i.contains("stopped by signal 1"), "\(i)")
     }
 }

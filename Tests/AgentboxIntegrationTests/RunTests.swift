@@ -192,7 +192,7 @@ import Testing
         #expect((turn?["refusal"] as? String)?.contains("I'm sorry") == true && turn?["stop_reason"] as? String == "refusal", "\(String(describing: turn))")
         let cs = rs.filter { $0["type"] as? String == "confession" }.map(data)
         #expect(cs.map { $0["category"] as? String } == ["refusal"], "\(cs)")
-        #expect(inspect("refused", home: h)["state"] as? String == "stopped")
+        #expect(inspect("refused", home: h)["state"] as? String == "aborted")
         #expect(rs.filter { $0["type"] as? String == "model.request" }.count == 1, "a refusal is not reminded")
     }
 
@@ -203,7 +203,7 @@ import Testing
         let cs = records("loop", home: h).filter { $0["type"] as? String == "confession" }.map(data)
         #expect(cs.map { $0["severity"] as? String ?? "" } == ["warning", "blocker"], "\(cs)")
         #expect(cs.allSatisfy { $0["category"] as? String == "stuck_loop" && $0["by"] as? String == "supervisor" })
-        #expect(inspect("loop", home: h)["state"] as? String == "stopped")
+        #expect(inspect("loop", home: h)["state"] as? String == "aborted")
         #expect(records("loop", home: h).filter { $0["type"] as? String == "model.response" }.count == 5)
     }
 
@@ -325,7 +325,7 @@ import Testing
         let stop = ab(["stop", id], home: h)
         #expect(stop.code == 0, "\(stop)")
         let i = inspect(id, home: h)
-        #expect(i["state"] as? String == "interrupted" && i["exit_code"] as? Int == 75, "\(i)")
+        #expect(i["state"] as? String == "stopped" && i["exit_code"] as? Int == 75, "\(i)")
         let rs = records(id, home: h)
         #expect(rs.contains { $0["type"] as? String == "tool.done" && (data($0)["content"] as? String ?? "").contains("slept") },
                 "the tool in flight finished within the grace period")
@@ -381,7 +381,7 @@ import Testing
         p.waitUntilExit()
         #expect(eventually(2) { !hostHasProcess(withMarker: "sleep 2; echo slept") })
         let i = inspect("victim", home: h)
-        #expect(i["state"] as? String == "interrupted", "\(i)")
+        #expect(i["state"] as? String == "interrupted", "a supervisor that died: \(i)")
         let rs = records("victim", home: h)
         #expect(types(rs).last == "tool.call", "the call in flight is the last thing on record")
         #expect(ab(["journal", "verify", "victim"], home: h).code == 0)

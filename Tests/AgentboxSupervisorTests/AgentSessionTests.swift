@@ -112,7 +112,7 @@ final class RecordingHost: AgentSessionHost {
         #expect(host.types(.toolDone)[2]["content"]?.stringValue?.contains("3 times in a row") == true)
         try s.received(.next)
         #expect(host.sent.last == .end && host.modelCalls.count == 5)
-        guard case .stopped? = s.ending else { Issue.record("\(String(describing: s.ending))"); return }
+        guard case .aborted? = s.ending else { Issue.record("\(String(describing: s.ending))"); return }
         #expect(host.feed == ["warning/stuck_loop", "blocker/stuck_loop"])
     }
 
@@ -136,7 +136,7 @@ final class RecordingHost: AgentSessionHost {
         }
         #expect(host.types(.reminder).count == 2)
         #expect(host.sent.last == .end)
-        guard case let .stopped(why)? = s.ending else { Issue.record("not stopped"); return }
+        guard case let .aborted(why)? = s.ending else { Issue.record("not stopped"); return }
         #expect(why.contains("reminders"))
     }
 
@@ -221,7 +221,7 @@ final class RecordingHost: AgentSessionHost {
         try s.received(.next)
         #expect(host.sent.last == .end)
         let outcome = try s.conclude(SandboxResult(termination: .exited(0), report: CgroupReport(), oomKilled: false, landlockABI: 7, elapsed: 1))
-        #expect(outcome.state == "interrupted" && outcome.exitCode == 75)
+        #expect(outcome.state == "stopped" && outcome.exitCode == 75)
     }
 
     @Test func anOOMKillDuringAToolIsToldToTheModelAndConfessed() throws {
@@ -251,6 +251,6 @@ final class RecordingHost: AgentSessionHost {
         try s.modelDone(ModelCallOutcome(result: .failure(error), attempts: [], request: nil))
         #expect(host.sent.last == .end && host.types(.modelError).count == 1 && host.confessions == ["blocker/model"])
         let outcome = try s.conclude(SandboxResult(termination: .exited(0), report: CgroupReport(), oomKilled: false, landlockABI: 7, elapsed: 1))
-        #expect(outcome.state == "stopped" && outcome.exitCode == 1)
+        #expect(outcome.state == "aborted" && outcome.exitCode == 1)
     }
 }
