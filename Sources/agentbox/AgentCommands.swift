@@ -15,8 +15,8 @@ struct RunCommand: ParsableCommand {
             The agent loop runs inside the sandbox; model calls go through agentbox's gateway outside it, which holds \
             the API key (OPENAI_API_KEY / ANTHROPIC_API_KEY; never passed into the sandbox). Tools: shell, read_file, \
             write_file, edit_file, confess, finish. Progress goes to stderr; --json prints the journal records on stdout \
-            as they are written. Exit codes: 0 finished with success; 1 finished with failure or stopped without \
-            finishing; 3 a budget ran out; 75 stopped by SIGTERM or `agentbox stop`; 124 --timeout; 125 agentbox failed. \
+            as they are written. Exit codes: 0 finished with success; 1 finished with failure or gave up without \
+            finishing (aborted); 3 a budget ran out; 75 stopped by SIGTERM or `agentbox stop` (`agentbox resume` continues it); 124 --timeout; 125 agentbox failed. \
             Example: agentbox run --model openai:gpt-4o-mini --max-steps 30 --timeout 20m --task "make the tests pass"
             """)
     @OptionGroup(title: "Sandbox options") var sandbox: SandboxFlags

@@ -325,7 +325,7 @@ struct Agentbox: ParsableCommand {
         commandName: "agentbox",
         abstract: "Run AI agents and commands in Linux sandboxes.",
         discussion: """
-            `run` hands a task to an agent in a sandbox (exit 0 success, 1 failure or stopped, 3 budget, 75 stopped, \
+            `run` hands a task to an agent in a sandbox (exit 0 success, 1 failure or aborted, 3 budget, 75 stopped (resume continues it), \
             124 timeout, 125 agentbox failed); `exec` runs one command (its own status; 124 timeout; 125 agentbox \
             failed, the message names the stage; 126 not executable; 127 not found; 128+N killed by signal N, 137 also \
             for an OOM kill). See docs/cli.md.
