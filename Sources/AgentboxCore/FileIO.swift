@@ -123,6 +123,21 @@ public enum FileIO {
 
     public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
+    /// Creates `path` (which must not exist, mode 0600) with `bytes`, fsync'ed.
+    public static func writeNew(_ path: String, _ bytes: [UInt8]) throws(AgentboxError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw AgentboxError(stage: "create \(path)", errnoString()) }
+        defer { close(fd) }
+        var off = 0
+        while off < bytes.count {
+            let n = bytes[off...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw AgentboxError(stage: "write \(path)", errnoString()) }
+            off += n
+        }
+        guard fsync(fd) == 0 else { throw AgentboxError(stage: "fsync \(path)", errnoString()) }
+    }
+
     public static func isDirectory(_ path: String) -> Bool {
         var st = stat()
         return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR

@@ -85,6 +85,10 @@ public enum RecordType: String, CaseIterable, Sendable {
     case runEnded = "run.ended"
     /// `resume` continues the run (a new writer epoch): what it answered and the totals it continues from.
     case runResumed = "run.resumed"
+    /// `export` wrote the run to a file: it continues where it is imported (`file`, `host`).
+    case runExported = "run.exported"
+    /// `import` registered the run here: `from` (`host`, `workspace`) and the new `workspace`.
+    case runImported = "run.imported"
     // Agent runs (docs/agent.md).
     case modelRequest = "model.request"
     case modelAttempt = "model.attempt"

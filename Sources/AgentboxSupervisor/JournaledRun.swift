@@ -28,7 +28,7 @@ public final class JournaledRun {
         self.warn = warn
     }
 
-    static func hostFacts() -> JSON {
+    public static func hostFacts() -> JSON {
         var uts = utsname()
         uname(&uts)
         let kernel = withUnsafeBytes(of: &uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }

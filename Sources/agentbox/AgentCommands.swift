@@ -196,6 +196,7 @@ struct Resume: ParsableCommand {
     @Option(parsing: .unconditional, help: ArgumentHelp("Wall-clock limit for this part of the run (default: the run's own).", valueName: "DURATION")) var timeout: String?
     @Flag(help: "Continue in the background, print the run's id and return.") var detach = false
     @Flag(help: "Print the journal records on stdout as JSON lines while the run goes.") var json = false
+    @Flag(help: "Resume a run that was exported (it continues where it was imported) here anyway.") var force = false
 
     func run() throws {
         guarded { () throws(AgentboxError) -> Int32 in
@@ -239,14 +240,28 @@ struct Resume: ParsableCommand {
         default: break
         }
         let records = scan.records
+        let move = records.last { $0.kind == .runExported || $0.kind == .runImported || $0.kind == .runResumed }
+        if let move, move.kind == .runExported, !force {
+            throw AgentboxError(stage: "resume", "run \(id) was exported to \(move.data["file"]?.stringValue ?? "a file") (\(move.ts)): it continues where it is imported",
+                                hint: "--force resumes it here anyway")
+        }
         if let code = try recordDecidedFinish(store, id, records) { return .recorded(code) }
-        guard let start = records.first(where: { $0.kind == .runStarted })?.data, let task = start["task"]?.stringValue,
+        guard var start = records.first(where: { $0.kind == .runStarted })?.data, let task = start["task"]?.stringValue,
               let provider = start["model"]?["provider"]?.stringValue, let model = start["model"]?["model"]?.stringValue else {
             throw AgentboxError(stage: "resume", "run \(id) has no run.started record to continue from")
         }
         // The latest part's options and budget (a resume may have raised them), else the start's.
         let latest = records.last { $0.kind == .runResumed }?.data
         var recorded = latest?["options"] ?? start["options"] ?? .null
+        if let move, move.kind == .runImported, let old = move.data["from"]?["workspace"]?.stringValue, let new = move.data["workspace"]?.stringValue {
+            // Imported: the workspace is elsewhere now; every path under it moves with it, and a
+            // profile file that is not on this machine is found by its name (its digest must match).
+            recorded = Resume.moved(recorded, from: old, to: new)
+            start = Resume.moved(start, from: old, to: new)
+            if let profile = recorded["profile"]?.stringValue, profile.hasPrefix("/"), !FileIO.exists(profile), let name = start["policy"]?["profile"]?.stringValue {
+                recorded = .object((recorded.objectValue ?? []).filter { $0.0 != "profile" } + [("profile", .string(name))])
+            }
+        }
         guard var args = SandboxArgs(recorded: recorded, env: env) else {
             throw AgentboxError(stage: "resume", "run \(id) was recorded by an older agentbox, without its sandbox options", hint: "start a new run")
         }
@@ -283,6 +298,17 @@ struct Resume: ParsableCommand {
         let name = summary.name
         return .resume(id, RunCommand.Prepared(policy: policy, task: AgentTask(name: name ?? "", task: task, model: spec, budget: budget,
                                                                                  prices: prices, options: recorded)), name)
+    }
+
+    /// `json` with every string that is `old` or a path under it moved to `new`.
+    static func moved(_ json: JSON, from old: String, to new: String) -> JSON {
+        switch json {
+        case let .string(s) where s == old: return .string(new)
+        case let .string(s) where s.hasPrefix(old + "/"): return .string(new + s.dropFirst(old.count))
+        case let .array(a): return .array(a.map { moved($0, from: old, to: new) })
+        case let .object(o): return .object(o.map { ($0.0, moved($0.1, from: old, to: new)) })
+        default: return json
+        }
     }
 
     /// How the sandbox a resume would build differs from the one `run.started` recorded (nil: same):

@@ -1,6 +1,7 @@
 import AgentboxCore
 import AgentboxJournal
 import AgentboxSandbox
+import AgentboxSupervisor
 import ArgumentParser
 import Glibc
 
@@ -57,6 +58,153 @@ struct PS: ParsableCommand {
                 Console.out("\(safe(r.id).padding(12))  \(name)  \(Style.state(safe(r.state).padding(12)))  \(age(r.startedAt).padding(5)) \(exit) \(shown)")
             }
             if rows.isEmpty && !all { Console.note("no running runs (`agentbox ps --all` shows ended ones)") }
+            return 0
+        }
+    }
+}
+
+/// A run moved between machines (docs/lifecycle.md, "Moving a run"): one tar file holding a manifest,
+/// the journal and the workspace as it is (the run is not running: its last step's state).
+enum RunArchive {
+    static let root = "agentbox-export"
+
+    /// Runs tar with `args`; throws its message.
+    static func tar(_ args: [String]) throws(AgentboxError) {
+        var pid: pid_t = 0
+        let argv = ["tar"] + args
+        var cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+        defer { for a in cArgs { free(a) } }
+        var p: [Int32] = [-1, -1]
+        guard pipe(&p) == 0 else { throw AgentboxError(stage: "tar", FileIO.errnoString()) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, p[1], 2)
+        posix_spawn_file_actions_addclose(&actions, p[0])
+        let rc = posix_spawnp(&pid, "tar", &actions, nil, &cArgs, environ)
+        close(p[1])
+        var err: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(p[0], &buf, buf.count)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            if err.count < 4096 { err += buf[0..<n] }
+        }
+        close(p[0])
+        guard rc == 0 else { throw AgentboxError(stage: "tar", "cannot run tar: \(FileIO.errnoString(rc))", hint: "install tar") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        guard status == 0 else {
+            throw AgentboxError(stage: "tar", "tar \(args.first ?? "") failed: \(String(decoding: err, as: UTF8.self).trimmingSpaces())")
+        }
+    }
+
+    /// The workspace a run recorded (the latest import's, else the start's), and its starting directory.
+    static func workspace(_ records: [JournalRecord]) -> (workspace: String, workdir: String)? {
+        if let imported = records.last(where: { $0.kind == .runImported })?.data,
+           let ws = imported["workspace"]?.stringValue, let wd = imported["workdir"]?.stringValue { return (ws, wd) }
+        guard let o = records.first(where: { $0.kind == .runStarted })?.data["options"],
+              let ws = o["workspace"]?.stringValue, let wd = o["workdir"]?.stringValue else { return nil }
+        return (ws, wd)
+    }
+}
+
+struct Export: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a run that is not running to one file (journal, workspace, manifest), to import it on another machine.",
+        discussion: "Afterwards the run is marked exported here: `resume` refuses it (it continues where it is imported) unless --force. docs/lifecycle.md.")
+    @Argument(help: ArgumentHelp("Run id, unique id prefix, or name.", valueName: "RUN")) var target: String
+    @Option(name: .shortAndLong, parsing: .unconditional, help: ArgumentHelp("The file to write (a tar archive).", valueName: "FILE")) var output: String
+
+    func run() throws {
+        guarded { () throws(AgentboxError) -> Int32 in
+            let store = RunStore()
+            let id = try store.resolve(target)
+            // The run's writer lock for the whole export: nothing changes the journal meanwhile.
+            let (writer, records) = try JournalWriter.reopenScanned(dir: store.runsDir + "/" + id) { records throws(AgentboxError) in
+                guard records.first(where: { $0.kind == .runStarted })?.data["kind"]?.stringValue == "run" else {
+                    throw AgentboxError(stage: "export", "run \(id) is an `exec` run: only agent runs are exported")
+                }
+            }
+            guard let (ws, wd) = RunArchive.workspace(records) else {
+                throw AgentboxError(stage: "export", "run \(id) was recorded by an older agentbox, without its workspace")
+            }
+            guard FileIO.isDirectory(ws) else { throw AgentboxError(stage: "export", "the run's workspace \(ws) is gone") }
+            let file = AgentboxPaths.absolute(output)
+            let staging = store.runsDir + "/.export-" + id
+            _ = try? FileIO.removeTree(staging)
+            try FileIO.makeDirectories(staging + "/" + RunArchive.root)
+            defer { _ = try? FileIO.removeTree(staging) }
+            let manifest = JSON.object([("format", 1), ("id", .string(id)), ("name", store.name(of: id).map { .string($0) } ?? .null),
+                                        ("workspace", .string(ws)), ("workdir", .string(wd)), ("exported_at", .string(Clock.rfc3339())),
+                                        ("host", JournaledRun.hostFacts())])
+            try FileIO.writeNew(staging + "/" + RunArchive.root + "/manifest.json", manifest.serializedBytes)
+            try FileIO.writeNew(staging + "/" + RunArchive.root + "/journal.jsonl", try FileIO.read(store.journalPath(id), limit: 1 << 40))
+            try RunArchive.tar(["-cf", file, "-C", staging, RunArchive.root, "-C", ws,
+                                "--transform", "s,^\\.\\(/\\|$\\),\(RunArchive.root)/workspace\\1,", "."])
+            try writer.append(.runExported, .object([("file", .string(file)), ("host", JournaledRun.hostFacts())]), critical: true)
+            try writer.finish()
+            var st = stat()
+            _ = stat(file, &st)
+            Console.note("exported run \(id) to \(file) (\(Units.formatSize(UInt64(st.st_size)))); import it with: agentbox import \(file)")
+            return 0
+        }
+    }
+}
+
+struct Import: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Register a run exported from another machine (or AGENTBOX_HOME) and print its id; then `agentbox resume` it.",
+        discussion: "The workspace is unpacked into --workspace (default: a new folder named after the run in the current directory), which must not exist or be empty.")
+    @Argument(help: ArgumentHelp("A file written by `agentbox export`.", valueName: "FILE")) var file: String
+    @Option(parsing: .unconditional, help: ArgumentHelp("Where to unpack the workspace.", valueName: "DIR")) var workspace: String?
+
+    func run() throws {
+        guarded { () throws(AgentboxError) -> Int32 in
+            let store = RunStore()
+            try FileIO.makeDirectories(store.runsDir)
+            let staging = store.runsDir + "/.import-\(getpid())"
+            _ = try? FileIO.removeTree(staging)
+            try FileIO.makeDirectories(staging)
+            defer { _ = try? FileIO.removeTree(staging) }
+            let path = AgentboxPaths.absolute(file)
+            try RunArchive.tar(["-xf", path, "-C", staging, "--no-same-owner", RunArchive.root + "/manifest.json", RunArchive.root + "/journal.jsonl"])
+            let manifest: JSON
+            do { manifest = try JSON.parse(bytes: try FileIO.read(staging + "/" + RunArchive.root + "/manifest.json")) } catch {
+                throw AgentboxError(stage: "import", "\(path) is not an agentbox export: \(error)")
+            }
+            guard manifest["format"]?.intValue == 1, let id = manifest["id"]?.stringValue, id.allSatisfy({ $0.isHexDigit }), id.count == 12,
+                  let oldWS = manifest["workspace"]?.stringValue, let oldWD = manifest["workdir"]?.stringValue else {
+                throw AgentboxError(stage: "import", "\(path): an export of another format or version")
+            }
+            let journal = try FileIO.read(staging + "/" + RunArchive.root + "/journal.jsonl", limit: 1 << 40)
+            let scan = JournalReader.scan(bytes: journal)
+            if let damage = scan.damage { throw AgentboxError(stage: "import", "the journal in \(path) is damaged at \(damage)") }
+            guard !FileIO.exists(store.runsDir + "/" + id) else {
+                throw AgentboxError(stage: "import", "run \(id) is already here (\(store.runsDir)/\(id))", hint: "agentbox rm \(id) first to replace it")
+            }
+            let name = manifest["name"]?.stringValue
+            let ws = AgentboxPaths.absolute(workspace ?? (name ?? id))
+            if FileIO.isDirectory(ws), let d = opendir(ws) {
+                var entries = 0
+                while let e = readdir(d) { entries += 1; _ = e }
+                closedir(d)
+                if entries > 2 { throw AgentboxError(stage: "import", "\(ws) is not empty", hint: "pass --workspace DIR with a new or empty folder") }
+            }
+            try FileIO.makeDirectories(ws)
+            try RunArchive.tar(["-xf", path, "-C", ws, "--no-same-owner", "--strip-components=2", RunArchive.root + "/workspace"])
+            let wd = oldWD == oldWS ? ws : (oldWD.hasPrefix(oldWS + "/") ? ws + oldWD.dropFirst(oldWS.count) : ws)
+            let dir = store.runsDir + "/" + id
+            guard mkdir(dir, 0o700) == 0 else { throw AgentboxError(stage: "import", "cannot create \(dir): \(FileIO.errnoString())") }
+            try FileIO.writeNew(dir + "/journal.jsonl", Array(journal[0..<scan.validEnd]))
+            let writer = try JournalWriter.reopen(dir: dir)
+            try writer.append(.runImported, .object([("from", .object([("host", manifest["host"] ?? .null), ("workspace", .string(oldWS)),
+                                                                       ("file", .string(path))])),
+                                                     ("workspace", .string(ws)), ("workdir", .string(wd))]), critical: true)
+            try writer.finish()
+            Console.note("imported run \(id)\(name.map { " (\($0))" } ?? "") with its workspace in \(ws); continue it with: agentbox resume \(id)")
+            Console.out(id)
             return 0
         }
     }

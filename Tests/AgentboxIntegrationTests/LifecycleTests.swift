@@ -121,7 +121,7 @@ import Testing
 
     func replay(_ ws: String, _ commands: [String]) throws -> String {
         let turns = commands.map { #"{"tool_calls": [{"name": "shell", "arguments": {"command": \#(JSON.string($0).serialized)}}]}"# }
-        let path = ws + "/../session-\(UUID().uuidString.prefix(6)).json"
+        let path = TestEnv.workspace() + "/session.json"  // outside the workspace, and outliving it
         try #"{"turns": [\#(turns.joined(separator: ","))]}"#.write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }
@@ -190,5 +190,28 @@ import Testing
         let cs = rs.filter { $0["type"] as? String == "confession" }.compactMap { $0["data"] as? [String: Any] }
             .filter { $0["category"] as? String == "stuck_loop" }.compactMap { $0["severity"] as? String }
         #expect(cs == ["warning", "blocker"], "\(cs)")
+    }
+
+    @Test func aRunMovesToAnotherHomeAndWorkspaceAndFinishesThere() throws {
+        let home1 = TestEnv.workspace(), ws1 = TestEnv.workspace(), home2 = TestEnv.workspace(), elsewhere = TestEnv.workspace()
+        let session = try replay(ws1, ["echo 1 >> log.txt", "echo 2 >> log.txt", "echo 3 >> log.txt", "echo 4 >> log.txt"])
+        #expect(ab(["run", "--name", "mover", "--model", "replay:" + session, "--max-steps", "2", "--task", "t"], home: home1, cwd: ws1).code == 3)
+        let file = elsewhere + "/mover.tar"
+        let export = ab(["export", "mover", "-o", file], home: home1)
+        #expect(export.code == 0 && FileManager.default.fileExists(atPath: file), "\(export)")
+        let original = ab(["resume", "mover"], home: home1, cwd: ws1)
+        #expect(original.code == 125 && original.err.contains("was exported") && original.err.contains("--force"), "\(original)")
+        // The original machine is gone: its journal folder and its workspace.
+        try FileManager.default.removeItem(atPath: home1)
+        try FileManager.default.removeItem(atPath: ws1)
+        let imported = ab(["import", file, "--workspace", elsewhere + "/ws"], home: home2)
+        #expect(imported.code == 0 && imported.out.count == 13, "prints the run's id: \(imported)")
+        let resumed = ab(["resume", "mover", "--max-steps", "10"], home: home2, cwd: "/")
+        #expect(resumed.code == 1, "the replay session has no finish: it ends aborted after its 4 calls: \(resumed)")
+        let log = (try? String(contentsOfFile: elsewhere + "/ws/log.txt", encoding: .utf8)) ?? ""
+        #expect(log == "1\n2\n3\n4\n", "the first two calls ran on the first machine, the others here: \(log)")
+        #expect(ab(["journal", "verify", "mover"], home: home2).code == 0)
+        let again = ab(["import", file, "--workspace", elsewhere + "/ws2"], home: home2)
+        #expect(again.code == 125 && again.err.contains("already here"), "\(again)")
     }
 }
