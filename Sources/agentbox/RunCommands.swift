@@ -170,6 +170,13 @@ struct Import: ParsableCommand {
             defer { _ = try? FileIO.removeTree(staging) }
             let path = AgentboxPaths.absolute(file)
             try RunArchive.tar(["-xf", path, "-C", staging, "--no-same-owner", RunArchive.root + "/manifest.json", RunArchive.root + "/journal.jsonl"])
+            // Both must be plain files (a symlink in the archive must not make agentbox read a host file).
+            for member in ["manifest.json", "journal.jsonl"] {
+                var st = stat()
+                guard lstat(staging + "/" + RunArchive.root + "/" + member, &st) == 0, st.st_mode & S_IFMT == S_IFREG else {
+                    throw AgentboxError(stage: "import", "\(path): \(member) is not a regular file in the archive")
+                }
+            }
             let manifest: JSON
             do { manifest = try JSON.parse(bytes: try FileIO.read(staging + "/" + RunArchive.root + "/manifest.json")) } catch {
                 throw AgentboxError(stage: "import", "\(path) is not an agentbox export: \(error)")
@@ -181,10 +188,16 @@ struct Import: ParsableCommand {
             let journal = try FileIO.read(staging + "/" + RunArchive.root + "/journal.jsonl", limit: 1 << 40)
             let scan = JournalReader.scan(bytes: journal)
             if let damage = scan.damage { throw AgentboxError(stage: "import", "the journal in \(path) is damaged at \(damage)") }
+            guard scan.records.first(where: { $0.kind == .runStarted })?.data["id"]?.stringValue == id else {
+                throw AgentboxError(stage: "import", "the journal in \(path) is not the journal of run \(id)")
+            }
             guard !FileIO.exists(store.runsDir + "/" + id) else {
                 throw AgentboxError(stage: "import", "run \(id) is already here (\(store.runsDir)/\(id))", hint: "agentbox rm \(id) first to replace it")
             }
-            let name = manifest["name"]?.stringValue
+            // The name is the archive's word: a folder name only if it is a plain one.
+            let name = manifest["name"]?.stringValue.flatMap { n in
+                n.isEmpty || n.utf8.count > 128 || n.contains("/") || n == "." || n == ".." || n.hasPrefix("-") ? nil : n
+            }
             let ws = AgentboxPaths.absolute(workspace ?? (name ?? id))
             if FileIO.isDirectory(ws), let d = opendir(ws) {
                 var entries = 0

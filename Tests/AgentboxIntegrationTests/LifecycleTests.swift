@@ -214,4 +214,25 @@ import Testing
         let again = ab(["import", file, "--workspace", elsewhere + "/ws2"], home: home2)
         #expect(again.code == 125 && again.err.contains("already here"), "\(again)")
     }
+
+    @Test func anImportFileCannotMakeAgentboxReadOrWriteOutsideIt() throws {
+        let home = TestEnv.workspace(), dir = TestEnv.workspace()
+        let make = """
+        import io, json, sys, tarfile
+        d = sys.argv[1]
+        with tarfile.open(d + "/link.tar", "w") as t:
+            for name, target in (("manifest.json", "/etc/shadow"), ("journal.jsonl", "/etc/passwd")):
+                i = tarfile.TarInfo("agentbox-export/" + name); i.type = tarfile.SYMTYPE; i.linkname = target; t.addfile(i)
+        with tarfile.open(d + "/name.tar", "w") as t:
+            m = json.dumps({"format": 1, "id": "aaaaaaaaaaaa", "name": "../escaped", "workspace": "/w", "workdir": "/w"}).encode()
+            i = tarfile.TarInfo("agentbox-export/manifest.json"); i.size = len(m); t.addfile(i, io.BytesIO(m))
+            i = tarfile.TarInfo("agentbox-export/journal.jsonl"); i.size = 0; t.addfile(i, io.BytesIO(b""))
+        """
+        #expect(run(["/usr/bin/python3", "-c", make, dir]).code == 0)
+        let link = ab(["import", dir + "/link.tar"], home: home, cwd: dir)
+        #expect(link.code == 125 && link.err.contains("not a regular file"), "\(link)")
+        let name = ab(["import", dir + "/name.tar"], home: home, cwd: dir)
+        #expect(name.code == 125 && name.err.contains("not the journal of run"), "\(name)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/../escaped"), "the archive's name never names a folder outside")
+    }
 }
