@@ -40,10 +40,12 @@ bench-deps:
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  $(SUDO) apt-get install -y $$missing >/dev/null || { $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y $$missing; }; fi
 
-# The static agentbox-init links libswiftCore.a, whose glibc dlopen reference makes ld warn "Using
-# 'dlopen' in statically linked applications requires at runtime the shared libraries...". The init
-# never loads a library (no Foundation, no NSS), so that one warning is filtered; everything else shows.
-QUIET_STATIC := 2>&1 | { grep --line-buffered -v "Using 'dlopen' in statically linked" || true; }
+# Static linking of the Swift runtime makes GNU ld print two notices about code agentbox never runs:
+# "Using 'dlopen' in statically linked applications requires at runtime the shared libraries..."
+# (libswiftCore.a; the init loads no library: no Foundation, no NSS) and "the use of `mktemp' is
+# dangerous" (FoundationEssentials' temporary-file helper, which agentbox does not call: its files are
+# created with O_EXCL or mkdtemp). Those two lines are filtered; every other warning shows.
+QUIET_STATIC := 2>&1 | { grep --line-buffered -v -e "Using 'dlopen' in statically linked" -e "the use of \`mktemp' is dangerous" || true; }
 
 # Debug build with the shared Swift runtime (the test frameworks are not available statically).
 build: check-swift deps
