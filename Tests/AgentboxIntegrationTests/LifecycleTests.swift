@@ -235,4 +235,21 @@ import Testing
         #expect(name.code == 125 && name.err.contains("not the journal of run"), "\(name)")
         #expect(!FileManager.default.fileExists(atPath: dir + "/../escaped"), "the archive's name never names a folder outside")
     }
+
+    @Test func ofTwoConcurrentResumesExactlyOneWins() throws {
+        let home = TestEnv.workspace(), ws = TestEnv.workspace()
+        let session = try replay(ws, ["sleep 0.5", "sleep 0.5", "sleep 0.5"])
+        #expect(ab(["run", "--name", "race", "--model", "replay:" + session, "--max-steps", "1", "--task", "t"], home: home, cwd: ws).code == 3)
+        let script = """
+        A='\(TestEnv.agentbox)'
+        "$A" resume race --max-steps 3 > /dev/null 2> a.txt & P1=$!
+        "$A" resume race --max-steps 3 > /dev/null 2> b.txt & P2=$!
+        wait $P1; echo "a=$?"; wait $P2; echo "b=$?"
+        """
+        let r = run(["/bin/bash", "-c", script], cwd: ws, env: env(home))
+        let codes = ["a", "b"].compactMap { k in r.out.split(separator: "\n").first { $0.hasPrefix(k + "=") }.map { String($0.dropFirst(2)) } }
+        #expect(codes.sorted() == ["125", "3"], "one resume ran to its budget, the other was refused: \(r)")
+        let opened = records("race", home: home).filter { $0["type"] as? String == "journal.opened" }.count
+        #expect(opened == 2, "the loser wrote nothing: \(opened) epochs")
+    }
 }
