@@ -97,6 +97,48 @@ public enum FileIO {
         return freed
     }
 
+    /// Makes a tree unpacked from a file someone else wrote as harmless as a sandbox could leave it: no
+    /// set-id bits, no device nodes (tar run by root restores both). Symlinks are not followed.
+    /// Returns what it changed, as paths relative to `path`.
+    @discardableResult
+    public static func defang(_ path: String) throws(AgentboxError) -> [String] {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw AgentboxError(stage: "check \(path)", errnoString()) }
+        var changed: [String] = []
+        try defang(fd, "", &changed)
+        return changed
+    }
+
+    static func defang(_ fd: Int32, _ prefix: String, _ changed: inout [String]) throws(AgentboxError) {
+        guard let dir = fdopendir(fd) else {
+            close(fd)
+            throw AgentboxError(stage: "check \(prefix)", errnoString())
+        }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name == "." || name == ".." { continue }
+            var st = stat()
+            guard fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { throw AgentboxError(stage: "check \(prefix)\(name)", errnoString()) }
+            switch st.st_mode & S_IFMT {
+            case S_IFCHR, S_IFBLK:
+                guard unlinkat(fd, name, 0) == 0 else { throw AgentboxError(stage: "remove \(prefix)\(name)", errnoString()) }
+                changed.append(prefix + name)
+            case S_IFREG, S_IFDIR:
+                if st.st_mode & (S_ISUID | S_ISGID) != 0 {
+                    guard fchmodat(fd, name, st.st_mode & 0o1777, 0) == 0 else { throw AgentboxError(stage: "chmod \(prefix)\(name)", errnoString()) }
+                    changed.append(prefix + name)
+                }
+                if st.st_mode & S_IFMT == S_IFDIR {
+                    let sub = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                    guard sub >= 0 else { throw AgentboxError(stage: "check \(prefix)\(name)", errnoString()) }
+                    try defang(sub, prefix + name + "/", &changed)
+                }
+            default: break
+            }
+        }
+    }
+
     public static func readString(_ path: String) throws(AgentboxError) -> String {
         String(decoding: try read(path), as: UTF8.self)
     }

@@ -207,6 +207,12 @@ struct Import: ParsableCommand {
             }
             try FileIO.makeDirectories(ws)
             try RunArchive.tar(["-xf", path, "-C", ws, "--no-same-owner", "--strip-components=2", RunArchive.root + "/workspace"])
+            // What a sandbox cannot leave behind, an archive cannot bring in (tar as root would restore it).
+            let defanged = try FileIO.defang(ws)
+            if !defanged.isEmpty {
+                Console.warning("the archive's workspace held set-id files or device nodes; removed or cleared: " + defanged.prefix(5).joined(separator: ", ")
+                                + (defanged.count > 5 ? " and \(defanged.count - 5) more" : ""))
+            }
             let wd = oldWD == oldWS ? ws : (oldWD.hasPrefix(oldWS + "/") ? ws + oldWD.dropFirst(oldWS.count) : ws)
             let dir = store.runsDir + "/" + id
             guard mkdir(dir, 0o700) == 0 else { throw AgentboxError(stage: "import", "cannot create \(dir): \(FileIO.errnoString())") }

@@ -234,6 +234,30 @@ import Testing
         let name = ab(["import", dir + "/name.tar"], home: home, cwd: dir)
         #expect(name.code == 125 && name.err.contains("not the journal of run"), "\(name)")
         #expect(!FileManager.default.fileExists(atPath: dir + "/../escaped"), "the archive's name never names a folder outside")
+
+        // A real export whose workspace was given a set-id root binary and a device node afterwards:
+        // root's tar would restore both on the new machine.
+        let home1 = TestEnv.workspace(), ws1 = TestEnv.workspace()
+        let session = try replay(ws1, ["true", "true"])
+        #expect(ab(["run", "--name", "carrier", "--model", "replay:" + session, "--max-steps", "1", "--task", "t"], home: home1, cwd: ws1).code == 3)
+        let plant = """
+        set -e
+        mkdir x && tar -xf '\(dir)/carrier.tar' -C x
+        cp /bin/true x/agentbox-export/workspace/sh && chmod 4755 x/agentbox-export/workspace/sh
+        mknod x/agentbox-export/workspace/disk b 8 0 && chmod 666 x/agentbox-export/workspace/disk
+        tar -cf '\(dir)/carrier.tar' -C x agentbox-export
+        """
+        #expect(ab(["export", "carrier", "-o", dir + "/carrier.tar"], home: home1).code == 0)
+        if TestEnv.isRoot {
+            let p = run(["/bin/bash", "-c", plant], cwd: dir)
+            #expect(p.code == 0, "\(p)")
+            let home2 = TestEnv.workspace()
+            let imp = ab(["import", dir + "/carrier.tar", "--workspace", dir + "/landed"], home: home2, cwd: dir)
+            #expect(imp.code == 0 && imp.err.contains("set-id files or device nodes"), "\(imp)")
+            var st = stat()
+            #expect(stat(dir + "/landed/sh", &st) == 0 && st.st_mode & (S_ISUID | S_ISGID) == 0, "no set-id bit survives the import")
+            #expect(lstat(dir + "/landed/disk", &st) != 0, "no device node survives the import")
+        }
     }
 
     @Test func ofTwoConcurrentResumesExactlyOneWins() throws {
