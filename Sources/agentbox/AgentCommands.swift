@@ -64,7 +64,7 @@ struct RunCommand: ParsableCommand {
         if summary.state == "finished" {
             Console.note("run \(id) (\(name)) already finished: \(summary.reason ?? "") (exit \(summary.exitCode.map(String.init) ?? "?")); nothing was run")
             if let summaryText = try JournalReader.scan(path: store.journalPath(id)).records.last(where: { $0.kind == .runEnded })?.data["summary"]?.stringValue {
-                Console.out(summaryText)
+                Console.answer(summaryText)
             }
             return Int32(summary.exitCode ?? 0)
         }
@@ -347,7 +347,7 @@ struct Resume: ParsableCommand {
         try writer.append(.runEnded, .object(ended), critical: true)
         try writer.finish()
         Console.note("run \(id) had finished (\(status)) before its supervisor stopped: recorded, nothing was run")
-        if let summary = args["summary"]?.stringValue { Console.out(summary) }
+        if let summary = args["summary"]?.stringValue { Console.answer(summary) }
         return code
     }
 }
@@ -435,10 +435,7 @@ final class Progress {
         Console.write(Style.dim("  see: agentbox logs \(o.id) · agentbox confessions \(o.id)"))
         // The agent's answer is the run's output, on stdout (`summary=$(agentbox run ...)`), as
         // `claude -p` and `codex exec` print theirs; escaped when stdout is a terminal.
-        if !json, let summary = o.summary {
-            let bytes = Array(summary.utf8)
-            Console.out(isatty(1) == 1 ? TerminalText.block(bytes: bytes) : summary)
-        }
+        if !json, let summary = o.summary { Console.answer(summary) }
     }
 }
 

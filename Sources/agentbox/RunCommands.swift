@@ -216,12 +216,17 @@ struct Import: ParsableCommand {
             let wd = oldWD == oldWS ? ws : (oldWD.hasPrefix(oldWS + "/") ? ws + oldWD.dropFirst(oldWS.count) : ws)
             let dir = store.runsDir + "/" + id
             guard mkdir(dir, 0o700) == 0 else { throw AgentboxError(stage: "import", "cannot create \(dir): \(FileIO.errnoString())") }
-            try FileIO.writeNew(dir + "/journal.jsonl", Array(journal[0..<scan.validEnd]))
-            let writer = try JournalWriter.reopen(dir: dir)
-            try writer.append(.runImported, .object([("from", .object([("host", manifest["host"] ?? .null), ("workspace", .string(oldWS)),
-                                                                       ("file", .string(path))])),
-                                                     ("workspace", .string(ws)), ("workdir", .string(wd))]), critical: true)
-            try writer.finish()
+            do throws(AgentboxError) {
+                try FileIO.writeNew(dir + "/journal.jsonl", Array(journal[0..<scan.validEnd]))
+                let writer = try JournalWriter.reopen(dir: dir)
+                try writer.append(.runImported, .object([("from", .object([("host", manifest["host"] ?? .null), ("workspace", .string(oldWS)),
+                                                                           ("file", .string(path))])),
+                                                         ("workspace", .string(ws)), ("workdir", .string(wd))]), critical: true)
+                try writer.finish()
+            } catch {
+                _ = try? FileIO.removeTree(dir)  // a full disk leaves no half-registered run (the workspace stays, said below)
+                throw AgentboxError(stage: error.stage, error.message, hint: "the workspace was unpacked into \(ws); remove it before trying again")
+            }
             Console.note("imported run \(id)\(name.map { " (\($0))" } ?? "") with its workspace in \(ws); continue it with: agentbox resume \(id)")
             Console.out(id)
             return 0

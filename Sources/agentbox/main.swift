@@ -82,6 +82,9 @@ enum Console {
     /// record as it comes, and nothing is lost if the reader is killed).
     static func out(_ text: String) { out(bytes: Array((text + "\n").utf8)) }
 
+    /// The agent's answer on stdout: as written for a pipe, escaped for a terminal (the model wrote it).
+    static func answer(_ text: String) { out(isatty(1) == 1 ? TerminalText.block(text) : text) }
+
     static func out(bytes: [UInt8]) {
         if let relays { return relays.out.write(bytes) }
         var off = 0

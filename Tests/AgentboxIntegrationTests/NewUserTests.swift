@@ -57,6 +57,18 @@ import Testing
         #expect(j.code == 0 && j.out.split(separator: "\n").allSatisfy { $0.hasPrefix("{") }, "--json: stdout is records only: \(j.out.suffix(300))")
     }
 
+    @Test func theAnswerCannotDriveTheTerminal() throws {
+        // The model writes the summary: on a terminal (a pty here) its escape sequences are shown, not run.
+        let home = TestEnv.workspace(), ws = TestEnv.workspace()
+        let evil = #"{"turns": [{"tool_calls": [{"name": "finish", "arguments": {"status": "success", "summary": "done\u001b]0;pwned\u0007\u001b[2J"}}]}]}"#
+        try evil.write(toFile: ws + "/s.json", atomically: true, encoding: .utf8)
+        let r = run(["/usr/bin/script", "-qec", "'\(TestEnv.agentbox)' run --model replay:s.json --task t 2>/dev/null", "/dev/null"],
+                    cwd: ws, env: ["AGENTBOX_HOME": home])
+        #expect(r.out.contains("done") && !r.out.contains("\u{1B}]0;pwned") && !r.out.contains("\u{1B}[2J"), "\(r.out.debugDescription)")
+        let piped = ab(["run", "--model", "replay:s.json", "--task", "t"], home: home, cwd: ws)
+        #expect(piped.out == "done\u{1B}]0;pwned\u{07}\u{1B}[2J\n", "a pipe gets the text as written: \(piped.out.debugDescription)")
+    }
+
     @Test func aNameARunningRunHasIsRefusedUnlessAllowed() throws {
         let home = TestEnv.workspace(), ws = TestEnv.workspace()
         let script = """
