@@ -217,14 +217,19 @@ public final class AgentRun {
                 : "not run: the run stopped before this call"
             try writer.append(.toolDone, .object([("id", .string(call.id)), ("name", .string(call.name)), ("is_error", true),
                                                   ("content", .string(content)), ("by", "supervisor"),
-                                                  (interrupted ? "interrupted" : "skipped", true)]), critical: true)
+                                                  (interrupted ? "interrupted" : "skipped", true)]), critical: false)
             results.append(ToolResult(callID: call.id, content: content, isError: true))
         }
         session.restore(tail, results: results)
+        // The answers and the confession reach the journal in one write (the confession is critical and
+        // takes the batch with it): a resume killed here leaves both or neither, never an interrupted
+        // call without its confession.
         if let call = tail.inFlight {
             try session.confess(severity: "warning", category: "resume",
                                 summary: "the run was resumed; \(call.name) (call \(call.id)) was running when it stopped and may have run in part: the model was told",
                                 details: nil, by: "supervisor")
+        } else {
+            try writer.flush(sync: true)
         }
     }
 
