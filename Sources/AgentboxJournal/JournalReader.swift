@@ -13,6 +13,11 @@ public struct JournalScan: Sendable {
     public var fileSize = 0
     /// Only the head and the tail were read (`records` is not every record).
     public var partial = false
+    /// Records a superseded writer added after a newer epoch took the run over: not part of the run
+    /// (docs/journal.md, "Fencing").
+    public var fenced = 0
+    /// The highest writer epoch seen.
+    public var maxEpoch = 0
 
     public struct Damage: Sendable, CustomStringConvertible {
         /// The seq the damaged line should have had.
@@ -50,8 +55,10 @@ public enum JournalReader {
         // The tail's first record tells which seq to expect from there on.
         let firstLineEnd = body.firstIndex(of: UInt8(ascii: "\n")) ?? body.count
         guard case let .success(first) = JournalRecord.parse(line: body[0..<firstLineEnd]) else { return result }
-        let tailScan = scan(bytes: body, startOffset: tailStart + firstNL + 1, expectedSeq: first.seq)
+        let tailScan = scan(bytes: body, startOffset: tailStart + firstNL + 1, expectedSeq: first.seq, minEpoch: result.maxEpoch)
         result.records += tailScan.records
+        result.fenced += tailScan.fenced
+        result.maxEpoch = max(result.maxEpoch, tailScan.maxEpoch)
         result.tornBytes = tailScan.tornBytes
         result.damage = result.damage ?? tailScan.damage
         result.validEnd = tailScan.validEnd
@@ -69,10 +76,14 @@ public enum JournalReader {
         return scan(bytes: Array(head[0..<end])).records
     }
 
-    public static func scan(bytes: [UInt8], startOffset: Int = 0, expectedSeq: UInt64 = 1) -> JournalScan {
+    /// Verifies records from `startOffset`. Fencing: once a record of epoch E is seen, records of older
+    /// epochs are a superseded writer's and are skipped; E's `journal.opened` says where E took over
+    /// (`from_offset`), and older epochs' records from there on are dropped too.
+    public static func scan(bytes: [UInt8], startOffset: Int = 0, expectedSeq: UInt64 = 1, minEpoch: Int = 0) -> JournalScan {
         var scan = JournalScan()
         scan.fileSize = startOffset + bytes.count
         scan.validEnd = startOffset
+        scan.maxEpoch = minEpoch
         var expected = expectedSeq
         var lineStart = 0
         bytes.withUnsafeBufferPointer { buf in
@@ -82,14 +93,27 @@ public enum JournalReader {
                 let line = bytes[lineStart..<nl]
                 switch JournalRecord.parse(line: line) {
                 case var .success(record):
-                    if record.seq != expected {
-                        scan.damage = .init(seq: expected, offset: startOffset + lineStart,
-                                            reason: "sequence gap: found seq \(record.seq)")
-                        return
-                    }
                     record.offset = startOffset + lineStart
-                    scan.records.append(record)
-                    expected += 1
+                    if record.epoch < scan.maxEpoch {
+                        scan.fenced += 1
+                    } else {
+                        scan.maxEpoch = record.epoch
+                        if record.kind == .journalOpened, let from = record.data["from_offset"]?.intValue {
+                            let before = scan.records.count
+                            scan.records.removeAll { $0.offset >= from && $0.epoch < record.epoch }
+                            if scan.records.count < before {
+                                scan.fenced += before - scan.records.count
+                                expected = (scan.records.last?.seq ?? expectedSeq - 1) + 1
+                            }
+                        }
+                        if record.seq != expected {
+                            scan.damage = .init(seq: expected, offset: startOffset + lineStart,
+                                                reason: "sequence gap: found seq \(record.seq)")
+                            return
+                        }
+                        scan.records.append(record)
+                        expected += 1
+                    }
                     scan.validEnd = startOffset + nl + 1
                 case let .failure(reason):
                     scan.damage = .init(seq: expected, offset: startOffset + lineStart, reason: reason.description)
@@ -109,6 +133,7 @@ public final class JournalFollower {
     let path: String
     var offset = 0
     var nextSeq: UInt64 = 1
+    var epoch = 0
 
     public init(path: String) { self.path = path }
 
@@ -119,12 +144,13 @@ public final class JournalFollower {
         guard file.size > offset else { return [] }
         let bytes = file.read(at: offset, count: file.size - offset)
         guard !bytes.isEmpty else { return [] }
-        let scan = JournalReader.scan(bytes: bytes, startOffset: offset, expectedSeq: nextSeq)
+        let scan = JournalReader.scan(bytes: bytes, startOffset: offset, expectedSeq: nextSeq, minEpoch: epoch)
         if let damage = scan.damage {
             throw AgentboxError(stage: "journal", "\(path) is damaged at \(damage)", hint: "run `agentbox journal verify \(path)`")
         }
         offset = scan.validEnd
         nextSeq = scan.lastSeq == 0 ? nextSeq : scan.lastSeq + 1
+        epoch = scan.maxEpoch
         return scan.records
     }
 }

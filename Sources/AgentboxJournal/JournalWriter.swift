@@ -28,11 +28,15 @@ public final class JournalWriter {
     /// Written but not yet fdatasync'ed since then (a size-triggered batch write).
     var unsyncedSince: Double? = nil
     var failure: AgentboxError? = nil
+    /// This writer's claim on the run (nil for a journal written without one: tests, benchmarks).
+    let lease: Lease?
+    var fenceCheckedAt = Clock.monotonic()
 
-    init(path: String, fd: Int32, lockFd: Int32, seq: UInt64, epoch: Int, committed: Int) {
+    init(path: String, fd: Int32, lockFd: Int32, lease: Lease?, seq: UInt64, epoch: Int, committed: Int) {
         self.path = path
         self.fd = fd
         self.lockFd = lockFd
+        self.lease = lease
         self.seq = seq
         self.epoch = epoch
         self.committed = committed
@@ -41,20 +45,33 @@ public final class JournalWriter {
     deinit {
         // A writer dropped without `finish()` (an error path) still leaves what it was given on disk.
         if failure == nil && (!pending.isEmpty || unsyncedSince != nil) { try? flush(sync: true) }
+        lease?.stop(release: true)
         close(fd)
         close(lockFd)
     }
 
-    /// Takes the run's writer lock or fails naming the process that holds it.
+    /// Takes the run's writer lock or fails naming its owner. On this node the lock (flock) tells
+    /// whether a writer lives; a claim of another node holds until it expires (`Lease`). Only a claim
+    /// of another node that expired lets a writer go on while the lock is held (in a simulation of
+    /// nodes on one kernel, or NFS locks held by a paused owner): the lease, not the lock, decides
+    /// between nodes, and the superseded owner is fenced.
     static func lock(_ dir: String) throws(AgentboxError) -> Int32 {
         let lockPath = dir + "/lock"
         let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw AgentboxError(stage: "journal", "cannot open \(lockPath): \(FileIO.errnoString())") }
+        let claim = Lease.current(dir)
+        let foreign = claim.map { $0.node != Lease.node() } ?? false
         if flock(fd, LOCK_EX | LOCK_NB) < 0 {
+            if let claim, foreign, !claim.heldElsewhere() { return fd }
             let holder = FileIO.readSmall(lockPath)?.trimmingSpaces() ?? "?"
             close(fd)
             throw AgentboxError(stage: "journal", "\(dir) already has a writer (pid \(holder))",
                                 hint: "a run has exactly one writer; wait for it to end or stop it")
+        }
+        if let claim, foreign, claim.heldElsewhere() {
+            close(fd)
+            throw AgentboxError(stage: "journal", "\(dir) belongs to a supervisor on another node (\(claim.description))",
+                                hint: "a run has exactly one writer; it can be taken over once that lease expires (AGENTBOX_LEASE_S)")
         }
         let pid = "\(getpid())\n"
         _ = ftruncate(fd, 0)
@@ -65,15 +82,22 @@ public final class JournalWriter {
     /// Creates the journal of a new run in `dir` (which must exist and be empty of a journal).
     public static func create(dir: String) throws(AgentboxError) -> JournalWriter {
         let lockFd = try lock(dir)
+        let lease: Lease
+        do { lease = try Lease.claim(runDir: dir, epoch: 1) } catch {
+            close(lockFd)
+            throw error
+        }
         let path = dir + "/journal.jsonl"
         let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
+            lease.stop(release: true)
             close(lockFd)
             throw AgentboxError(stage: "journal", "cannot create \(path): \(FileIO.errnoString())")
         }
         try? Durability.syncDirectory(dir)
-        let writer = JournalWriter(path: path, fd: fd, lockFd: lockFd, seq: 0, epoch: 1, committed: 0)
-        try writer.append(RecordType.journalOpened, .object([("epoch", 1), ("pid", .number(Double(getpid())))]), critical: true)
+        let writer = JournalWriter(path: path, fd: fd, lockFd: lockFd, lease: lease, seq: 0, epoch: 1, committed: 0)
+        try writer.append(RecordType.journalOpened, .object([("epoch", 1), ("pid", .number(Double(getpid()))), ("node", .string(lease.node))]),
+                          critical: true)
         return writer
     }
 
@@ -88,43 +112,53 @@ public final class JournalWriter {
     public static func reopenScanned(dir: String, check: ([JournalRecord]) throws(AgentboxError) -> Void = { _ in })
         throws(AgentboxError) -> (writer: JournalWriter, records: [JournalRecord]) {
         let lockFd = try lock(dir)
+        // The claim comes first: it is the takeover point. A superseded writer stops at its next write,
+        // and what it wrote before the scan below is history; after it, readers drop it (from_offset).
+        var lease: Lease
+        do { lease = try Lease.claim(runDir: dir, epoch: (Lease.current(dir)?.epoch ?? 0) + 1) } catch {
+            close(lockFd)
+            throw error
+        }
+        func fail(_ error: AgentboxError, _ fd: Int32 = -1) -> AgentboxError {
+            lease.stop(release: true)
+            if fd >= 0 { close(fd) }
+            close(lockFd)
+            return error
+        }
         let path = dir + "/journal.jsonl"
         let scan: JournalScan
-        do { scan = try JournalReader.scan(path: path) } catch {
-            close(lockFd)
-            throw error
-        }
+        do { scan = try JournalReader.scan(path: path) } catch { throw fail(error) }
         if let damage = scan.damage {
-            close(lockFd)
-            throw AgentboxError(stage: "journal", "\(path) is damaged at \(damage)",
-                                hint: "`agentbox journal verify \(path)` shows the damage; a damaged journal is never continued")
+            throw fail(AgentboxError(stage: "journal", "\(path) is damaged at \(damage)",
+                                     hint: "`agentbox journal verify \(path)` shows the damage; a damaged journal is never continued"))
         }
-        do { try check(scan.records) } catch {
-            close(lockFd)
-            throw error
-        }
-        let fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
-        guard fd >= 0 else {
-            close(lockFd)
-            throw AgentboxError(stage: "journal", "cannot open \(path): \(FileIO.errnoString())")
-        }
-        if scan.tornBytes > 0 {
-            guard ftruncate(fd, off_t(scan.validEnd)) == 0, fdatasync(fd) == 0 else {
-                let e = FileIO.errnoString()
-                close(fd)
+        // A journal from before claims has epochs without claim files: the writer's epoch is above both.
+        if scan.maxEpoch >= lease.epoch {
+            lease.stop(release: true)
+            do { lease = try Lease.claim(runDir: dir, epoch: scan.maxEpoch + 1) } catch {
                 close(lockFd)
-                throw AgentboxError(stage: "journal", "cannot truncate the torn tail of \(path): \(e)")
+                throw error
             }
         }
-        let epoch = (scan.records.map(\.epoch).max() ?? 0) + 1
-        let writer = JournalWriter(path: path, fd: fd, lockFd: lockFd, seq: scan.lastSeq, epoch: epoch, committed: scan.validEnd)
+        do { try check(scan.records) } catch { throw fail(error) }
+        let fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
+        guard fd >= 0 else { throw fail(AgentboxError(stage: "journal", "cannot open \(path): \(FileIO.errnoString())")) }
+        if scan.tornBytes > 0 {
+            guard ftruncate(fd, off_t(scan.validEnd)) == 0, fdatasync(fd) == 0 else {
+                throw fail(AgentboxError(stage: "journal", "cannot truncate the torn tail of \(path): \(FileIO.errnoString())"), fd)
+            }
+        }
+        let epoch = lease.epoch
+        let writer = JournalWriter(path: path, fd: fd, lockFd: lockFd, lease: lease, seq: scan.lastSeq, epoch: epoch, committed: scan.validEnd)
         if scan.tornBytes > 0 {
             try writer.append(RecordType.journalRecovered,
                               .object([("truncated_bytes", .number(Double(scan.tornBytes))), ("offset", .number(Double(scan.validEnd)))]),
                               critical: true)
         }
-        try writer.append(RecordType.journalOpened, .object([("epoch", .number(Double(epoch))), ("pid", .number(Double(getpid())))]),
-                          critical: true)
+        try writer.append(RecordType.journalOpened, .object([
+            ("epoch", .number(Double(epoch))), ("pid", .number(Double(getpid()))), ("node", .string(lease.node)),
+            ("from_offset", .number(Double(scan.validEnd))), ("after_seq", .number(Double(scan.lastSeq))),
+        ]), critical: true)
         return (writer, scan.records)
     }
 
@@ -182,13 +216,30 @@ public final class JournalWriter {
     /// Writes and syncs batched records when they are due (group commit): at most about a second after
     /// they were appended.
     public func flushIfDue(now: Double = Clock.monotonic()) throws(AgentboxError) {
+        if lease != nil && now - fenceCheckedAt >= 1 { try checkFence(now: now) }
         if let d = flushDeadline, now >= d { try flush(sync: true) }
+    }
+
+    /// Stops this writer for good once a newer epoch has claimed the run: it must not add to it. Its
+    /// claim is not released and nothing is cut from the file (the new owner writes there).
+    func checkFence(now: Double = Clock.monotonic()) throws(AgentboxError) {
+        fenceCheckedAt = now
+        guard let lease, lease.superseded else { return }
+        let owner = Lease.current(lease.runDir)
+        let error = AgentboxError(stage: "lease", "the run was taken over by another supervisor (epoch \(lease.epoch + 1)\(owner.map { ": \($0.description)" } ?? "")): this one stops without writing or running anything more",
+                                  hint: "nothing is lost: the new owner continues the run from its journal")
+        failure = error
+        pending.removeAll()
+        pendingSince = nil
+        unsyncedSince = nil
+        throw error
     }
 
     /// Writes everything pending; with `sync`, fdatasync too.
     public func flush(sync: Bool) throws(AgentboxError) {
         if let failure { throw failure }
         if !pending.isEmpty {
+            if lease != nil { try checkFence() }
             var written = 0
             while written < pending.count {
                 let n = pending[written...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }

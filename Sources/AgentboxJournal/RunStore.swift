@@ -172,14 +172,22 @@ public struct RunStore: Sendable {
         }
     }
 
-    /// Whether a live writer holds the run's lock.
+    /// Whether the run has a live writer: one on this node holds its lock, or another node's claim
+    /// holds (docs/lifecycle.md, "Owners, leases and fencing").
     public func isLive(_ id: String) -> Bool {
+        if let owner = foreignOwner(id) { return owner.heldElsewhere() }
         let fd = open(runsDir + "/" + id + "/lock", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return false }
         defer { close(fd) }
         if flock(fd, LOCK_SH | LOCK_NB) < 0 { return errno == EWOULDBLOCK }
         flock(fd, LOCK_UN)
         return false
+    }
+
+    /// The run's current claim when another node made it (nil: this node's, or none).
+    public func foreignOwner(_ id: String) -> Lease.Claim? {
+        guard let claim = Lease.current(runsDir + "/" + id), claim.node != Lease.node() else { return nil }
+        return claim
     }
 
     /// What `ps` and `inspect` show, derived from the journal. `full` verifies every record (inspect);

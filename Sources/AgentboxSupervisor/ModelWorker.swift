@@ -1,3 +1,4 @@
+import AgentboxCore
 import AgentboxModels
 import AgentboxSandbox
 import CAgentboxShim

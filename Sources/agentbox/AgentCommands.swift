@@ -207,7 +207,9 @@ struct Resume: ParsableCommand {
             }
             if detach { return try Detach.start(json: json) }
             var claim: Int32 = -1
-            do throws(AgentboxError) { claim = try name.map { n throws(AgentboxError) in try RunStore().claimName(n).release() } ?? -1 } catch {
+            // Name claims are this node's: a run taken over from another node keeps its own name.
+            let takeover = RunStore().foreignOwner(id) != nil
+            do throws(AgentboxError) { claim = try name.map { n throws(AgentboxError) in takeover ? -1 : try RunStore().claimName(n).release() } ?? -1 } catch {
                 Detach.fail(error)  // a detached copy says why it did not start
                 throw error
             }
@@ -233,6 +235,10 @@ struct Resume: ParsableCommand {
         let scan = try JournalReader.headAndTail(path: store.journalPath(id))
         let summary = RunSummary(id: id, journal: store.journalPath(id), scan: scan, live: store.isLive(id))
         guard summary.kind == "run" else { throw .usage("run \(id) is an `exec` run: only agent runs are resumed") }
+        if let owner = store.foreignOwner(id), owner.heldElsewhere() {
+            throw AgentboxError(stage: "resume", "run \(id) runs on another node (\(owner.description))",
+                                hint: "it can be taken over once that node stops renewing its lease (AGENTBOX_LEASE_S, default 30 s)")
+        }
         if store.isLive(id) { throw AgentboxError(stage: "resume", "run \(id) is running", hint: "stop it first, or follow it: agentbox logs -f \(id)") }
         switch summary.state {
         case "finished": throw AgentboxError(stage: "resume", "run \(id) finished (exit \(summary.exitCode.map(String.init) ?? "?")): there is nothing to resume", hint: "start a new run, or fork it")
@@ -563,6 +569,9 @@ final class Supervisor {
     init(_ target: String) throws(AgentboxError) {
         let id = try store.resolve(target, running: true)
         self.id = id
+        if let owner = store.foreignOwner(id), owner.heldElsewhere() {
+            throw AgentboxError(stage: "run", "run \(id) runs on another node (\(owner.description))", hint: "stop it there", exitCode: 1)
+        }
         let summary = try store.summary(id, full: false)
         let lockPath = store.runsDir + "/" + id + "/lock"
         // A run that ended but still delivers its output to a slow reader holds its lock: it can be stopped.

@@ -509,7 +509,7 @@ struct JournalCommand: ParsableCommand {
                     Console.out(JSON.object([
                         ("path", .string(path)), ("status", .string(status)), ("records", .number(Double(scan.records.count))),
                         ("last_seq", .number(Double(scan.lastSeq))), ("bytes", .number(Double(scan.fileSize))),
-                        ("torn_tail_bytes", .number(Double(scan.tornBytes))),
+                        ("torn_tail_bytes", .number(Double(scan.tornBytes))), ("fenced_records", .number(Double(scan.fenced))),
                         ("damage", scan.damage.map { .object([("seq", .number(Double($0.seq))), ("offset", .number(Double($0.offset))), ("reason", .string($0.reason))]) } ?? .null),
                     ]).serialized)
                 } else {
@@ -518,6 +518,9 @@ struct JournalCommand: ParsableCommand {
                     case "intact": Console.out("\(path): intact, \(scan.records.count) records (seq 1-\(scan.lastSeq)), \(scan.fileSize) bytes")
                     case "recoverable": Console.out("\(path): recoverable: \(scan.records.count) good records, then a torn last line of \(scan.tornBytes) bytes at offset \(scan.validEnd) (a crash mid-write); the next writer cuts it")
                     default: Console.out("\(path): DAMAGED at \(safe(scan.damage?.description)); \(scan.records.count) good records before it")
+                    }
+                    if scan.fenced > 0 {
+                        Console.out("\(path): \(scan.fenced) record(s) written by a superseded writer after the run was taken over are not part of it")
                     }
                 }
                 return scan.damage == nil ? 0 : 1

@@ -147,6 +147,31 @@ import Testing
         _ = first
     }
 
+    /// docs/journal.md, "Fencing": what a superseded writer appends after a newer epoch's takeover
+    /// point, before or after the new epoch's first record, is not part of the run; seq continuity is
+    /// checked over the run's own records.
+    @Test func recordsOfASupersededWriterAfterTheTakeoverPointAreIgnored() throws {
+        func rec(_ seq: UInt64, _ epoch: Int, _ type: RecordType, _ data: JSON = .object([])) -> [UInt8] {
+            JournalRecord(seq: seq, epoch: epoch, type: type.rawValue, data: data).line()
+        }
+        var bytes = rec(1, 1, .journalOpened) + rec(2, 1, .runStarted) + rec(3, 1, .toolCall)
+        let takeover = bytes.count
+        bytes += rec(4, 1, .toolDone)  // the old writer, after the new one scanned the journal
+        bytes += rec(4, 2, .journalOpened, .object([("epoch", 2), ("from_offset", .number(Double(takeover))), ("after_seq", 3)]))
+        bytes += rec(5, 1, .toolCall)  // the old writer again, later
+        bytes += rec(5, 2, .toolDone) + rec(6, 2, .runEnded)
+        let scan = JournalReader.scan(bytes: bytes)
+        #expect(scan.damage == nil)
+        #expect(scan.fenced == 2)
+        #expect(scan.records.map(\.seq) == [1, 2, 3, 4, 5, 6])
+        #expect(scan.records.map(\.epoch) == [1, 1, 1, 2, 2, 2])
+        #expect(scan.validEnd == bytes.count)
+        // A gap among the run's own records is still damage.
+        let head = rec(1, 1, .journalOpened) + rec(2, 1, .runStarted)
+        let gap = head + rec(4, 2, .journalOpened, .object([("from_offset", .number(Double(head.count)))]))
+        #expect(JournalReader.scan(bytes: gap).damage?.seq == 3)
+    }
+
     @Test func outputIsBatchedAndCriticalRecordsAreDurable() throws {
         let dir = tempDir()
         let w = try JournalWriter.create(dir: dir)

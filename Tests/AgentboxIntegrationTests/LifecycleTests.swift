@@ -276,4 +276,65 @@ import Testing
         let opened = records("race", home: home).filter { $0["type"] as? String == "journal.opened" }.count
         #expect(opened == 2, "the loser wrote nothing: \(opened) epochs")
     }
+
+    /// Two nodes on one AGENTBOX_HOME (AGENTBOX_NODE a, b, c; leases of 2 s): the owner paused past its
+    /// lease is taken over by exactly one of two concurrent resumes; continued, it runs no further tool
+    /// and nothing it does after the takeover is part of the run.
+    @Test func aPausedOwnerIsTakenOverAndFencedOff() throws {
+        let home = TestEnv.workspace(), ws = TestEnv.workspace()
+        func nodeEnv(_ node: String) -> [String: String] { env(home).merging(["AGENTBOX_NODE": node, "AGENTBOX_LEASE_S": "2"]) { $1 } }
+        func log() -> String { (try? String(contentsOfFile: ws + "/log.txt", encoding: .utf8)) ?? "" }
+        let errA = ws + "/../fence-a-\(getpid()).txt"
+        FileManager.default.createFile(atPath: errA, contents: nil)
+        let a = try startAgentbox(["run", "--name", "fence", "--model", "openai:gpt-4o", "--base-url", Self.server.agent("count"), "--task", "count"],
+                                  cwd: ws, env: nodeEnv("a"), stderr: FileHandle(forWritingAtPath: errA))
+        defer { if a.isRunning { kill(a.processIdentifier, SIGCONT); kill(a.processIdentifier, SIGKILL) } }
+        var waited = 0
+        while log().split(separator: "\n").count < 4 && waited < 200 { usleep(50_000); waited += 1 }
+        #expect(log().split(separator: "\n").count >= 4, "the run got going")
+
+        // While a's lease is renewed, another node is refused.
+        let early = run([TestEnv.agentbox, "resume", "fence"], cwd: ws, env: nodeEnv("b"))
+        #expect(early.code == 125 && early.err.contains("another node"), "\(early)")
+
+        kill(a.processIdentifier, SIGSTOP)
+        usleep(2_600_000)
+        let script = """
+        A='\(TestEnv.agentbox)'
+        AGENTBOX_NODE=b "$A" resume fence > /dev/null 2> b.txt & P1=$!
+        AGENTBOX_NODE=c "$A" resume fence > /dev/null 2> c.txt & P2=$!
+        wait $P1; echo "b=$?"; wait $P2; echo "c=$?"; cat b.txt c.txt >&2
+        """
+        let takeover = run(["/bin/bash", "-c", script], cwd: home, env: nodeEnv("b"))
+        let codes = ["b", "c"].compactMap { k in takeover.out.split(separator: "\n").first { $0.hasPrefix(k + "=") }.map { String($0.dropFirst(2)) } }
+        #expect(codes.sorted() == ["0", "125"], "one resume took the run over and finished it, the other was refused: \(takeover)")
+        let finished = log()
+
+        kill(a.processIdentifier, SIGCONT)
+        waited = 0
+        while a.isRunning && waited < 200 { usleep(50_000); waited += 1 }
+        #expect(!a.isRunning, "the old owner stopped once continued")
+        #expect(a.terminationStatus == 125, "the old owner exits 125")
+        let aErr = (try? String(contentsOfFile: errA, encoding: .utf8)) ?? ""
+        #expect(aErr.contains("taken over"), "the old owner says why it stopped: \(aErr)")
+        #expect(log() == finished, "the old owner ran no further tool")
+        let lines = finished.split(separator: "\n")
+        #expect(Set(lines).count == lines.count, "every call ran at most once: \(lines)")
+
+        // The history: one finished run, every call paired with one result, the old epoch's late
+        // records (if it wrote any) not part of it.
+        #expect(ab(["journal", "verify", "fence"], home: home).code == 0)
+        let rs = records("fence", home: home)
+        let calls = rs.filter { $0["type"] as? String == "tool.call" }.compactMap { ($0["data"] as? [String: Any])?["id"] as? String }
+        let done = rs.filter { $0["type"] as? String == "tool.done" }.compactMap { ($0["data"] as? [String: Any])?["id"] as? String }
+        #expect(Set(calls).isSubset(of: Set(done)) && done.count == Set(done).count, "each call has exactly one result: \(Set(calls).symmetricDifference(Set(done)))")
+        let results = rs.filter { $0["type"] as? String == "tool.done" }.compactMap { $0["data"] as? [String: Any] }
+        let ran = results.filter { $0["name"] as? String == "shell" && $0["by"] == nil }.count
+        let interrupted = results.filter { $0["interrupted"] as? Bool == true }.count
+        #expect(lines.count >= ran && lines.count <= ran + interrupted && ran + interrupted >= 59, "\(lines.count) lines, \(ran) calls ran, \(interrupted) interrupted")
+        let epochs = rs.compactMap { $0["epoch"] as? Int }
+        #expect(epochs == epochs.sorted(), "no record of an older epoch after a newer one")
+        #expect(ab(["inspect", "fence", "--json"], home: home).out.contains("\"state\": \"finished\""))
+        #expect(Self.server.violationLog.isEmpty, "\(Self.server.violationLog)")
+    }
 }
