@@ -31,7 +31,7 @@ let package = Package(
         .target(name: "CAgentboxCurl", dependencies: ["CCurl"], linkerSettings: [.linkedLibrary("dl")]),
         .target(name: "AgentboxModels", dependencies: ["AgentboxCore", "CAgentboxCurl"]),
         // Runs: a journaled exec, and the agent run (gateway, conversation, budgets, watchdogs).
-        .target(name: "AgentboxSupervisor", dependencies: ["AgentboxCore", "AgentboxSandbox", "AgentboxJournal", "AgentboxModels", "CAgentboxShim"]),
+        .target(name: "AgentboxSupervisor", dependencies: ["AgentboxCore", "AgentboxSandbox", "AgentboxJournal", "AgentboxModels", "CAgentboxShim", "CAgentboxCurl"]),
         // PID 1 inside the sandbox: single-threaded, finishes setup after exec, reaps, reports.
         // Fully static (no dynamic loader, no libstdc++ relocation): it starts in ~0.5 ms instead of ~1.8 ms,
         // and it is started once per sandbox. It needs no NSS or dlopen (no Foundation, no name lookups).

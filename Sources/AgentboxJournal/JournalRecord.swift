@@ -101,6 +101,10 @@ public enum RecordType: String, CaseIterable, Sendable {
     case reminder
     case budget
     case contextCompacted = "context.compacted"
+    /// The workspace after a step: what changed since the last checkpoint (docs/lifecycle.md).
+    case checkpoint
+    /// `fork` made this run from another's history up to a step, with a copy of that step's workspace.
+    case runForked = "run.forked"
 }
 
 extension JournalRecord {

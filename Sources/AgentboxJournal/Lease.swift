@@ -49,14 +49,15 @@ public final class Lease: @unchecked Sendable {
 
     /// This node's name in claims: `AGENTBOX_NODE`, else the host name and the boot id (a rebooted node
     /// is another node: the pids of its claims mean nothing any more).
-    public static func node() -> String {
+    public static func node() -> String { thisNode }
+    static let thisNode: String = {
         if let n = getenv("AGENTBOX_NODE").map({ String(cString: $0) }), !n.isEmpty { return n }
         var uts = utsname()
         uname(&uts)
         let host = withUnsafeBytes(of: &uts.nodename) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         let boot = FileIO.readSmall("/proc/sys/kernel/random/boot_id")?.trimmingSpaces() ?? ""
         return host + (boot.isEmpty ? "" : "/" + boot.prefix(8))
-    }
+    }()
 
     /// `AGENTBOX_LEASE_S` (default 30 s): how long a claim holds without being renewed.
     public static func seconds() throws(AgentboxError) -> Double {

@@ -23,6 +23,12 @@ public struct RunStore: Sendable {
 
     /// Creates the directory of a new run (fsynced, with its parent) and its journal writer.
     public func createRun() throws(AgentboxError) -> (id: String, writer: JournalWriter) {
+        let id = try createDirectory()
+        return (id, try JournalWriter.create(dir: runsDir + "/" + id))
+    }
+
+    /// Creates the (empty, fsynced) directory of a new run and returns its id.
+    public func createDirectory() throws(AgentboxError) -> String {
         try mkdirs(runsDir)
         for _ in 0..<8 {
             let id = RunStore.newID()
@@ -32,7 +38,7 @@ public struct RunStore: Sendable {
                 throw AgentboxError(stage: "journal", "cannot create \(dir): \(FileIO.errnoString())")
             }
             try Durability.syncDirectory(runsDir)
-            return (id, try JournalWriter.create(dir: dir))
+            return id
         }
         throw AgentboxError(stage: "journal", "could not pick an unused run id")
     }

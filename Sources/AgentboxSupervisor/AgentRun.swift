@@ -14,13 +14,30 @@ public struct AgentTask: Sendable {
     /// How the sandbox was asked for (the CLI's options, paths absolute, `--env` names only), recorded in
     /// `run.started` so that `resume` builds the same sandbox.
     public var options: JSON
-    public init(name: String, task: String, model: ModelSpec, budget: Budget, prices: PriceTable, options: JSON = .null) {
+    /// Workspace checkpoints after every step (docs/lifecycle.md): nil when off, else the names and
+    /// workspace-relative paths left out.
+    public var checkpointExclude: [String]?
+    public init(name: String, task: String, model: ModelSpec, budget: Budget, prices: PriceTable, options: JSON = .null,
+                checkpointExclude: [String]? = []) {
         self.name = name
         self.task = task
         self.model = model
         self.budget = budget
         self.prices = prices
         self.options = options
+        self.checkpointExclude = checkpointExclude
+    }
+
+    /// How `run.started` records the checkpoint settings.
+    public var checkpointsJSON: JSON {
+        checkpointExclude.map { .object([("exclude", .array($0.map { .string($0) }))]) } ?? .bool(false)
+    }
+
+    /// The checkpoint settings `run.started` recorded (runs recorded before checkpoints: on, nothing left out).
+    public static func checkpointExclude(recorded: JSON?) -> [String]? {
+        guard let recorded else { return [] }
+        if recorded.boolValue == false { return nil }
+        return recorded["exclude"]?.arrayValue?.compactMap(\.stringValue) ?? []
     }
 }
 
@@ -73,6 +90,9 @@ public final class AgentRun {
     var box: Sandbox! = nil
     var worker: ModelWorker! = nil
     var session: AgentSession! = nil
+    var checkpoints: WorkspaceCheckpoints? = nil
+    var checkpointStep = -1
+    var warnedSkipped = false
 
     public init(store: RunStore = RunStore(), policy: SandboxPolicy, task: AgentTask, warn: @escaping (String) -> Void,
                 progress: @escaping (AgentEvent) -> Void) {
@@ -148,10 +168,25 @@ public final class AgentRun {
                 ("tools", .array(BuiltinTools.definitions.map { .string($0.name) })),
                 ("policy", policy.json),
                 ("options", task.options),
+                ("checkpoints", task.checkpointsJSON),
                 ("profile_digest", JournaledRun.digest(policy.profile.path.isEmpty ? nil : policy.profile.path)),
                 ("seccomp_digest", JournaledRun.digest(policy.profile.seccomp)),
                 ("host", JournaledRun.hostFacts()),
             ]), critical: true)
+        }
+        if let exclude = task.checkpointExclude {
+            if let why = WorkspaceCheckpoints.unavailable {
+                let message = "workspace checkpoints are off: \(why)"
+                warnHandler(message)
+                try writer.append(.warning, .object([("message", .string(message))]), critical: false)
+            } else {
+                let c = WorkspaceCheckpoints(workspace: policy.workspace, runDir: store.runsDir + "/" + id, exclude: exclude)
+                if resuming != nil {
+                    c.restore(from: earlier)
+                    checkpointStep = earlier.last { $0.kind == .checkpoint }?.data["step"]?.intValue ?? -1
+                }
+                checkpoints = c
+            }
         }
         onJournaled?(id, store.journalPath(id))
         progressHandler(.started(id: id, journal: store.journalPath(id)))
@@ -306,6 +341,29 @@ extension AgentRun: AgentSessionHost {
     }
 
     public func progress(_ event: AgentEvent) { progressHandler(event) }
+
+    /// The workspace's checkpoint after a step (once per step: a resume that finds the step's
+    /// checkpoint in the journal does not take it again). A checkpoint that cannot be taken turns
+    /// checkpoints off for the run, with a warning; the run goes on.
+    public func stepEnded(_ step: Int) throws(AgentboxError) {
+        guard let checkpoints, step != checkpointStep else { return }
+        checkpointStep = step
+        let taken: WorkspaceCheckpoints.Taken
+        do { taken = try checkpoints.take(step: step) } catch {
+            self.checkpoints = nil
+            let message = "workspace checkpoints are off from step \(step): \(error.message)"
+            warnHandler(message)
+            try writer.append(.warning, .object([("message", .string(message))]), critical: false)
+            return
+        }
+        try writer.append(.checkpoint, taken.record, critical: false)
+        if !taken.skipped.isEmpty && !warnedSkipped {
+            warnedSkipped = true
+            let message = "the checkpoint of step \(step) left out \(taken.skipped.prefix(3).joined(separator: ", "))\(taken.skipped.count > 3 ? " and \(taken.skipped.count - 3) more" : "") (unreadable, not UTF-8, too deep, or the disk is nearly full)"
+            warnHandler(message)
+            try writer.append(.warning, .object([("message", .string(message))]), critical: false)
+        }
+    }
 
     public func warn(_ message: String) { warnHandler(message) }
 }

@@ -27,10 +27,14 @@ public protocol AgentSessionHost: AnyObject {
     func progress(_ event: AgentEvent)
     /// A warning for the operator (stderr).
     func warn(_ message: String)
+    /// Every call of step `step` has its result (0: before the first model call): the workspace's
+    /// checkpoint is taken here, before the next model call.
+    func stepEnded(_ step: Int) throws(AgentboxError)
 }
 
 extension AgentSessionHost {
     func send(_ message: AgentMessage) { send(encoded: message.encoded) }
+    public func stepEnded(_ step: Int) throws(AgentboxError) {}
 }
 
 /// The finished model call the gateway hands back.
@@ -195,6 +199,7 @@ public final class AgentSession {
             results = []
             nextCall = 0
         }
+        try host.stepEnded(accounting.steps)
         if ending == nil, let exceeded = try accounting.check(task.budget) {
             try host.journal(.budget, .object([("kind", .string(budgetKind(exceeded))), ("detail", .string(exceeded.description))]),
                               critical: true)

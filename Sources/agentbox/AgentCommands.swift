@@ -38,6 +38,10 @@ struct RunCommand: ParsableCommand {
     var maxCost: Double?
     @Flag(name: .customLong("resume-if-exists"), help: "With --name: the idempotent start for schedulers. No run of that name: start it; one that stopped before it finished: resume it; one that finished: print its outcome and exit with its code, running nothing; one running: refuse (125).")
     var resumeIfExists = false
+    @Option(name: .customLong("checkpoint-exclude"), parsing: .unconditionalSingleValue, help: ArgumentHelp("Leave out of the workspace checkpoints (repeatable): a name (every file or folder so named, e.g. node_modules) or a path relative to the workspace.", valueName: "NAME|PATH"))
+    var checkpointExclude: [String] = []
+    @Flag(name: .customLong("no-checkpoints"), help: "Take no workspace checkpoints after the steps (`fork` then cannot copy this run's workspace).")
+    var noCheckpoints = false
     @Flag(help: "Start the run in the background, print its id and return; follow it with `agentbox logs -f RUN`.") var detach = false
     @Flag(help: "Print the journal records on stdout as JSON lines while the run goes.") var json = false
 
@@ -118,7 +122,22 @@ struct RunCommand: ParsableCommand {
         var policy = try sandbox.resolve()
         let options = sandbox.args.json(policy: policy)
         AgentRun.applyDefaults(to: &policy)
-        return Prepared(policy: policy, task: AgentTask(name: name ?? "", task: text, model: spec, budget: budget, prices: prices, options: options))
+        var exclude: [String]? = nil
+        if !noCheckpoints {
+            exclude = try checkpointExclude.map { (e: String) throws(AgentboxError) -> String in
+                var p = e
+                while p.hasSuffix("/") && p.count > 1 { p.removeLast() }
+                if p.hasPrefix("./") { p.removeFirst(2) }
+                guard WorkspaceCheckpoints.valid(p) else {
+                    throw .usage("--checkpoint-exclude \(e): give a name or a path inside the workspace (relative, without ..)")
+                }
+                return p
+            }
+        } else if !checkpointExclude.isEmpty {
+            throw .usage("--checkpoint-exclude with --no-checkpoints: there are no checkpoints to leave anything out of")
+        }
+        return Prepared(policy: policy, task: AgentTask(name: name ?? "", task: text, model: spec, budget: budget, prices: prices, options: options,
+                                                        checkpointExclude: exclude))
     }
 
     /// The claim on `--name` (none with --allow-duplicate-name); a detached copy reports a refusal.
@@ -175,6 +194,32 @@ func superviseAgent(_ p: RunCommand.Prepared, json: Bool, resuming: String?) thr
     return outcome.exitCode
 }
 
+/// What `resume` and `fork` take for the part of the run they start.
+struct ContinueOptions: ParsableArguments {
+    @Option(parsing: .unconditionalSingleValue, help: ArgumentHelp("Set a sandbox variable again (repeatable): values are not journaled, so every --env of the run must be given again.", valueName: "KEY=VALUE"))
+    var env: [String] = []
+    @Option(name: .customLong("max-steps"), parsing: .unconditional, help: ArgumentHelp("A new step budget (all steps of the run count).", valueName: "N")) var maxSteps: Int?
+    @Option(name: .customLong("max-tool-calls"), parsing: .unconditional, help: ArgumentHelp("A new tool-call budget (all calls of the run count).", valueName: "N")) var maxToolCalls: Int?
+    @Option(name: .customLong("max-tokens"), parsing: .unconditional, help: ArgumentHelp("A new token budget (all tokens of the run count).", valueName: "N")) var maxTokens: Int?
+    @Option(name: .customLong("max-cost"), parsing: .unconditional, help: ArgumentHelp("A new cost budget in USD (all of the run's cost counts).", valueName: "USD")) var maxCost: Double?
+    @Option(parsing: .unconditional, help: ArgumentHelp("Wall-clock limit for this part of the run (default: the run's own).", valueName: "DURATION")) var timeout: String?
+    @Flag(help: "Continue in the background, print the run's id and return.") var detach = false
+    @Flag(help: "Print the journal records on stdout as JSON lines while the run goes.") var json = false
+
+    /// These options as `resume` arguments (without --detach).
+    var arguments: [String] {
+        var a: [String] = []
+        for e in env { a += ["--env", e] }
+        if let n = maxSteps { a += ["--max-steps", String(n)] }
+        if let n = maxToolCalls { a += ["--max-tool-calls", String(n)] }
+        if let n = maxTokens { a += ["--max-tokens", String(n)] }
+        if let c = maxCost { a += ["--max-cost", String(c)] }
+        if let t = timeout { a += ["--timeout", t] }
+        if json { a.append("--json") }
+        return a
+    }
+}
+
 /// `agentbox resume RUN`: continue an agent run that stopped before it finished (docs/lifecycle.md).
 struct Resume: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -187,35 +232,27 @@ struct Resume: ParsableCommand {
             Exit codes as `run`; 125 when the run cannot be resumed (finished, running, an exec run).
             """)
     @Argument(help: ArgumentHelp("Run id, unique id prefix, or name.", valueName: "RUN")) var target: String
-    @Option(parsing: .unconditionalSingleValue, help: ArgumentHelp("Set a sandbox variable again (repeatable): values are not journaled, so every --env of the run must be given again.", valueName: "KEY=VALUE"))
-    var env: [String] = []
-    @Option(name: .customLong("max-steps"), parsing: .unconditional, help: ArgumentHelp("A new step budget (all steps of the run count).", valueName: "N")) var maxSteps: Int?
-    @Option(name: .customLong("max-tool-calls"), parsing: .unconditional, help: ArgumentHelp("A new tool-call budget (all calls of the run count).", valueName: "N")) var maxToolCalls: Int?
-    @Option(name: .customLong("max-tokens"), parsing: .unconditional, help: ArgumentHelp("A new token budget (all tokens of the run count).", valueName: "N")) var maxTokens: Int?
-    @Option(name: .customLong("max-cost"), parsing: .unconditional, help: ArgumentHelp("A new cost budget in USD (all of the run's cost counts).", valueName: "USD")) var maxCost: Double?
-    @Option(parsing: .unconditional, help: ArgumentHelp("Wall-clock limit for this part of the run (default: the run's own).", valueName: "DURATION")) var timeout: String?
-    @Flag(help: "Continue in the background, print the run's id and return.") var detach = false
-    @Flag(help: "Print the journal records on stdout as JSON lines while the run goes.") var json = false
+    @OptionGroup var options: ContinueOptions
     @Flag(help: "Resume a run that was exported (it continues where it was imported) here anyway.") var force = false
 
-    func run() throws {
-        guarded { () throws(AgentboxError) -> Int32 in
-            let (id, prepared, name): (String, RunCommand.Prepared, String?)
-            switch try prepare() {
-            case let .recorded(code): return code
-            case let .resume(i, p, n): (id, prepared, name) = (i, p, n)
-            }
-            if detach { return try Detach.start(json: json) }
-            var claim: Int32 = -1
-            // Name claims are this node's: a run taken over from another node keeps its own name.
-            let takeover = RunStore().foreignOwner(id) != nil
-            do throws(AgentboxError) { claim = try name.map { n throws(AgentboxError) in takeover ? -1 : try RunStore().claimName(n).release() } ?? -1 } catch {
-                Detach.fail(error)  // a detached copy says why it did not start
-                throw error
-            }
-            defer { if claim >= 0 { close(claim) } }  // the run's name, held until it ends
-            return try superviseAgent(prepared, json: json, resuming: id)
+    func run() throws { guarded { () throws(AgentboxError) -> Int32 in try go() } }
+
+    func go() throws(AgentboxError) -> Int32 {
+        let (id, prepared, name): (String, RunCommand.Prepared, String?)
+        switch try prepare() {
+        case let .recorded(code): return code
+        case let .resume(i, p, n): (id, prepared, name) = (i, p, n)
         }
+        if options.detach { return try Detach.start(json: options.json) }
+        var claim: Int32 = -1
+        // Name claims are this node's: a run taken over from another node keeps its own name.
+        let takeover = RunStore().foreignOwner(id) != nil
+        do throws(AgentboxError) { claim = try name.map { n throws(AgentboxError) in takeover ? -1 : try RunStore().claimName(n).release() } ?? -1 } catch {
+            Detach.fail(error)  // a detached copy says why it did not start
+            throw error
+        }
+        defer { if claim >= 0 { close(claim) } }  // the run's name, held until it ends
+        return try superviseAgent(prepared, json: options.json, resuming: id)
     }
 
     /// The run to continue, checked, and how to run it; everything that can fail fails here, before
@@ -246,7 +283,7 @@ struct Resume: ParsableCommand {
         default: break
         }
         let records = scan.records
-        let move = records.last { $0.kind == .runExported || $0.kind == .runImported || $0.kind == .runResumed }
+        let move = records.last { $0.kind == .runExported || $0.kind == .runImported || $0.kind == .runForked || $0.kind == .runResumed }
         if let move, move.kind == .runExported, !force {
             throw AgentboxError(stage: "resume", "run \(id) was exported to \(move.data["file"]?.stringValue ?? "a file") (\(move.ts)): it continues where it is imported",
                                 hint: "--force resumes it here anyway")
@@ -257,41 +294,44 @@ struct Resume: ParsableCommand {
             throw AgentboxError(stage: "resume", "run \(id) has no run.started record to continue from")
         }
         // The latest part's options and budget (a resume may have raised them), else the start's.
-        let latest = records.last { $0.kind == .runResumed }?.data
+        let latestResumed = records.last { $0.kind == .runResumed }
+        let latest = latestResumed?.data
         var recorded = latest?["options"] ?? start["options"] ?? .null
-        if let move, move.kind == .runImported, let old = move.data["from"]?["workspace"]?.stringValue, let new = move.data["workspace"]?.stringValue {
-            // Imported: the workspace is elsewhere now; every path under it moves with it, and a
-            // profile file that is not on this machine is found by its name (its digest must match).
-            recorded = Resume.moved(recorded, from: old, to: new)
+        // Imported or forked: the workspace is elsewhere now; every path under it moves with it, and a
+        // profile file that is not on this machine is found by its name (its digest must match). The
+        // options of a resume after the move were recorded moved already.
+        for placed in records where placed.kind == .runImported || placed.kind == .runForked {
+            guard let old = placed.data["from"]?["workspace"]?.stringValue, let new = placed.data["workspace"]?.stringValue else { continue }
+            if (latestResumed?.seq ?? 0) < placed.seq { recorded = Resume.moved(recorded, from: old, to: new) }
             start = Resume.moved(start, from: old, to: new)
             if let profile = recorded["profile"]?.stringValue, profile.hasPrefix("/"), !FileIO.exists(profile), let name = start["policy"]?["profile"]?.stringValue {
                 recorded = .object((recorded.objectValue ?? []).filter { $0.0 != "profile" } + [("profile", .string(name))])
             }
         }
-        guard var args = SandboxArgs(recorded: recorded, env: env) else {
+        guard var args = SandboxArgs(recorded: recorded, env: options.env) else {
             throw AgentboxError(stage: "resume", "run \(id) was recorded by an older agentbox, without its sandbox options", hint: "start a new run")
         }
-        let given = Set(env.compactMap { EnvVar.split($0)?.0 })
+        let given = Set(options.env.compactMap { EnvVar.split($0)?.0 })
         let missing = (recorded["env"]?.arrayValue?.compactMap(\.stringValue) ?? []).filter { !given.contains($0) }
         if !missing.isEmpty {
             throw .usage("the run had --env \(missing.joined(separator: ", ")), whose values are not journaled",
                          hint: "give them again: " + missing.map { "--env \($0)=..." }.joined(separator: " "))
         }
-        if let t = timeout {
+        if let t = options.timeout {
             args.timeout = t
             recorded = .object((recorded.objectValue ?? []).filter { $0.0 != "timeout" } + [("timeout", .string(t))])
         }
         let spec = try ModelSpec.resolve(model: provider + ":" + model, baseURL: start["model"]?["base_url"]?.stringValue)
         var budget = Budget()
         let b = latest?["budget"] ?? start["budget"] ?? .null
-        budget.maxSteps = maxSteps ?? b["max_steps"]?.intValue
-        budget.maxToolCalls = maxToolCalls ?? b["max_tool_calls"]?.intValue
-        budget.maxTokens = maxTokens ?? b["max_tokens"]?.intValue
-        budget.maxCost = maxCost ?? b["max_cost"]?.numberValue
-        for (flag, n) in [("--max-steps", maxSteps), ("--max-tool-calls", maxToolCalls), ("--max-tokens", maxTokens)] where (n ?? 1) < 1 {
+        budget.maxSteps = options.maxSteps ?? b["max_steps"]?.intValue
+        budget.maxToolCalls = options.maxToolCalls ?? b["max_tool_calls"]?.intValue
+        budget.maxTokens = options.maxTokens ?? b["max_tokens"]?.intValue
+        budget.maxCost = options.maxCost ?? b["max_cost"]?.numberValue
+        for (flag, n) in [("--max-steps", options.maxSteps), ("--max-tool-calls", options.maxToolCalls), ("--max-tokens", options.maxTokens)] where (n ?? 1) < 1 {
             throw .usage("\(flag) \(n!): must be at least 1")
         }
-        if let c = maxCost, !(c > 0 && c.isFinite) { throw .usage("--max-cost \(c): must be a positive amount of USD") }
+        if let c = options.maxCost, !(c > 0 && c.isFinite) { throw .usage("--max-cost \(c): must be a positive amount of USD") }
         let prices = try PriceTable.load()
         var policy = try args.resolve(cwd: recorded["workdir"]?.stringValue)
         // The same sandbox, or none: the agent had the workspace to itself, and could have replaced a
@@ -303,7 +343,8 @@ struct Resume: ParsableCommand {
         AgentRun.applyDefaults(to: &policy)
         let name = summary.name
         return .resume(id, RunCommand.Prepared(policy: policy, task: AgentTask(name: name ?? "", task: task, model: spec, budget: budget,
-                                                                                 prices: prices, options: recorded)), name)
+                                                                                 prices: prices, options: recorded,
+                                                                                 checkpointExclude: AgentTask.checkpointExclude(recorded: start["checkpoints"]))), name)
     }
 
     /// `json` with every string that is `old` or a path under it moved to `new`.
@@ -456,12 +497,14 @@ enum Detach {
         return n
     }()
 
-    static func start(json: Bool) throws(AgentboxError) -> Int32 {
+    /// Starts the background copy: this command line without --detach, or agentbox with `arguments`.
+    static func start(json: Bool, arguments: [String]? = nil) throws(AgentboxError) -> Int32 {
         var p: [Int32] = [-1, -1]
         guard pipe(&p) == 0 else { throw AgentboxError(stage: "detach", "pipe: \(FileIO.errnoString())") }
         _ = fcntl(p[0], F_SETFD, FD_CLOEXEC)
         var args = CommandLine.arguments
         args.removeAll { $0 == "--detach" }
+        if let arguments { args = [CommandLine.arguments[0]] + arguments }
         // The background copy must not keep anything of ours open (a caller waiting for our stdout's
         // EOF would wait for the whole run): everything but 0-2 and the report pipe closes on exec.
         if let dir = opendir("/proc/self/fd") {

@@ -102,7 +102,7 @@ enum RunArchive {
 
     /// The workspace a run recorded (the latest import's, else the start's), and its starting directory.
     static func workspace(_ records: [JournalRecord]) -> (workspace: String, workdir: String)? {
-        if let imported = records.last(where: { $0.kind == .runImported })?.data,
+        if let imported = records.last(where: { $0.kind == .runImported || $0.kind == .runForked })?.data,
            let ws = imported["workspace"]?.stringValue, let wd = imported["workdir"]?.stringValue { return (ws, wd) }
         guard let o = records.first(where: { $0.kind == .runStarted })?.data["options"],
               let ws = o["workspace"]?.stringValue, let wd = o["workdir"]?.stringValue else { return nil }

@@ -334,7 +334,7 @@ struct Agentbox: ParsableCommand {
             for an OOM kill). See docs/cli.md.
             """,
         version: "agentbox \(agentboxVersion)",
-        subcommands: [Exec.self, RunCommand.self, Resume.self, Export.self, Import.self, Stop.self, Kill.self, PS.self, Logs.self, Inspect.self, Confessions.self, Remove.self, Prune.self, JournalCommand.self,
+        subcommands: [Exec.self, RunCommand.self, Resume.self, Fork.self, Export.self, Import.self, Stop.self, Kill.self, PS.self, Logs.self, Inspect.self, Confessions.self, Remove.self, Prune.self, JournalCommand.self,
                       ModelCommand.self, ProfileCommand.self, Doctor.self, Version.self])
 }
 

@@ -337,4 +337,44 @@ import Testing
         #expect(ab(["inspect", "fence", "--json"], home: home).out.contains("\"state\": \"finished\""))
         #expect(Self.server.violationLog.isEmpty, "\(Self.server.violationLog)")
     }
+
+    /// `fork` (docs/lifecycle.md): two forks from step 3 of a run start from that step's workspace and
+    /// go on independently of it and of each other; a fork outlives the run it came from.
+    @Test func forksFromAStepStartFromItsWorkspaceAndDivergeIndependently() throws {
+        let home = TestEnv.workspace(), dir = TestEnv.workspace()
+        let ws = dir + "/parent", wsA = dir + "/fork-a", wsB = dir + "/fork-b"
+        try FileManager.default.createDirectory(atPath: ws, withIntermediateDirectories: true)
+        func file(_ path: String) -> String? { try? String(contentsOfFile: path, encoding: .utf8) }
+        let parent = ab(["run", "--name", "tree", "--model", "openai:gpt-4o", "--base-url", Self.server.agent("fork"), "--task", "build"], home: home, cwd: ws)
+        #expect(parent.code == 0, "\(parent)")
+
+        // At step 3 exactly (its budget ends the fork before a model call): the workspace of that step.
+        let a = ab(["fork", "tree", "--at", "3", "--name", "fa", "--workspace", wsA, "--max-steps", "3"], home: home, cwd: dir)
+        #expect(a.code == 3, "\(a)")
+        #expect(file(wsA + "/a.txt") == "one\n" && file(wsA + "/b.txt") == "two\n" && file(wsA + "/d/c.txt") == "three\n")
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: wsA + "/link")) == "a.txt")
+        var st = stat()
+        #expect(stat(wsA + "/d", &st) == 0 && st.st_mode & 0o777 == 0o750, "modes come back")
+        #expect(file(wsA + "/own.txt") == nil, "nothing of the parent's later steps")
+
+        let b = ab(["fork", "tree", "--at", "3", "--name", "fb", "--workspace", wsB], home: home, cwd: dir)
+        #expect(b.code == 0, "\(b)")
+        #expect(file(wsB + "/a.txt") == "one\nchanged\n" && file(wsB + "/b.txt") == nil && file(wsB + "/own.txt") == "fork-b\n")
+        #expect(file(wsA + "/b.txt") == "two\n", "one fork does not touch the other")
+
+        // The parent goes away; the first fork goes on from its own copy and objects.
+        #expect(ab(["rm", "tree"], home: home).code == 0)
+        let resumed = ab(["resume", "fa", "--max-steps", "10"], home: home, cwd: dir)
+        #expect(resumed.code == 0, "\(resumed)")
+        #expect(file(wsA + "/own.txt") == "fork-a\n" && file(wsA + "/a.txt") == "one\nchanged\n")
+        #expect(file(ws + "/own.txt") == "parent\n", "the parent's workspace is its own")
+        let forkOfFork = ab(["fork", "fa", "--at", "2", "--workspace", dir + "/fork-c", "--max-steps", "2"], home: home, cwd: dir)
+        #expect(forkOfFork.code == 3 && file(dir + "/fork-c/b.txt") == "two\n" && file(dir + "/fork-c/link") == nil, "\(forkOfFork)")
+        for run in ["fa", "fb"] { #expect(ab(["journal", "verify", run], home: home).code == 0) }
+        #expect(Self.server.violationLog.isEmpty, "\(Self.server.violationLog)")
+
+        let none = ab(["fork", "fa", "--at", "99", "--workspace", dir + "/fork-d"], home: home, cwd: dir)
+        #expect(none.code == 125 && none.err.contains("checkpoints of steps 0 to"), "\(none)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/fork-d"), "a refused fork leaves nothing")
+    }
 }

@@ -90,6 +90,16 @@ def script_count(step, results):
                                 call("shell", command="echo %d.b >> log.txt; sleep 0.1" % step)])
 
 
+def script_fork(step, results):
+    """Three steps that build a small workspace, then one that changes a file, removes one and writes the
+    workspace's own folder name (a fork's differs), then finish: a run to fork at its step 3."""
+    plan = {0: "echo one > a.txt", 1: "echo two > b.txt; mkdir -p d; echo three > d/c.txt; chmod 0750 d", 2: "ln -s a.txt link",
+            3: "echo changed >> a.txt; rm b.txt; basename \"$PWD\" > own.txt"}
+    if step in plan:
+        return ("Step %d." % step, [call("shell", command=plan[step])])
+    return ("", [call("finish", status="success", summary="forked")])
+
+
 def script_spin(step, results):
     return ("Step %d." % step, [call("shell", command="echo step %d" % step)])
 
@@ -171,7 +181,7 @@ def script_talk(step, results):
     return ("I think the task is done.", [])
 
 
-AGENT_SCRIPTS = {"fix": script_fix, "badargs": script_badargs, "loop": script_loop, "spin": script_spin, "count": script_count, "sleep": script_sleep,
+AGENT_SCRIPTS = {"fix": script_fix, "badargs": script_badargs, "loop": script_loop, "spin": script_spin, "count": script_count, "fork": script_fork, "sleep": script_sleep,
                  "slow": script_slow, "talk": script_talk, "many": script_many, "bigconfess": script_bigconfess, "idle": script_idle, "leak": script_leak}
 
 

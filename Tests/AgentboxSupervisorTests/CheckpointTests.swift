@@ -1,0 +1,82 @@
+import AgentboxCore
+import AgentboxJournal
+@testable import AgentboxSupervisor
+import Foundation
+import Testing
+
+/// Workspace checkpoints (docs/lifecycle.md): what a scan records, and that writing a checkpoint back
+/// stays inside its folder whatever the records say.
+@Suite struct CheckpointTests {
+    func tempDir() -> String {
+        let d = FileManager.default.temporaryDirectory.appendingPathComponent("ab-cp-\(UUID().uuidString)").path
+        try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        return d
+    }
+    func write(_ path: String, _ text: String) { FileManager.default.createFile(atPath: path, contents: Data(text.utf8)) }
+
+    @Test func aScanRecordsWhatChangedAndNothingElse() throws {
+        let ws = tempDir(), run = tempDir(), outside = tempDir()
+        write(ws + "/a.txt", "one")
+        try FileManager.default.createDirectory(atPath: ws + "/node_modules/x", withIntermediateDirectories: true)
+        write(ws + "/node_modules/x/big", "excluded")
+        write(outside + "/secret", "host file")
+        symlink(outside + "/secret", ws + "/escape")  // recorded as a link, never read through
+        mkfifo(ws + "/fifo", 0o600)  // not content: skipped, and never opened (it would block)
+        let c = WorkspaceCheckpoints(workspace: ws, runDir: run, exclude: ["node_modules"])
+        let first = try c.take(step: 0)
+        let changed = first.record["changed"]?.arrayValue?.compactMap { $0["p"]?.stringValue } ?? []
+        #expect(Set(changed) == ["a.txt", "escape"])
+        #expect(c.index["escape"]?.kind == .link && c.index["escape"]?.target == outside + "/secret")
+        #expect(first.storedBytes == 3)
+
+        usleep(60_000)  // past the racy window: unchanged entries are not read again
+        let same = try c.take(step: 1)
+        #expect(same.changed == 0 && same.record["changed"] == nil)
+
+        write(ws + "/b.txt", "one")  // same content: stored once
+        unlink(ws + "/a.txt")
+        let next = try c.take(step: 2)
+        #expect(next.record["removed"]?.arrayValue?.compactMap(\.stringValue) == ["a.txt"])
+        #expect(next.storedBytes == 0, "content already stored is not stored again")
+
+        // Replaying the records gives the index the scans built.
+        var replayed: [String: WorkspaceCheckpoints.Entry] = [:]
+        for r in [first, same, next] { WorkspaceCheckpoints.apply(r.record, to: &replayed) }
+        #expect(Set(replayed.keys) == Set(c.index.keys))
+        #expect(replayed["b.txt"]?.hash == c.index["b.txt"]?.hash)
+    }
+
+    @Test func writingACheckpointBackNeverLeavesItsFolder() throws {
+        let ws = tempDir(), run = tempDir(), outside = tempDir()
+        write(ws + "/f", "content")
+        let c = WorkspaceCheckpoints(workspace: ws, runDir: run, exclude: [])
+        _ = try c.take(step: 0)
+        let file = c.index["f"]!
+        var link = file
+        link.kind = .link
+        link.target = outside
+        // A record (from an imported journal) naming a path out of the folder is ignored; one that puts
+        // a file under a link fails before anything is written through the link.
+        let target = tempDir() + "/fork"
+        WorkspaceCheckpoints.materializeIgnoringErrors(["../escaped": file, "ok": file], objects: run + "/objects", into: target)
+        #expect(FileManager.default.fileExists(atPath: target + "/ok"))
+        #expect(!FileManager.default.fileExists(atPath: target + "/../escaped"))
+        let second = tempDir() + "/fork"
+        #expect(throws: AgentboxError.self) {
+            try WorkspaceCheckpoints.materialize(["l": link, "l/planted": file], objects: run + "/objects", into: second)
+        }
+        #expect(!FileManager.default.fileExists(atPath: outside + "/planted"))
+        // Damaged stored content is refused, not copied.
+        let object = run + "/objects/" + file.hash.prefix(2) + "/" + file.hash.dropFirst(2)
+        write(object, "tampered")
+        #expect(throws: AgentboxError.self) {
+            try WorkspaceCheckpoints.materialize(["f": file], objects: run + "/objects", into: tempDir() + "/fork")
+        }
+    }
+}
+
+extension WorkspaceCheckpoints {
+    static func materializeIgnoringErrors(_ index: [String: Entry], objects: String, into dir: String) {
+        _ = try? materialize(index, objects: objects, into: dir)
+    }
+}
