@@ -206,6 +206,9 @@ import Testing
         try FileManager.default.removeItem(atPath: ws1)
         let imported = ab(["import", file, "--workspace", elsewhere + "/ws"], home: home2)
         #expect(imported.code == 0 && imported.out.count == 13, "prints the run's id: \(imported)")
+        // Two parts here: the second resume builds the same moved sandbox as the first.
+        let part = ab(["resume", "mover", "--max-steps", "3"], home: home2, cwd: "/")
+        #expect(part.code == 3, "\(part)")
         let resumed = ab(["resume", "mover", "--max-steps", "10"], home: home2, cwd: "/")
         #expect(resumed.code == 1, "the replay session has no finish: it ends aborted after its 4 calls: \(resumed)")
         let log = (try? String(contentsOfFile: elsewhere + "/ws/log.txt", encoding: .utf8)) ?? ""
