@@ -88,6 +88,8 @@ bench: release bench-deps
 	@bash bench/journal.sh $(RELEASE_BIN)/agentbox
 	@echo
 	@bash bench/agent.sh $(RELEASE_BIN)/agentbox
+	@echo
+	@bash bench/checkpoint.sh $(RELEASE_BIN)/agentbox
 
 # Mutation fuzzing of every parser that takes untrusted bytes (Sources/agentbox-fuzz), FUZZ_SECONDS in all.
 # Prints the seed, the inputs tried per target, and writes any crashing input to fuzz-crash-TARGET.bin.

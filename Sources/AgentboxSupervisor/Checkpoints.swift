@@ -46,13 +46,27 @@ public final class WorkspaceCheckpoints {
     public let objects: String
     /// Names (any folder or file with this name) and workspace-relative paths left out.
     public let exclude: [String]
-    public private(set) var index: [String: Entry] = [:]
+    public internal(set) var index: [String: Entry] = [:]
     var madeDirs = Set<String>()
+    /// The read buffer of `digest` (one per checkpointer: allocating and zeroing 1 MiB per file cost
+    /// more than reading a small file).
+    var buffer = [UInt8](repeating: 0, count: 1 << 20)
     var racy: Int64 = 0
 
     public init(workspace: String, runDir: String, exclude: [String]) {
         root = workspace
         objects = runDir + "/objects"
+        // agentbox's own folder (AGENTBOX_HOME) inside the workspace is not workspace content: the
+        // stored contents would be stored again at every step.
+        var exclude = exclude
+        func real(_ p: String) -> String? {
+            guard let r = realpath(p, nil) else { return nil }
+            defer { free(r) }
+            return String(cString: r)
+        }
+        if let ws = real(workspace), let home = real(runDir + "/../.."), home.hasPrefix(ws + "/") {
+            exclude.append(String(home.dropFirst(ws.count + 1)))
+        }
         self.exclude = exclude
     }
 
@@ -79,7 +93,12 @@ public final class WorkspaceCheckpoints {
         return index
     }
 
-    public func restore(from records: [JournalRecord]) { index = WorkspaceCheckpoints.index(from: records) }
+    /// Continues from the journal's checkpoints (resume): the next checkpoint walks the whole workspace
+    /// and records what changed since (what an interrupted call did, say).
+    public func restore(from records: [JournalRecord]) {
+        index = WorkspaceCheckpoints.index(from: records)
+        tracker = nil
+    }
 
     static func encodePath(_ path: String) -> JSON { .string(path) }
 
@@ -104,102 +123,193 @@ public final class WorkspaceCheckpoints {
         public var skipped: [String]
     }
 
-    /// Scans the workspace, stores what changed, and returns the `checkpoint` record for `step`.
+    /// What one checkpoint found.
+    struct Scan {
+        var changed: [String: Entry] = [:]
+        var removed: Set<String> = []
+        var skipped: [String] = []
+        var stored: Int64 = 0
+        /// Paths a full walk saw (entries under a walked folder that it did not see are gone).
+        var seen: Set<String> = []
+    }
+
+    /// A full scan every this many steps, whatever the change tracker says: a write through a shared
+    /// memory mapping makes no inotify event.
+    public static let fullScanEvery = 64
+    var tracker: ChangeTracker? = nil
+    var scans = 0
+
+    /// Stores what changed in the workspace since the last checkpoint and returns the `checkpoint`
+    /// record for `step`. The first checkpoint, every `fullScanEvery`-th and any after the change
+    /// tracker lost events walk the whole workspace; the others look only at the paths inotify named.
     public func take(step: Int) throws(AgentboxError) -> Taken {
         let started = Clock.monotonic()
         // Entries changed within 50 ms of the scan are read again next time: a change in the same clock
         // tick would leave their times as they are.
         racy = Int64((Clock.wall() - 0.05) * 1_000_000)
-        var now: [String: Entry] = [:]
-        now.reserveCapacity(index.count + 16)
-        var changed: [(String, Entry)] = []
-        var skipped: [String] = []
-        var stored: Int64 = 0
         let fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw AgentboxError(stage: "checkpoint", "cannot open the workspace \(root): \(FileIO.errnoString())") }
         defer { close(fd) }
-        try walk(fd, prefix: "", depth: 0, now: &now, changed: &changed, skipped: &skipped, stored: &stored)
-        let removed = index.keys.filter { now[$0] == nil }.sorted()
-        index = now
-        changed.sort { $0.0 < $1.0 }
-        var fields: [(String, JSON)] = [("step", .number(Double(step))), ("files", .number(Double(now.count)))]
-        if !changed.isEmpty { fields.append(("changed", .array(changed.map { $0.1.json(path: $0.0) }))) }
+        var scan = Scan()
+        var dirty = tracker?.drain() ?? []
+        let full = tracker == nil || tracker!.lost || scans % WorkspaceCheckpoints.fullScanEvery == 0
+        scans += 1
+        if full {
+            tracker = ChangeTracker()
+            try walk(fd, prefix: "", depth: 0, &scan)
+            for path in index.keys where !scan.seen.contains(path) { scan.removed.insert(path) }
+            for path in scan.removed { index[path] = nil }
+            dirty = []
+        }
+        // Shorter paths first: a folder walked again covers what is under it.
+        var walked: [String] = []
+        for path in dirty.sorted(by: { $0.utf8.count < $1.utf8.count }) {
+            if walked.contains(where: { path.hasPrefix($0 + "/") }) { continue }
+            if try update(fd, path, &scan) { walked.append(path) }
+        }
+        let changed = scan.changed.keys.sorted()
+        let removed = scan.removed.filter { index[$0] == nil }.sorted()
+        var fields: [(String, JSON)] = [("step", .number(Double(step))), ("files", .number(Double(index.count))),
+                                        ("scan", .string(full ? "full" : "events"))]
+        if !changed.isEmpty { fields.append(("changed", .array(changed.map { scan.changed[$0]!.json(path: $0) }))) }
         if !removed.isEmpty { fields.append(("removed", .array(removed.map { WorkspaceCheckpoints.encodePath($0) }))) }
-        if stored > 0 { fields.append(("stored_bytes", .number(Double(stored)))) }
-        if !skipped.isEmpty { fields.append(("skipped", .array(skipped.map { .string($0) }))) }
+        if scan.stored > 0 { fields.append(("stored_bytes", .number(Double(scan.stored)))) }
+        if !scan.skipped.isEmpty { fields.append(("skipped", .array(scan.skipped.map { .string($0) }))) }
         fields.append(("ms", .number(((Clock.monotonic() - started) * 10000).rounded() / 10)))
-        return Taken(record: .object(fields), changed: changed.count + removed.count, storedBytes: stored, skipped: skipped)
+        return Taken(record: .object(fields), changed: changed.count + removed.count, storedBytes: scan.stored, skipped: scan.skipped)
     }
 
-    func excluded(_ name: String, _ path: String) -> Bool {
+    func excluded(_ name: Substring, _ path: Substring) -> Bool {
         exclude.contains { $0 == name || $0 == path }
     }
 
-    func walk(_ dirFd: Int32, prefix: String, depth: Int, now: inout [String: Entry], changed: inout [(String, Entry)],
-              skipped: inout [String], stored: inout Int64) throws(AgentboxError) {
+    /// Brings one path an event named up to date; true when it was a folder walked again as a whole.
+    func update(_ rootFd: Int32, _ path: String, _ scan: inout Scan) throws(AgentboxError) -> Bool {
+        let parts = path.split(separator: "/")
+        guard WorkspaceCheckpoints.valid(path), !path.contains("\n") else { scan.skipped.append(path); return false }
+        var prefix = Substring("")
+        for (i, part) in parts.enumerated() {
+            prefix = i == 0 ? part : path[path.startIndex..<part.endIndex]
+            if excluded(part, prefix) { return false }
+        }
+        // The parent, opened one folder at a time without following a symlink.
+        var fd = dup(rootFd)
+        for part in parts.dropLast() {
+            let next = openat(fd, String(part), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            close(fd)
+            fd = next
+            if fd < 0 { break }
+        }
+        guard fd >= 0 else { removeTree(path, &scan); return false }
+        defer { close(fd) }
+        let name = String(parts.last!)
+        var st = stat()
+        let kind = fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? WorkspaceCheckpoints.kind(st.st_mode) : nil
+        let old = index[path]
+        guard let kind else { removeTree(path, &scan); return false }
+        if kind == .directory, let old, old.kind == .directory, old.inode == UInt64(st.st_ino) {
+            try visit(fd, name, path, parts.count - 1, st, &scan, descend: false)
+            return false
+        }
+        // A folder replaced (or gone from under a file of the same name): what was under it is not.
+        if let old, old.kind == .directory { removeTree(path, &scan) }
+        try visit(fd, name, path, parts.count - 1, st, &scan, descend: true)
+        return kind == .directory
+    }
+
+    /// Forgets `path` and everything under it (removed, or replaced by something else).
+    func removeTree(_ path: String, _ scan: inout Scan) {
+        guard let old = index[path] else { return }
+        var doomed = [path]
+        if old.kind == .directory {
+            let under = path + "/"
+            doomed += index.keys.filter { $0.hasPrefix(under) }
+            tracker?.unwatch(under: path)
+        }
+        for p in doomed {
+            index[p] = nil
+            scan.changed[p] = nil
+            scan.removed.insert(p)
+        }
+    }
+
+    static func kind(_ mode: mode_t) -> Kind? {
+        switch mode & S_IFMT {
+        case S_IFREG: return .file
+        case S_IFDIR: return .directory
+        case S_IFLNK: return .link
+        default: return nil  // FIFOs, sockets, devices: not workspace content
+        }
+    }
+
+    func walk(_ dirFd: Int32, prefix: String, depth: Int, _ scan: inout Scan) throws(AgentboxError) {
+        tracker?.watch(dirFd, prefix)
         let listFd = dup(dirFd)
         guard listFd >= 0, let d = fdopendir(listFd) else {
             if listFd >= 0 { close(listFd) }
-            skipped.append(prefix.isEmpty ? "." : prefix)
+            scan.skipped.append(prefix.isEmpty ? "." : prefix)
             return
         }
         defer { closedir(d) }
         while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let (name, plain) = withUnsafeBytes(of: e.pointee.d_name) { raw -> (String, Bool) in
+                let bytes = UnsafeRawBufferPointer(rebasing: raw.prefix { $0 != 0 }).bindMemory(to: UInt8.self)
+                // A name that is not UTF-8 would not come back the same from a JSON string.
+                return (String(decoding: bytes, as: UTF8.self), JSON.isValidUTF8(bytes) && !bytes.contains(0x0A))
+            }
             if name == "." || name == ".." { continue }
             let path = prefix.isEmpty ? name : prefix + "/" + name
-            // A name that is not UTF-8 would not come back the same from a JSON string.
-            let raw = withUnsafeBytes(of: e.pointee.d_name) { Array($0.prefix { $0 != 0 }) }
-            if Array(name.utf8) != raw || name.contains("\n") { skipped.append(path); continue }
-            if excluded(name, path) { continue }
+            if !plain { scan.skipped.append(path); continue }
+            if excluded(name[...], path[...]) { continue }
             var st = stat()
             guard fstatat(dirFd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { continue }  // gone meanwhile
-            let kind: Kind
-            switch st.st_mode & S_IFMT {
-            case S_IFREG: kind = .file
-            case S_IFDIR: kind = .directory
-            case S_IFLNK: kind = .link
-            default: continue  // FIFOs, sockets, devices: not workspace content
+            try visit(dirFd, name, path, depth, st, &scan, descend: true)
+        }
+    }
+
+    /// Records one entry (stat `st`, in the folder `dirFd`), storing a file's content when it changed,
+    /// and walks a folder's content when `descend`.
+    func visit(_ dirFd: Int32, _ name: String, _ path: String, _ depth: Int, _ st: stat, _ scan: inout Scan,
+               descend: Bool) throws(AgentboxError) {
+        guard let kind = WorkspaceCheckpoints.kind(st.st_mode) else { return }
+        var entry = Entry(kind: kind, mode: UInt32(st.st_mode & 0o7777), size: kind == .directory ? 0 : Int64(st.st_size),
+                          uid: st.st_uid, gid: st.st_gid,
+                          mtime: Int64(st.st_mtim.tv_sec) * 1_000_000 + Int64(st.st_mtim.tv_nsec / 1000),
+                          ctime: Int64(st.st_ctim.tv_sec) * 1_000_000 + Int64(st.st_ctim.tv_nsec / 1000), inode: UInt64(st.st_ino))
+        scan.seen.insert(path)
+        let old = index[path]
+        if let old, old.sameAttributes(entry) {
+            // Unchanged: nothing to read or record.
+        } else {
+            switch kind {
+            case .directory: break
+            case .link:
+                var buf = [UInt8](repeating: 0, count: Int(PATH_MAX) + 1)
+                let n = readlinkat(dirFd, name, &buf, buf.count - 1)
+                guard n >= 0, let target = String(validating: buf[0..<n], as: UTF8.self) else { scan.skipped.append(path); return }
+                entry.target = target
+            case .file:
+                guard let (hash, stable, new) = try store(dirFd, name, entry) else { scan.skipped.append(path); return }
+                entry.hash = hash
+                if new { scan.stored += entry.size }
+                // Changed while it was read: recorded as read, and read again next time.
+                if !stable { entry.ctime = -1 }
             }
-            var entry = Entry(kind: kind, mode: UInt32(st.st_mode & 0o7777), size: Int64(st.st_size), uid: st.st_uid, gid: st.st_gid,
-                              mtime: Int64(st.st_mtim.tv_sec) * 1_000_000 + Int64(st.st_mtim.tv_nsec / 1000),
-                              ctime: Int64(st.st_ctim.tv_sec) * 1_000_000 + Int64(st.st_ctim.tv_nsec / 1000), inode: UInt64(st.st_ino))
-            if kind == .directory { entry.size = 0 }
-            if let old = index[path], old.sameAttributes(entry) {
-                entry.hash = old.hash
-                entry.target = old.target
-                now[path] = entry
-            } else {
-                switch kind {
-                case .directory: break
-                case .link:
-                    var buf = [UInt8](repeating: 0, count: Int(PATH_MAX) + 1)
-                    let n = readlinkat(dirFd, name, &buf, buf.count - 1)
-                    guard n >= 0, let target = String(validating: buf[0..<n], as: UTF8.self) else { skipped.append(path); continue }
-                    entry.target = target
-                case .file:
-                    guard let (hash, stable, new) = try store(dirFd, name, entry) else { skipped.append(path); continue }
-                    entry.hash = hash
-                    if new { stored += entry.size }
-                    // Changed while it was read: recorded as read, and read again next time.
-                    if !stable { entry.ctime = -1 }
-                }
-                if entry.ctime >= racy { entry.ctime = -1 }
-                now[path] = entry
-                // Read again but the same (a racy entry, a chown to the same owner): nothing to record.
-                let same = index[path].map { old in
-                    old.kind == entry.kind && old.mode == entry.mode && old.size == entry.size && old.uid == entry.uid
-                        && old.gid == entry.gid && old.mtime == entry.mtime && old.hash == entry.hash && old.target == entry.target
-                } ?? false
-                if !same { changed.append((path, entry)) }
-            }
-            if kind == .directory {
-                if depth + 1 >= WorkspaceCheckpoints.maxDepth { skipped.append(path + "/"); continue }
-                let sub = openat(dirFd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                guard sub >= 0 else { skipped.append(path + "/"); continue }
-                defer { close(sub) }
-                try walk(sub, prefix: path, depth: depth + 1, now: &now, changed: &changed, skipped: &skipped, stored: &stored)
-            }
+            if entry.ctime >= racy { entry.ctime = -1 }
+            index[path] = entry
+            // Read again but the same (a racy entry, a chown to the same owner): nothing to record.
+            let same = old.map { old in
+                old.kind == entry.kind && old.mode == entry.mode && old.size == entry.size && old.uid == entry.uid
+                    && old.gid == entry.gid && old.mtime == entry.mtime && old.hash == entry.hash && old.target == entry.target
+            } ?? false
+            if !same { scan.changed[path] = entry }
+        }
+        if kind == .directory && descend {
+            if depth + 1 >= WorkspaceCheckpoints.maxDepth { scan.skipped.append(path + "/"); return }
+            let sub = openat(dirFd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard sub >= 0 else { scan.skipped.append(path + "/"); return }
+            defer { close(sub) }
+            try walk(sub, prefix: path, depth: depth + 1, &scan)
         }
     }
 
@@ -216,51 +326,53 @@ public final class WorkspaceCheckpoints {
     /// Reads a file the scan found changed, storing its content under its hash: the hash, whether the
     /// file stayed the same while it was read, and whether its content was new to the store. Nil when
     /// it could not be read as that regular file, or the journal's disk has no room for it.
+    ///
+    /// The file is read and hashed first; content already stored (a file touched, a revert, a copy) is
+    /// not written again. A file up to `keepBytes` is kept in memory for the write; a larger one is read
+    /// a second time, and hashed again while it is copied: the stored object is named by what was
+    /// written.
+    static let keepBytes = 8 << 20
+
     func store(_ dirFd: Int32, _ name: String, _ entry: Entry) throws(AgentboxError) -> (String, Bool, Bool)? {
         let fd = openat(dirFd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, UInt64(st.st_ino) == entry.inode else { return nil }
-        if DiskFloor.reached(objects.isEmpty ? "/" : (FileIO.isDirectory(objects) ? objects : root), adding: UInt64(max(0, st.st_size))) { return nil }
-        if madeDirs.isEmpty { try makeDir(objects) }
-        guard let ctx = ab_sha256_new() else {
-            throw AgentboxError(stage: "checkpoint", "SHA-256 is not available: \(WorkspaceCheckpoints.unavailable ?? "?")")
+        let small = st.st_size <= WorkspaceCheckpoints.keepBytes
+        guard let first = try digest(fd, keep: small) else { return nil }
+        var hash = first.hash
+        var path = objectPath(hash)
+        var stable = true
+        if FileIO.exists(path) {
+            stable = sameFile(fd, st)
+            return (hash, stable, false)
         }
+        if DiskFloor.reached(FileIO.isDirectory(objects) ? objects : root, adding: UInt64(max(0, st.st_size))) { return nil }
+        if madeDirs.isEmpty { try makeDir(objects) }
         let tmp = objects + "/.tmp-\(getpid())"
         unlink(tmp)
         let out = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard out >= 0 else {
-            ab_sha256_free(ctx)
-            throw AgentboxError(stage: "checkpoint", "cannot create \(tmp): \(FileIO.errnoString())")
-        }
-        var buf = [UInt8](repeating: 0, count: 1 << 20)
+        guard out >= 0 else { throw AgentboxError(stage: "checkpoint", "cannot create \(tmp): \(FileIO.errnoString())") }
         var failed: Int32 = 0
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 { failed = errno; break }
-            if n == 0 { break }
-            _ = buf.withUnsafeBytes { ab_sha256_update(ctx, $0.baseAddress!, n) }
-            var off = 0
-            while off < n {
-                let w = buf.withUnsafeBytes { write(out, $0.baseAddress! + off, n - off) }
-                if w < 0 && errno == EINTR { continue }
-                if w <= 0 { failed = w < 0 ? errno : EIO; break }
-                off += w
+        if small {
+            failed = WorkspaceCheckpoints.writeAll(out, first.bytes[...])
+        } else {
+            // Read again, hashing what is written.
+            guard lseek(fd, 0, SEEK_SET) == 0, let second = try digest(fd, keep: false, copyTo: out) else {
+                close(out)
+                unlink(tmp)
+                return nil
             }
-            if failed != 0 { break }
+            failed = second.failed
+            if second.hash != hash { stable = false; hash = second.hash; path = objectPath(hash) }
         }
         close(out)
-        var digest = [UInt8](repeating: 0, count: 32)
-        let ok = ab_sha256_final(ctx, &digest) == 0
-        guard failed == 0, ok else {
+        guard failed == 0 else {
             unlink(tmp)
             if failed == ENOSPC { return nil }
-            throw AgentboxError(stage: "checkpoint", "storing \(root)/... \(name) failed: \(FileIO.errnoString(failed == 0 ? EIO : failed))")
+            throw AgentboxError(stage: "checkpoint", "storing \(root)/... \(name) failed: \(FileIO.errnoString(failed))")
         }
-        let hash = WorkspaceCheckpoints.hex(digest)
-        let path = objectPath(hash)
         let sub = String(path[..<path.lastIndex(of: "/")!])
         if !madeDirs.contains(sub) { try makeDir(sub) }
         var new = false
@@ -269,10 +381,48 @@ public final class WorkspaceCheckpoints {
             unlink(tmp)
             throw AgentboxError(stage: "checkpoint", "cannot store \(path): \(e)")
         }
+        return (hash, stable && sameFile(fd, st), new)
+    }
+
+    /// Whether the open file still has the size and times it had (it did not change while it was read).
+    func sameFile(_ fd: Int32, _ st: stat) -> Bool {
         var after = stat()
-        let stable = fstat(fd, &after) == 0 && after.st_size == st.st_size && after.st_mtim.tv_sec == st.st_mtim.tv_sec
+        return fstat(fd, &after) == 0 && after.st_size == st.st_size && after.st_mtim.tv_sec == st.st_mtim.tv_sec
             && after.st_mtim.tv_nsec == st.st_mtim.tv_nsec && after.st_ctim.tv_nsec == st.st_ctim.tv_nsec
-        return (hash, stable, new)
+    }
+
+    /// SHA-256 of the rest of `fd` (hex), with the bytes when `keep`, or writing them to `copyTo` (the
+    /// errno of a failed write in `failed`); nil when the file cannot be read.
+    func digest(_ fd: Int32, keep: Bool, copyTo: Int32 = -1) throws(AgentboxError) -> (hash: String, bytes: [UInt8], failed: Int32)? {
+        guard let ctx = ab_sha256_new() else {
+            throw AgentboxError(stage: "checkpoint", "SHA-256 is not available: \(WorkspaceCheckpoints.unavailable ?? "?")")
+        }
+        var kept: [UInt8] = []
+        var failed: Int32 = 0
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { ab_sha256_free(ctx); return nil }
+            if n == 0 { break }
+            _ = buffer.withUnsafeBytes { ab_sha256_update(ctx, $0.baseAddress!, n) }
+            if keep { kept.append(contentsOf: buffer[0..<n]) }
+            if copyTo >= 0 && failed == 0 { failed = WorkspaceCheckpoints.writeAll(copyTo, buffer[0..<n]) }
+        }
+        var out = [UInt8](repeating: 0, count: 32)
+        guard ab_sha256_final(ctx, &out) == 0 else { return nil }
+        return (WorkspaceCheckpoints.hex(out), kept, failed)
+    }
+
+    /// write(2) until all is written; 0 or the errno.
+    static func writeAll(_ fd: Int32, _ bytes: ArraySlice<UInt8>) -> Int32 {
+        var off = bytes.startIndex
+        while off < bytes.endIndex {
+            let w = bytes[off...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if w < 0 && errno == EINTR { continue }
+            if w <= 0 { return w < 0 ? errno : EIO }
+            off += w
+        }
+        return 0
     }
 
     func makeDir(_ dir: String) throws(AgentboxError) {
@@ -394,5 +544,76 @@ extension WorkspaceCheckpoints.Entry {
         f += [("u", .number(Double(uid))), ("g", .number(Double(gid))), ("mt", .number(Double(mtime))), ("ct", .number(Double(ctime))),
               ("i", .number(Double(inode)))]
         return .object(f)
+    }
+}
+
+/// The paths inotify names between two checkpoints: a watch on every folder of the workspace (added
+/// through /proc/self/fd of the folder the walk opened without following a symlink). inotify works on
+/// inodes, so it sees the sandbox's writes through its bind mount. Events are hints: each named path is
+/// looked at again with the same care as in a walk. When the queue overflows or a watch cannot be added
+/// (the user's watch limit), `lost` says the next checkpoint must walk everything.
+final class ChangeTracker {
+    static let mask: UInt32 = UInt32(IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+        | IN_DELETE_SELF | IN_MOVE_SELF) | UInt32(IN_ONLYDIR) | UInt32(IN_EXCL_UNLINK)
+    let fd: Int32
+    var paths: [Int32: String] = [:]
+    var watches: [String: Int32] = [:]
+    private(set) var lost = false
+
+    init?() {
+        fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
+        if fd < 0 { return nil }
+    }
+
+    deinit { close(fd) }
+
+    func watch(_ dirFd: Int32, _ path: String) {
+        let wd = inotify_add_watch(fd, "/proc/self/fd/\(dirFd)", ChangeTracker.mask)
+        guard wd >= 0 else { lost = true; return }
+        if let old = paths[wd], old != path { watches[old] = nil }  // the same folder under a new name
+        paths[wd] = path
+        watches[path] = wd
+    }
+
+    func unwatch(under prefix: String) {
+        for (path, wd) in watches where path == prefix || path.hasPrefix(prefix + "/") {
+            inotify_rm_watch(fd, wd)
+            watches[path] = nil
+            paths[wd] = nil
+        }
+    }
+
+    /// The paths named since the last call (a folder's own events name the folder).
+    func drain() -> Set<String> {
+        var dirty: Set<String> = []
+        var buf = [UInt8](repeating: 0, count: 64 << 10)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            var off = 0
+            buf.withUnsafeBytes { raw in
+                while off + 16 <= n {
+                    let wd = raw.loadUnaligned(fromByteOffset: off, as: Int32.self)
+                    let mask = raw.loadUnaligned(fromByteOffset: off + 4, as: UInt32.self)
+                    let len = Int(raw.loadUnaligned(fromByteOffset: off + 12, as: UInt32.self))
+                    let nameBytes = UnsafeRawBufferPointer(rebasing: raw[(off + 16)..<min(n, off + 16 + len)])
+                    off += 16 + len
+                    if mask & UInt32(IN_Q_OVERFLOW) != 0 { lost = true; continue }
+                    if mask & UInt32(IN_IGNORED) != 0 {
+                        if let p = paths.removeValue(forKey: wd), watches[p] == wd { watches[p] = nil }
+                        continue
+                    }
+                    guard let base = paths[wd] else { continue }
+                    let name = String(decoding: nameBytes.prefix { $0 != 0 }, as: UTF8.self)
+                    if name.isEmpty {
+                        if !base.isEmpty { dirty.insert(base) }
+                    } else {
+                        dirty.insert(base.isEmpty ? name : base + "/" + name)
+                    }
+                }
+            }
+        }
+        return dirty
     }
 }

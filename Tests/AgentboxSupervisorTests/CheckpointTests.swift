@@ -46,6 +46,47 @@ import Testing
         #expect(replayed["b.txt"]?.hash == c.index["b.txt"]?.hash)
     }
 
+    /// The change tracker's checkpoints (inotify events) see what a full walk sees: random creates,
+    /// appends, removals, folder renames and replacements, links and mode changes, seeded and printed.
+    @Test func checkpointsFromEventsAgreeWithAFullWalk() throws {
+        let ws = tempDir(), run = tempDir()
+        var state = UInt64.random(in: 1...UInt64(UInt32.max))
+        print("CheckpointTests seed \(state)")
+        func next(_ n: Int) -> Int {
+            state ^= state << 13; state ^= state >> 7; state ^= state << 17
+            return Int(state % UInt64(n))
+        }
+        let c = WorkspaceCheckpoints(workspace: ws, runDir: run, exclude: [])
+        _ = try c.take(step: 0)
+        let fm = FileManager.default
+        for round in 1...30 {
+            for _ in 0..<(1 + next(6)) {
+                let dirs = ["", "a", "a/b", "c", "c/d/e"]
+                let dir = ws + "/" + dirs[next(dirs.count)]
+                let f = dir + "/f\(next(4))"
+                switch next(9) {
+                case 0, 1: try? fm.createDirectory(atPath: dir, withIntermediateDirectories: true); write(f, "r\(round)-\(next(1000))")
+                case 2: if let h = FileHandle(forWritingAtPath: f) { h.seekToEndOfFile(); h.write(Data("+".utf8)); h.closeFile() }
+                case 3: try? fm.removeItem(atPath: f)
+                case 4: try? fm.moveItem(atPath: ws + "/a", toPath: ws + "/moved\(round)")
+                case 5: try? fm.removeItem(atPath: ws + "/c"); if next(2) == 0 { write(ws + "/c", "now a file") }
+                case 6: try? fm.createDirectory(atPath: dir, withIntermediateDirectories: true); symlink("f0", dir + "/l\(next(3))")
+                case 7: chmod(f, next(2) == 0 ? 0o600 : 0o755)
+                default: try? fm.moveItem(atPath: ws + "/moved\(round - 1)", toPath: ws + "/a")
+                }
+            }
+            let taken = try c.take(step: round)
+            #expect(taken.record["scan"]?.stringValue == "events" || round % WorkspaceCheckpoints.fullScanEvery == 0)
+            let fresh = WorkspaceCheckpoints(workspace: ws, runDir: tempDir(), exclude: [])
+            _ = try fresh.take(step: 0)
+            func summary(_ i: [String: WorkspaceCheckpoints.Entry]) -> [String] {
+                i.map { "\($0.key) \($0.value.kind) \($0.value.mode) \($0.value.hash) \($0.value.target)" }.sorted()
+            }
+            #expect(summary(c.index) == summary(fresh.index), "round \(round): the tracked index differs from a full walk")
+            if summary(c.index) != summary(fresh.index) { break }
+        }
+    }
+
     @Test func writingACheckpointBackNeverLeavesItsFolder() throws {
         let ws = tempDir(), run = tempDir(), outside = tempDir()
         write(ws + "/f", "content")

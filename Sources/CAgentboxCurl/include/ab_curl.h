@@ -52,12 +52,12 @@ const char *ab_curl_strerror(int code);
 const char *ab_curl_version(void);
 
 /// SHA-256 from libcrypto, loaded at first use (ab_sha256.c). NULL when it can be used, else why not.
-const char *_Nullable ab_sha256_unavailable(void);
+const char *ab_sha256_unavailable(void);
 /// A new digest context (NULL when libcrypto is missing); ab_sha256_final frees it.
-void *_Nullable ab_sha256_new(void);
-int ab_sha256_update(void *_Nonnull ctx, const void *_Nonnull bytes, size_t count);
-int ab_sha256_final(void *_Nonnull ctx, unsigned char out[_Nonnull 32]);
-void ab_sha256_free(void *_Nullable ctx);
+void *ab_sha256_new(void);
+int ab_sha256_update(void *ctx, const void *bytes, size_t count);
+int ab_sha256_final(void *ctx, unsigned char out[32]);
+void ab_sha256_free(void *ctx);
 
 #ifdef __cplusplus
 }
