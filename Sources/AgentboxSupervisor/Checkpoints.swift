@@ -48,9 +48,10 @@ public final class WorkspaceCheckpoints {
     public let exclude: [String]
     public internal(set) var index: [String: Entry] = [:]
     var madeDirs = Set<String>()
-    /// The read buffer of `digest` (one per checkpointer: allocating and zeroing 1 MiB per file cost
-    /// more than reading a small file).
-    var buffer = [UInt8](repeating: 0, count: 1 << 20)
+    /// The read buffer of `digest`, for the length of one checkpoint (allocating and zeroing it per
+    /// file cost more than reading a small file; keeping it between checkpoints would cost every idle
+    /// run its size).
+    var buffer: [UInt8] = []
     var racy: Int64 = 0
 
     public init(workspace: String, runDir: String, exclude: [String]) {
@@ -151,6 +152,8 @@ public final class WorkspaceCheckpoints {
         guard fd >= 0 else { throw AgentboxError(stage: "checkpoint", "cannot open the workspace \(root): \(FileIO.errnoString())") }
         defer { close(fd) }
         var scan = Scan()
+        buffer = [UInt8](repeating: 0, count: 256 << 10)
+        defer { buffer = [] }
         var dirty = tracker?.drain() ?? []
         let full = tracker == nil || tracker!.lost || scans % WorkspaceCheckpoints.fullScanEvery == 0
         scans += 1
