@@ -89,6 +89,8 @@ struct RunCommand: ParsableCommand {
     struct Prepared {
         var policy: SandboxPolicy
         var task: AgentTask
+        /// `resume`: the last seq of the journal it was prepared from.
+        var journalSeq: UInt64? = nil
     }
 
     /// Everything that can be checked before a run starts (so that `--detach` fails in the foreground).
@@ -175,6 +177,7 @@ func superviseAgent(_ p: RunCommand.Prepared, json: Bool, resuming: String?) thr
     let display = Progress(model: "\(p.task.model.provider.rawValue):\(p.task.model.model)", json: json)
     let run = AgentRun(policy: p.policy, task: p.task, warn: { Console.warning($0) }, progress: display.show)
     run.resuming = resuming
+    run.resumingAfterSeq = p.journalSeq
     if let g = ModelSpec.env("AGENTBOX_GRACE").flatMap(Double.init), g >= 0 { run.grace = g }
     if json {
         run.journalObserver = { line in Console.out(bytes: line) }
@@ -267,9 +270,10 @@ struct Resume: ParsableCommand {
     func prepare() throws(AgentboxError) -> Plan {
         let store = RunStore()
         let id = try store.resolve(target)
-        // The state and run.started from one read of the head and the tail; `resume` verifies every
-        // record under the run's lock.
-        let scan = try JournalReader.headAndTail(path: store.journalPath(id))
+        // Every record: where the run is now (`run.imported`, `run.forked`) and its latest options
+        // (`run.resumed`) may be anywhere in a long journal. `resume` reads it again under the run's
+        // lock, and checks that nothing changed the run meanwhile.
+        let scan = try JournalReader.scan(path: store.journalPath(id))
         let summary = RunSummary(id: id, journal: store.journalPath(id), scan: scan, live: store.isLive(id))
         guard summary.kind == "run" else { throw .usage("run \(id) is an `exec` run: only agent runs are resumed") }
         if let owner = store.foreignOwner(id), owner.heldElsewhere() {
@@ -342,9 +346,9 @@ struct Resume: ParsableCommand {
         }
         AgentRun.applyDefaults(to: &policy)
         let name = summary.name
-        return .resume(id, RunCommand.Prepared(policy: policy, task: AgentTask(name: name ?? "", task: task, model: spec, budget: budget,
-                                                                                 prices: prices, options: recorded,
-                                                                                 checkpointExclude: AgentTask.checkpointExclude(recorded: start["checkpoints"]))), name)
+        let agentTask = AgentTask(name: name ?? "", task: task, model: spec, budget: budget, prices: prices, options: recorded,
+                                  checkpointExclude: AgentTask.checkpointExclude(recorded: start["checkpoints"]))
+        return .resume(id, RunCommand.Prepared(policy: policy, task: agentTask, journalSeq: scan.lastSeq), name)
     }
 
     /// `json` with every string that is `old` or a path under it moved to `new`.
