@@ -183,8 +183,10 @@ struct Supervision {
         }
         if n == 0 { return !eof }
         let bytes = Array(chunk[0..<n])
-        if !relays.isEmpty { relays[stream == .stdout ? 0 : 1].write(bytes) }
+        // The delegate first: what it keeps (a journaled run's raw output files) is kept before the
+        // caller can see it. A delegate's failure stops the sandbox, not the bytes already read.
         if let delegate { call { () throws(AgentboxError) in try delegate.sandboxOutput(stream, bytes) } }
+        if !relays.isEmpty { relays[stream == .stdout ? 0 : 1].write(bytes) }
         return true
     }
 
