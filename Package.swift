@@ -26,7 +26,7 @@ let package = Package(
         // Supervisor side: host probe, cgroup drivers, seccomp compiler, spawn and supervision.
         .target(name: "AgentboxSandbox", dependencies: ["AgentboxCore", "CAgentboxShim", "CSeccomp"]),
         // The run journal: records, writer (one per run, durable by class), reader/verify, run store.
-        .target(name: "AgentboxJournal", dependencies: ["AgentboxCore"]),
+        .target(name: "AgentboxJournal", dependencies: ["AgentboxCore", "CAgentboxShim"]),
         // Model clients: provider-neutral conversation, SSE, OpenAI and Anthropic wire formats, errors and retries.
         .target(name: "CAgentboxCurl", dependencies: ["CCurl"], linkerSettings: [.linkedLibrary("dl")]),
         .target(name: "AgentboxModels", dependencies: ["AgentboxCore", "CAgentboxCurl"]),

@@ -1,4 +1,5 @@
 import AgentboxCore
+import CAgentboxShim
 import Glibc
 
 /// The two streams a journaled command's output comes on; each has its own raw file in the run's
@@ -19,6 +20,9 @@ public final class OutputFile {
     public private(set) var size: UInt64 = 0
     /// Appended since the last `sync`.
     var unsynced = false
+    /// Where the bytes not yet handed to writeback start (see `append`).
+    var writebackFrom: UInt64 = 0
+    static let writebackBytes: UInt64 = 4 << 20
     /// The folder was fsynced after the file was created (its name survives a crash).
     var named = false
     var failure: AgentboxError? = nil
@@ -50,6 +54,12 @@ public final class OutputFile {
         }
         size += UInt64(bytes.count)
         unsynced = true
+        // Start writing each few MiB to the disk now (SYNC_FILE_RANGE_WRITE: no waiting), so that the
+        // fdatasync at the next sync point finds most of it written instead of all of it.
+        if size - writebackFrom >= OutputFile.writebackBytes {
+            _ = ab_start_writeback(fd, Int64(writebackFrom), Int64(size - writebackFrom))
+            writebackFrom = size
+        }
     }
 
     /// fdatasync of what was appended since the last call (nothing to do otherwise); the first time, the
@@ -117,12 +127,13 @@ public final class OutputReader {
 
     public init(dir: String) { self.dir = dir }
 
-    deinit { for fd in fds.values where fd >= 0 { close(fd) } }
+    deinit { for fd in fds.values { close(fd) } }
 
+    /// The stream's file, opened on first use; -1 while there is none (it may appear later: `logs -f`).
     func fd(_ stream: CapturedStream) -> Int32 {
         if let fd = fds[stream] { return fd }
         let fd = open(dir + "/" + stream.rawValue, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-        fds[stream] = fd
+        if fd >= 0 { fds[stream] = fd }
         return fd
     }
 

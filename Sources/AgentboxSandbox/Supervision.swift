@@ -175,8 +175,14 @@ struct Supervision {
         var n = 0
         var eof = false
         while n < chunk.count {
-            let r = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress! + n, $0.count - n) }
-            if r > 0 { n += r; continue }
+            let want = chunk.count - n
+            let r = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress! + n, want) }
+            if r > 0 {
+                n += r
+                // A pipe gives all it holds: a short read emptied it (no second read to learn EAGAIN).
+                if r < want { break }
+                continue
+            }
             if r == 0 { eof = true }
             if r < 0 && errno == EINTR { continue }
             break

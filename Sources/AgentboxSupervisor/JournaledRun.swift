@@ -228,13 +228,24 @@ final class OutputGatherer {
         }
     }
 
+    /// Bytes that may still be stored before the disk's free space is looked at again (statvfs per
+    /// chunk was a syscall for every few KiB of a chatty command).
+    var diskCredit: UInt64 = 0
+
     /// How many of `count` bytes may be stored (all, some, or none), deciding when to stop.
     func admit(_ stream: CapturedStream, _ count: Int) throws(AgentboxError) -> Int {
         if dropReason == nil {
-            if DiskFloor.reached(dir, adding: UInt64(count + writer.pendingBytes + 4096)) {
+            let needed = UInt64(count + writer.pendingBytes + 4096)
+            if needed > diskCredit {
+                // Half of what is free above the floor, at most 8 MiB, until the next look: others
+                // write to the disk too.
+                diskCredit = min(DiskFloor.room(dir).map { $0 / 2 } ?? .max, 8 << 20)
+            }
+            if needed > diskCredit {
                 dropReason = .disk
                 try onFirstDrop?(.disk)
             } else {
+                diskCredit -= UInt64(count)
                 let keep = Int(min(UInt64(count), cap > stored ? cap - stored : 0))
                 if keep == count { return count }
                 dropReason = .cap
@@ -280,12 +291,18 @@ final class OutputGatherer {
 enum DiskFloor {
     static func bytes(total: UInt64) -> UInt64 { min(512 << 20, total / 20) }
 
+    /// Bytes that can be written in `dir` before its free space falls under the floor (nil: unknown).
+    static func room(_ dir: String) -> UInt64? {
+        var st = statvfs()
+        guard statvfs(dir, &st) == 0 else { return nil }
+        let unit = UInt64(st.f_frsize)
+        let free = UInt64(st.f_bavail) * unit, floor = bytes(total: UInt64(st.f_blocks) * unit)
+        return free > floor ? free - floor : 0
+    }
+
     /// Whether writing `adding` more bytes in `dir` would leave less than the floor free.
     static func reached(_ dir: String, adding: UInt64) -> Bool {
-        var st = statvfs()
-        guard statvfs(dir, &st) == 0 else { return false }
-        let unit = UInt64(st.f_frsize)
-        let free = UInt64(st.f_bavail) * unit
-        return free < adding || free - adding < bytes(total: UInt64(st.f_blocks) * unit)
+        guard let room = room(dir) else { return false }
+        return adding > room
     }
 }
