@@ -103,6 +103,7 @@ public struct OutputSpan: Equatable, Sendable {
     public init?(_ data: JSON) {
         guard let stream = data["stream"]?.stringValue.flatMap(CapturedStream.init(rawValue:)),
               let offset = data["offset"]?.uint64Value, let length = data["length"]?.uint64Value,
+              offset < 1 << 62, length < 1 << 62,  // sums and file offsets stay in range
               let hex = data["crc32c"]?.stringValue, hex.utf8.count == 8, let crc = UInt32(hex, radix: 16) else { return nil }
         self.init(stream: stream, offset: offset, length: length, crc32c: crc)
     }

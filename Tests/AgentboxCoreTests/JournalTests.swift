@@ -317,6 +317,9 @@ func shellStatus(_ command: String) -> Int32 {
         #expect(reader.check(record.data) == nil)
         #expect(try reader.bytes(JSON.output(stream: "stderr", bytes: [0xff, 0x00])).get() == [0xff, 0x00])
         #expect(reader.bytes(.object([("stream", "stdout")])).problem != nil)
+        // A span no file can hold is a problem, not a trap.
+        let huge = JSON.object([("stream", "stdout"), ("offset", .uint(UInt64.max)), ("length", 1), ("crc32c", "00000000")])
+        #expect(OutputSpan(huge) == nil && reader.bytes(huge).problem != nil)
     }
 }
 
