@@ -22,6 +22,8 @@ public final class JournalWriter {
     var pending: [UInt8] = []
     /// Bytes appended but not yet written to the file.
     public var pendingBytes: Int { pending.count }
+    /// Bytes of every record appended by this writer (lines as stored).
+    public private(set) var bytesAppended: UInt64 = 0
     var pendingSince: Double? = nil
     /// Written but not yet fdatasync'ed since then (a size-triggered batch write).
     var unsyncedSince: Double? = nil
@@ -141,6 +143,7 @@ public final class JournalWriter {
         seq += 1
         let record = JournalRecord(seq: seq, epoch: epoch, type: type.rawValue, data: data)
         let line = record.line()
+        bytesAppended += UInt64(line.count)
         pending += line
         observer?(line)
         if pendingSince == nil { pendingSince = Clock.monotonic() }

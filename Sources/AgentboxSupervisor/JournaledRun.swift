@@ -195,9 +195,11 @@ extension JournaledRun {
 /// A record is written when the other stream speaks (the interleaving stays recoverable), when a span
 /// reaches `recordBytes`, and at every tick (at most every `interval`).
 ///
-/// The files are on the host's disk, outside every cgroup: at most `cap` bytes of output are stored,
-/// and none once the disk's free space is under `DiskFloor` (what is left must hold the run's last
-/// records, and the host needs its disk). Past either, output is still passed through, and counted.
+/// The files are on the host's disk, outside every cgroup: at most `cap` bytes of output are stored
+/// (the raw bytes and the output records' own lines: a command alternating one-byte writes to stdout and
+/// stderr makes a record per byte), and none once the disk's free space is under `DiskFloor` (what is
+/// left must hold the run's last records, and the host needs its disk). Past either, output is still
+/// passed through, and counted.
 final class OutputGatherer {
     static let recordBytes: UInt64 = 256 << 10
     static let interval = 0.2
@@ -283,7 +285,12 @@ final class OutputGatherer {
     func record() throws(AgentboxError) {
         guard let span = open else { return }
         open = nil
+        let before = writer.bytesAppended
         try writer.append(.output, span.json, critical: false)
+        // The record's line is stored output too (the cap may be passed by this one line).
+        let line = writer.bytesAppended - before
+        stored += line
+        diskCredit -= min(diskCredit, line)
     }
 }
 
