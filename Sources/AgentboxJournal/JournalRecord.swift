@@ -113,7 +113,9 @@ extension JournalRecord {
 }
 
 extension JSON {
-    /// Output bytes, lossless: `{"stream":..., "text":...}` when they are UTF-8, else `{"stream":..., "b64":...}`.
+    /// Output bytes in the record itself, lossless: `{"stream":..., "text":...}` when they are UTF-8, else
+    /// `{"stream":..., "b64":...}`. Output records had this form before the raw output files (OutputSpan);
+    /// readers still read it (`OutputReader`), nothing writes it any more but tests and benchmarks.
     public static func output(stream: String, bytes: [UInt8]) -> JSON {
         if let text = String(validating: bytes, as: UTF8.self) {
             return .object([("stream", .string(stream)), ("text", .string(text))])
@@ -121,7 +123,7 @@ extension JSON {
         return .object([("stream", .string(stream)), ("b64", .string(Base64.encode(bytes)))])
     }
 
-    /// The bytes of an output record's data.
+    /// The bytes of an output record's data of that older form (`OutputReader.bytes` reads both forms).
     public var outputBytes: [UInt8] {
         if let t = self["text"]?.stringValue { return Array(t.utf8) }
         if let b = self["b64"]?.stringValue { return Base64.decode(b) ?? [] }

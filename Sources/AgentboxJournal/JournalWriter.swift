@@ -165,6 +165,11 @@ public final class JournalWriter {
     /// Sees every record line (with its newline) as it is appended: `run --json` streams them.
     public var observer: (([UInt8]) -> Void)? = nil
 
+    /// Runs before batched records are written to the file: what they point at outside the journal (a
+    /// journaled exec's raw output files) is synced here first, so that no record reaches the disk
+    /// before the bytes it names. An error leaves the records pending and is thrown by the flush.
+    public var beforeWrite: (() throws(AgentboxError) -> Void)? = nil
+
     /// Appends a record; returns its seq. Critical records are on disk when this returns.
     @discardableResult
     public func append(_ type: RecordType, _ data: JSON, critical: Bool) throws(AgentboxError) -> UInt64 {
@@ -179,32 +184,6 @@ public final class JournalWriter {
         if critical || pending.count >= JournalWriter.batchBytes {
             try flush(sync: critical)
         }
-        return seq
-    }
-
-    /// Appends an output record straight from the bytes (the hot path of a chatty command): one pass to
-    /// check UTF-8, one to escape into the pending batch, one for the checksum. Same format as
-    /// `append(RecordType.output, JSON.output(...))`.
-    @discardableResult
-    public func appendOutput(stream: String, bytes: [UInt8]) throws(AgentboxError) -> UInt64 {
-        if let failure { throw failure }
-        let utf8 = bytes.withUnsafeBufferPointer { JSON.isValidUTF8($0) }
-        if !utf8 { return try append(RecordType.output, JSON.output(stream: stream, bytes: bytes), critical: false) }
-        seq += 1
-        var line: [UInt8] = []
-        line.reserveCapacity(bytes.count + bytes.count / 16 + 160)
-        line.append(contentsOf: "{\"v\":\(JournalRecord.version),\"seq\":\(seq),\"ts\":\"\(Clock.rfc3339())\",\"epoch\":\(epoch),\"type\":\"output\",\"data\":{\"stream\":".utf8)
-        JSON.quote(stream, into: &line)
-        line.append(contentsOf: ",\"text\":".utf8)
-        bytes.withUnsafeBufferPointer { JSON.quote(utf8: $0, into: &line) }
-        line.append(UInt8(ascii: "}"))
-        let crc = CRC32C.checksum(line)
-        line.append(contentsOf: ",\"crc\":\"\(CRC32C.hex(crc))\"}\n".utf8)
-        bytesAppended += UInt64(line.count)
-        pending.append(contentsOf: line)
-        observer?(line)
-        if pendingSince == nil { pendingSince = Clock.monotonic() }
-        if pending.count >= JournalWriter.batchBytes { try flush(sync: false) }
         return seq
     }
 
@@ -240,6 +219,7 @@ public final class JournalWriter {
         if let failure { throw failure }
         if !pending.isEmpty {
             if lease != nil { try checkFence() }
+            try beforeWrite?()
             var written = 0
             while written < pending.count {
                 let n = pending[written...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }

@@ -223,6 +223,8 @@ public struct RunSummary: Sendable {
     /// Seconds a stopped agent run lets its current tool finish (`AGENTBOX_GRACE` when it started).
     public var grace: Double?
     public var usage: JSON = .null
+    /// Bytes of output recorded per stream (an exec run read in full; nil otherwise).
+    public var output: [CapturedStream: UInt64]? = nil
     public var isolation: JSON = .null
     public var records: Int?
     public var damage: String?
@@ -235,6 +237,7 @@ public struct RunSummary: Sendable {
         tornBytes = scan.tornBytes
         damage = scan.damage?.description
         var ended: JournalRecord? = nil
+        var output: [CapturedStream: UInt64] = [:]
         for r in scan.records {
             switch r.kind {
             case .runStarted?:
@@ -248,6 +251,10 @@ public struct RunSummary: Sendable {
             case .sandboxReady?: isolation = r.data
             case .usage?: usage = r.data
             case .exit?: exitCode = r.data["code"]?.intValue
+            case .output?:
+                let stream: CapturedStream = r.data["stream"]?.stringValue == "stderr" ? .stderr : .stdout
+                let count = OutputSpan(r.data)?.length ?? UInt64(r.data.outputBytes.count)
+                output[stream, default: 0] += count
             case .runEnded?: ended = r
             case .runResumed?: ended = nil  // continued: an earlier end is not the run's end
             default: break
@@ -266,6 +273,7 @@ public struct RunSummary: Sendable {
             endedAt = scan.records.last?.ts
         }
         if damage != nil { state = "damaged" }
+        if !scan.partial && kind == "exec" { self.output = output }
     }
 
     public var json: JSON {
@@ -285,6 +293,9 @@ public struct RunSummary: Sendable {
         fields.append(("started_at", str(startedAt)))
         fields.append(("ended_at", str(endedAt)))
         fields.append(("usage", usage))
+        if let output {
+            fields.append(("output", .object(CapturedStream.allCases.map { ($0.rawValue, .number(Double(output[$0] ?? 0))) })))
+        }
         fields.append(("isolation", isolation))
         fields.append(("records", num(records)))
         fields.append(("torn_tail_bytes", num(tornBytes)))

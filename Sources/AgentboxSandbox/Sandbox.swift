@@ -43,8 +43,8 @@ public struct SandboxWarning: Sendable {
 public protocol SandboxDelegate: AnyObject {
     /// The sandbox is built and confined: the Landlock ABI in force (0: none) and the cgroup.
     func sandboxReady(landlockABI: Int32, cgroup: String?)
-    /// A chunk of the command's output (`captureOutput` only), already queued for agentbox's own
-    /// stdout/stderr.
+    /// A chunk of the command's output (`captureOutput` only), before it is queued for agentbox's own
+    /// stdout/stderr: whatever the caller sees, the delegate has seen first.
     func sandboxOutput(_ stream: Sandbox.OutputStream, _ bytes: [UInt8]) throws(AgentboxError)
     /// After every wake-up of the loop, and at least every `Supervision.tickInterval`.
     func sandboxTick() throws(AgentboxError)

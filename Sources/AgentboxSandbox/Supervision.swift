@@ -175,16 +175,24 @@ struct Supervision {
         var n = 0
         var eof = false
         while n < chunk.count {
-            let r = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress! + n, $0.count - n) }
-            if r > 0 { n += r; continue }
+            let want = chunk.count - n
+            let r = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress! + n, want) }
+            if r > 0 {
+                n += r
+                // A pipe gives all it holds: a short read emptied it (no second read to learn EAGAIN).
+                if r < want { break }
+                continue
+            }
             if r == 0 { eof = true }
             if r < 0 && errno == EINTR { continue }
             break
         }
         if n == 0 { return !eof }
         let bytes = Array(chunk[0..<n])
-        if !relays.isEmpty { relays[stream == .stdout ? 0 : 1].write(bytes) }
+        // The delegate first: what it keeps (a journaled run's raw output files) is kept before the
+        // caller can see it. A delegate's failure stops the sandbox, not the bytes already read.
         if let delegate { call { () throws(AgentboxError) in try delegate.sandboxOutput(stream, bytes) } }
+        if !relays.isEmpty { relays[stream == .stdout ? 0 : 1].write(bytes) }
         return true
     }
 

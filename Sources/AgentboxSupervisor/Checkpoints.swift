@@ -258,7 +258,8 @@ public final class WorkspaceCheckpoints {
             let (name, plain) = withUnsafeBytes(of: e.pointee.d_name) { raw -> (String, Bool) in
                 let bytes = UnsafeRawBufferPointer(rebasing: raw.prefix { $0 != 0 }).bindMemory(to: UInt8.self)
                 // A name that is not UTF-8 would not come back the same from a JSON string.
-                return (String(decoding: bytes, as: UTF8.self), JSON.isValidUTF8(bytes) && !bytes.contains(0x0A))
+                if let valid = String(validating: bytes, as: UTF8.self) { return (valid, !bytes.contains(0x0A)) }
+                return (String(decoding: bytes, as: UTF8.self), false)
             }
             if name == "." || name == ".." { continue }
             let path = prefix.isEmpty ? name : prefix + "/" + name

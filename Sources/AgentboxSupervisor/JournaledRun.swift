@@ -4,7 +4,8 @@ import AgentboxSandbox
 import Glibc
 
 /// A journaled `exec` (`agentbox exec --name NAME`): the sandbox with its journal. The supervisor is
-/// the only writer; the sandbox cannot touch the record (it is outside its filesystem).
+/// the only writer; the sandbox cannot touch the record (it is outside its filesystem). The command's
+/// output goes to raw files next to the journal (`stdout`, `stderr`), which `output` records point into.
 ///
 /// Order of records: journal.opened, run.started (critical: on disk before the sandbox exists),
 /// sandbox.ready, output/warning (batched), limit + confession (critical), exit, usage, run.ended.
@@ -60,10 +61,10 @@ public final class JournaledRun {
             warn(w.message)
             _ = try? writer.append(.warning, .object([("message", .string(w.message))]), critical: false)
         }
-        // Output chunks are gathered per stream into records of up to 256 KiB (a chatty command writes
-        // thousands of small chunks a second); what is gathered is recorded at every tick (<= 200 ms),
+        // Output goes to the run's raw files as it comes; records of up to 256 KiB point into them (a
+        // chatty command writes thousands of small chunks a second), written at every tick (<= 200 ms),
         // well inside the journal's 1 s batching bound.
-        let gather = OutputGatherer(writer: writer, cap: policy.limits.journalOutput, dir: store.runsDir + "/" + id)
+        let gather = OutputGatherer(writer: writer, dir: store.runsDir + "/" + id, cap: policy.limits.journalOutput)
         gather.onFirstDrop = { [self] reason throws(AgentboxError) in
             let summary = reason == .cap
                 ? "command output past the journal's cap of \(Units.formatSize(policy.limits.journalOutput)) is shown but not stored"
@@ -79,6 +80,7 @@ public final class JournaledRun {
             try gather.flush(final: true)
         } catch {
             // Setup failed or the journal could not be written: record it if the journal still works.
+            _ = try? gather.flush(final: true)
             _ = try? writer.append(.runEnded, .object([
                 ("state", "failed"), ("exit_code", .number(Double(error.exitCode))),
                 ("reason", .string("\(error.stage): \(error.message)")),
@@ -103,7 +105,7 @@ public final class JournaledRun {
             try writer.append(.outputDropped, .object([
                 ("reason", .string(reason.rawValue)), ("cap", .number(Double(policy.limits.journalOutput))),
                 ("stored", .number(Double(gather.stored))),
-                ("stdout", .number(Double(gather.dropped["stdout"] ?? 0))), ("stderr", .number(Double(gather.dropped["stderr"] ?? 0))),
+                ("stdout", .number(Double(gather.dropped[.stdout] ?? 0))), ("stderr", .number(Double(gather.dropped[.stderr] ?? 0))),
             ]), critical: false)
         }
 
@@ -150,7 +152,7 @@ extension JournaledRun {
         }
 
         func sandboxOutput(_ stream: Sandbox.OutputStream, _ bytes: [UInt8]) throws(AgentboxError) {
-            try gather.add(stream.rawValue, bytes)
+            try gather.add(stream == .stdout ? .stdout : .stderr, bytes)
         }
 
         func sandboxTick() throws(AgentboxError) {
@@ -187,141 +189,108 @@ extension JournaledRun {
     }
 }
 
-/// Gathers output chunks into larger records, keeping a UTF-8 character that a chunk boundary split
-/// for the next record (so text stays text).
+/// Stores a journaled exec's output (docs/journal.md, "Output"): each chunk is appended to its
+/// stream's raw file as it arrives (before agentbox passes it on), and `output` records name what was
+/// appended: the span since the stream's last record, with its CRC-32C (computed as the bytes arrive).
+/// A record is written when the other stream speaks (the interleaving stays recoverable), when a span
+/// reaches `recordBytes`, and at every tick (at most every `interval`).
 ///
-/// The journal is on the host's disk, outside every cgroup: at most `cap` bytes of output are stored,
-/// and none once the disk's free space is under `DiskFloor` (what is left must hold the run's last
-/// records, and the host needs its disk). Past either, output is still passed through, and counted.
+/// The files are on the host's disk, outside every cgroup: at most `cap` bytes of output are stored
+/// (the raw bytes and the output records' own lines: a command alternating one-byte writes to stdout and
+/// stderr makes a record per byte), and none once the disk's free space is under `DiskFloor` (what is
+/// left must hold the run's last records, and the host needs its disk). Past either, output is still
+/// passed through, and counted.
 final class OutputGatherer {
-    static let recordBytes = 256 << 10
-    /// What an output record takes besides its text: `{"v":1,"seq":...,"crc":"..."}` and the stream name.
-    static let recordOverhead: UInt64 = 160
+    static let recordBytes: UInt64 = 256 << 10
+    static let interval = 0.2
     let writer: JournalWriter
+    let files: [CapturedStream: OutputFile]
     let cap: UInt64
     let dir: String
-    var buffers: [String: [UInt8]] = ["stdout": [], "stderr": []]
-    var order: [String] = []
+    /// Bytes stored since the last record: all of one stream (a switch of stream records them).
+    var open: OutputSpan? = nil
+    var lastFlush = Clock.monotonic()
 
     enum DropReason: String { case cap, disk }
     private(set) var stored: UInt64 = 0
-    private(set) var dropped: [String: UInt64] = [:]
+    private(set) var dropped: [CapturedStream: UInt64] = [:]
     private(set) var dropReason: DropReason? = nil
     /// Called once, when output is first dropped.
     var onFirstDrop: ((DropReason) throws(AgentboxError) -> Void)? = nil
 
-    init(writer: JournalWriter, cap: UInt64 = .max, dir: String = "") {
+    /// Output files in `dir`; the writer syncs them before it writes records that point into them.
+    init(writer: JournalWriter, dir: String, cap: UInt64 = .max) {
         self.writer = writer
-        self.cap = cap
         self.dir = dir
+        self.cap = cap
+        let files = Dictionary(uniqueKeysWithValues: CapturedStream.allCases.map { ($0, OutputFile(dir: dir, stream: $0)) })
+        self.files = files
+        writer.beforeWrite = { () throws(AgentboxError) in
+            for stream in CapturedStream.allCases { try files[stream]?.sync() }
+        }
     }
 
-    /// The longest prefix of `bytes` whose journal encoding fits `budget`, and that encoding's size: JSON
-    /// escaping when the bytes are UTF-8 (controls cost 6 or 2, quotes and backslashes 2, C1 controls
-    /// counted as 6 by their two bytes, conservatively), else base64 (4 per 3).
-    static func fit(_ bytes: [UInt8], budget: UInt64) -> (count: Int, cost: UInt64) {
-        let utf8 = bytes.withUnsafeBufferPointer { JSON.isValidUTF8($0) }
-        if !utf8 {
-            let n = min(bytes.count, Int(min(budget, UInt64(Int.max / 4)) / 4 * 3))
-            return (n, UInt64((n + 2) / 3 * 4))
-        }
-        var cost: UInt64 = 0
-        for (i, b) in bytes.enumerated() {
-            let c: UInt64
-            switch b {
-            case 0x0A, 0x0D, 0x09, 0x22, 0x5C: c = 2
-            case 0..<0x20: c = 6
-            case 0x80...0x9F, 0xC2: c = 3  // C1 controls: \u0085 for two bytes
-            case 0xE2: c = 4  // U+2028/U+2029: \u2028 for three bytes
-            default: c = 1
-            }
-            if cost + c > budget {
-                // Stop at a character's start: half a character is not UTF-8 and would be stored as
-                // base64, a third larger than what was charged.
-                var start = i
-                while start > 0 && bytes[start] & 0xC0 == 0x80 { start -= 1 }
-                return start == i ? (i, cost) : fit(Array(bytes[..<start]), budget: budget)
-            }
-            cost += c
-        }
-        return (bytes.count, cost)
-    }
+    /// Bytes that may still be stored before the disk's free space is looked at again (statvfs per
+    /// chunk was a syscall for every few KiB of a chatty command).
+    var diskCredit: UInt64 = 0
 
-    /// The part of `bytes` that may be stored (all, a prefix, or nothing), deciding when to stop.
-    func admit(_ stream: String, _ bytes: [UInt8]) throws(AgentboxError) -> ArraySlice<UInt8> {
+    /// How many of `count` bytes may be stored (all, some, or none), deciding when to stop.
+    func admit(_ stream: CapturedStream, _ count: Int) throws(AgentboxError) -> Int {
         if dropReason == nil {
-            // What this chunk can take on disk: JSON escaping makes a control byte 6 (\u0000), plus
-            // what the writer holds but has not written yet.
-            if !dir.isEmpty && DiskFloor.reached(dir, adding: UInt64(bytes.count * 6 + writer.pendingBytes + 4096)) {
-                dropReason = .disk
-            } else {
-                // The cap counts what the journal stores: escaped text (a NUL byte is six), or base64,
-                // and each record's own fields (a command alternating one-byte writes to stdout and
-                // stderr makes one record per byte).
-                // `stored` is counted exactly after each append (emit); the encoding is estimated only
-                // when even the worst case (every byte escaped as six) might not fit.
-                let overhead = OutputGatherer.recordOverhead
-                let left = cap > stored ? cap - stored : 0
-                if UInt64(bytes.count) * 6 + overhead <= left { return bytes[...] }
-                let (keep, _) = OutputGatherer.fit(bytes, budget: left > overhead ? left - overhead : 0)
-                if keep == bytes.count { return bytes[...] }
-                dropReason = .cap
-                dropped[stream, default: 0] += UInt64(bytes.count - keep)
-                try onFirstDrop?(.cap)
-                return bytes[..<keep]
+            let needed = UInt64(count + writer.pendingBytes + 4096)
+            if needed > diskCredit {
+                // Half of what is free above the floor, at most 8 MiB, until the next look: others
+                // write to the disk too.
+                diskCredit = min(DiskFloor.room(dir).map { $0 / 2 } ?? .max, 8 << 20)
             }
-            try onFirstDrop?(.disk)
+            if needed > diskCredit {
+                dropReason = .disk
+                try onFirstDrop?(.disk)
+            } else {
+                diskCredit -= UInt64(count)
+                let keep = Int(min(UInt64(count), cap > stored ? cap - stored : 0))
+                if keep == count { return count }
+                dropReason = .cap
+                dropped[stream, default: 0] += UInt64(count - keep)
+                try onFirstDrop?(.cap)
+                return keep
+            }
         }
-        dropped[stream, default: 0] += UInt64(bytes.count)
-        return []
+        dropped[stream, default: 0] += UInt64(count)
+        return 0
     }
 
-    func add(_ stream: String, _ bytes: [UInt8]) throws(AgentboxError) {
-        // Keep the streams' interleaving: switching stream records what the other one gathered.
-        if let last = order.last, last != stream { try emit(last, final: true) }
-        if order.last != stream { order.append(stream) }
-        buffers[stream, default: []].append(contentsOf: bytes)
-        if buffers[stream]!.count >= OutputGatherer.recordBytes { try emit(stream, final: false) }
+    func add(_ stream: CapturedStream, _ bytes: [UInt8]) throws(AgentboxError) {
+        let keep = try admit(stream, bytes.count)
+        guard keep > 0, let file = files[stream] else { return }
+        if let span = open, span.stream != stream { try record() }
+        let kept = bytes[..<keep]
+        var span = open ?? OutputSpan(stream: stream, offset: file.size, length: 0, crc32c: 0)
+        try file.append(kept)
+        span.length += UInt64(keep)
+        span.crc32c = CRC32C.checksum(kept, seed: span.crc32c)
+        stored += UInt64(keep)
+        open = span
+        if span.length >= OutputGatherer.recordBytes { try record() }
     }
 
-    static let interval = 0.2
-    var lastFlush = Clock.monotonic()
-
-    /// Records what was gathered: always when `final`, else at most every `interval` seconds.
+    /// Records what was stored since the last record: always when `final`, else at most every `interval`.
     func flush(final: Bool) throws(AgentboxError) {
         let now = Clock.monotonic()
         if !final && now - lastFlush < OutputGatherer.interval { return }
         lastFlush = now
-        for stream in order { try emit(stream, final: final) }
-        order.removeAll()
+        try record()
     }
 
-    func emit(_ stream: String, final: Bool) throws(AgentboxError) {
-        // Take the buffer out of the dictionary so it is not copied on write.
-        guard var bytes = buffers.removeValue(forKey: stream), !bytes.isEmpty else { return }
-        var keep = 0
-        if !final {
-            // An incomplete UTF-8 sequence at the end waits for its continuation bytes.
-            var i = bytes.count - 1
-            var back = 0
-            while i >= 0 && back < 3 && bytes[i] & 0xC0 == 0x80 { i -= 1; back += 1 }
-            if i >= 0 {
-                let lead = bytes[i]
-                let need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1
-                if need > 1 && bytes.count - i < need { keep = bytes.count - i }
-            }
-        }
-        let rest = Array(bytes[(bytes.count - keep)...])
-        bytes.removeLast(keep)
-        if !bytes.isEmpty {
-            let admitted = try admit(stream, bytes)
-            if !admitted.isEmpty {
-                let before = writer.bytesAppended
-                try writer.appendOutput(stream: stream, bytes: Array(admitted))
-                stored += writer.bytesAppended - before
-            }
-        }
-        buffers[stream] = rest
+    func record() throws(AgentboxError) {
+        guard let span = open else { return }
+        open = nil
+        let before = writer.bytesAppended
+        try writer.append(.output, span.json, critical: false)
+        // The record's line is stored output too (the cap may be passed by this one line).
+        let line = writer.bytesAppended - before
+        stored += line
+        diskCredit -= min(diskCredit, line)
     }
 }
 
@@ -329,12 +298,18 @@ final class OutputGatherer {
 enum DiskFloor {
     static func bytes(total: UInt64) -> UInt64 { min(512 << 20, total / 20) }
 
+    /// Bytes that can be written in `dir` before its free space falls under the floor (nil: unknown).
+    static func room(_ dir: String) -> UInt64? {
+        var st = statvfs()
+        guard statvfs(dir, &st) == 0 else { return nil }
+        let unit = UInt64(st.f_frsize)
+        let free = UInt64(st.f_bavail) * unit, floor = bytes(total: UInt64(st.f_blocks) * unit)
+        return free > floor ? free - floor : 0
+    }
+
     /// Whether writing `adding` more bytes in `dir` would leave less than the floor free.
     static func reached(_ dir: String, adding: UInt64) -> Bool {
-        var st = statvfs()
-        guard statvfs(dir, &st) == 0 else { return false }
-        let unit = UInt64(st.f_frsize)
-        let free = UInt64(st.f_bavail) * unit
-        return free < adding || free - adding < bytes(total: UInt64(st.f_blocks) * unit)
+        guard let room = room(dir) else { return false }
+        return adding > room
     }
 }

@@ -52,6 +52,7 @@ let wire: [[UInt8]] = [spec.encode(), InitMessage.ready(landlockABI: 7).encode()
 
 let journal: [[UInt8]] = [
     #"{"v":1,"seq":7,"ts":"2026-11-26T07:33:51.180Z","epoch":1,"type":"output","data":{"stream":"stdout","text":"hello\n"},"crc":"c2df0e89"}"#,
+    #"{"v":1,"seq":4,"ts":"2026-11-30T08:01:39.394Z","epoch":1,"type":"output","data":{"stream":"stdout","offset":0,"length":20,"crc32c":"43327df1"},"crc":"90462923"}"#,
     #"{"v":1,"seq":1,"ts":"2026-11-26T07:33:51.180Z","epoch":1,"type":"confession","data":{"severity":"warning","category":"x","summary":"s"},"crc":"00000000"}"#,
 ].map(bytes)
 
@@ -106,6 +107,10 @@ let targets: [Target] = [
     },
     Target(name: "journal", seeds: journal) { input in
         _ = JournalRecord.parse(line: input[...])
+        // An output record's span, as readers take it from the data (no file: every span is a problem).
+        if let data = try? JSON.parse(bytes: input), let span = OutputSpan(data["data"] ?? data) {
+            _ = OutputReader(dir: "/nonexistent").bytes(span)
+        }
         return nil
     },
     Target(name: "sse-openai", seeds: [openAIStream]) { input in

@@ -372,15 +372,17 @@ struct Logs: ParsableCommand {
         return header + "\n" + TerminalText.prefixed(body, Logs.gutter)
     }
 
-    func show(_ r: JournalRecord) {
+    func show(_ r: JournalRecord, _ output: OutputPrinter) {
         if json { Console.out(r.raw); return }
         let d = r.data
         func field(_ key: String) -> String { safe(d[key]?.stringValue) }
         switch r.kind {
         case .output?:
-            let bytes = d.outputBytes
-            let fd: Int32 = d["stream"]?.stringValue == "stderr" ? 2 : 1
-            Sandbox.writeAll(fd, raw ? bytes : Array(TerminalText.block(bytes: bytes).utf8))
+            switch output.reader.bytes(d) {
+            case let .success(bytes): output.write(d["stream"]?.stringValue == "stderr" ? .stderr : .stdout, bytes)
+            case let .failure(problem):
+                Console.write("[\(r.seq)] output not shown: \(safe(problem.description)) (agentbox journal verify \(safe(target)))")
+            }
         case .warning?: Console.write(Style.dim("[\(r.seq)] warning: \(field("message"))"))
         case .confession?:
             Console.write("[\(r.seq)] confession \(field("severity"))/\(field("category"))"
@@ -427,23 +429,86 @@ struct Logs: ParsableCommand {
             let store = RunStore()
             let id = try store.resolve(target)
             let follower = JournalFollower(path: store.journalPath(id))
+            let output = OutputPrinter(reader: OutputReader(dir: store.runsDir + "/" + id), raw: raw)
             var ended = false
-            while true {
-                for r in try follower.poll() where r.seq > since {
-                    show(r)
+            func showNew() throws(AgentboxError) {
+                for r in try follower.poll() {
+                    if r.kind == .output { output.reader.track(r.data) }
+                    if r.seq > since { show(r, output) }
                     if r.kind == .runEnded { ended = true }
                 }
+            }
+            while true {
+                try showNew()
                 if !follow || ended { break }
                 if !store.isLive(id) {
                     // The writer is gone: read what it left, then stop (the run was interrupted).
-                    for r in try follower.poll() where r.seq > since { show(r) }
+                    try showNew()
                     if !json { Console.write(Style.dim("run \(id) was interrupted (its supervisor is gone)")) }
                     break
                 }
                 usleep(50_000)
             }
+            // Output a supervisor stored but died before recording (it was passed on after it was
+            // stored): shown once no writer can still record it.
+            if !json && (ended || !store.isLive(id)) {
+                for stream in CapturedStream.allCases {
+                    let count = output.reader.unrecordedCount(stream)
+                    guard count > 0 else { continue }
+                    Console.write(Style.dim("\(count) bytes of \(stream.rawValue) after the last record (the supervisor died before recording them):"))
+                    output.reader.unrecorded(stream) { output.write(stream, $0) }
+                }
+            }
+            output.finish()
             return 0
         }
+    }
+}
+
+/// Writes a run's output to stdout and stderr: the bytes as recorded (`--raw`), or escaped for a
+/// terminal. Records split the output anywhere (a character may start in one and end in the next), so a
+/// character cut at the end of one piece waits for the rest of its stream before it is escaped.
+final class OutputPrinter {
+    let reader: OutputReader
+    let raw: Bool
+    var held: [CapturedStream: [UInt8]] = [:]
+
+    init(reader: OutputReader, raw: Bool) {
+        self.reader = reader
+        self.raw = raw
+    }
+
+    func write(_ stream: CapturedStream, _ bytes: [UInt8]) {
+        let fd: Int32 = stream == .stdout ? 1 : 2
+        if raw {
+            Sandbox.writeAll(fd, bytes)
+            return
+        }
+        var text = held.removeValue(forKey: stream) ?? []
+        text += bytes
+        let cut = OutputPrinter.incompleteTail(text)
+        if cut > 0 {
+            held[stream] = Array(text.suffix(cut))
+            text.removeLast(cut)
+        }
+        Sandbox.writeAll(fd, Array(TerminalText.block(bytes: text).utf8))
+    }
+
+    /// Writes what is still held (a character that never got its end: shown escaped).
+    func finish() {
+        for (stream, bytes) in held { Sandbox.writeAll(stream == .stdout ? 1 : 2, Array(TerminalText.block(bytes: bytes).utf8)) }
+        held = [:]
+    }
+
+    /// How many bytes at the end of `bytes` are the start of a UTF-8 sequence still missing its
+    /// continuation bytes (0-3).
+    static func incompleteTail(_ bytes: [UInt8]) -> Int {
+        var i = bytes.count - 1
+        while i >= 0 && bytes.count - i <= 3 && bytes[i] & 0xC0 == 0x80 { i -= 1 }
+        guard i >= 0 else { return 0 }
+        let lead = bytes[i]
+        let need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1
+        return need > 1 && bytes.count - i < need ? bytes.count - i : 0
     }
 }
 
@@ -490,8 +555,8 @@ struct JournalCommand: ParsableCommand {
 
     struct Verify: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Verify a journal: seq continuity and every checksum.",
-            discussion: "Exit 0 when intact, or when the only damage is a torn last line (a crash mid-write: recoverable). Exit 1 for damage anywhere else, naming the first bad seq and byte offset.")
+            abstract: "Verify a journal: seq continuity and every checksum, and the output its records point at.",
+            discussion: "Exit 0 when intact, or when the only damage is a torn last line (a crash mid-write: recoverable). Exit 1 for damage anywhere else, naming the first bad seq and byte offset: a record's, or the output record whose bytes in the raw output file are missing or do not match its checksum.")
         @Argument(help: ArgumentHelp("Run id, prefix, name, or a path to a journal.jsonl.", valueName: "RUN|PATH")) var target: String
         @Flag(help: "JSON output.") var json = false
         func run() throws {
@@ -503,7 +568,15 @@ struct JournalCommand: ParsableCommand {
                     let store = RunStore()
                     path = store.journalPath(try store.resolve(target))
                 }
-                let scan = try JournalReader.scan(path: path)
+                var scan = try JournalReader.scan(path: path)
+                // The output the records point at, in the raw files next to the journal.
+                let output = OutputReader(dir: path.lastIndex(of: "/").map { String(path[..<$0]) } ?? ".")
+                var goodRecords = scan.records.count
+                if scan.damage == nil, let damage = output.verify(scan.records) {
+                    scan.damage = damage
+                    goodRecords = scan.records.firstIndex { $0.seq == damage.seq } ?? goodRecords
+                }
+                let unrecorded = scan.damage == nil ? CapturedStream.allCases.map { ($0, output.unrecordedCount($0)) } : []
                 let status = scan.damage != nil ? "damaged" : (scan.tornBytes > 0 ? "recoverable" : "intact")
                 if json {
                     Console.out(JSON.object([
@@ -511,13 +584,17 @@ struct JournalCommand: ParsableCommand {
                         ("last_seq", .number(Double(scan.lastSeq))), ("bytes", .number(Double(scan.fileSize))),
                         ("torn_tail_bytes", .number(Double(scan.tornBytes))), ("fenced_records", .number(Double(scan.fenced))),
                         ("damage", scan.damage.map { .object([("seq", .number(Double($0.seq))), ("offset", .number(Double($0.offset))), ("reason", .string($0.reason))]) } ?? .null),
+                        ("unrecorded_output", .object(unrecorded.map { ($0.rawValue, .number(Double($1))) })),
                     ]).serialized)
                 } else {
                     let path = safe(path)
                     switch status {
                     case "intact": Console.out("\(path): intact, \(scan.records.count) records (seq 1-\(scan.lastSeq)), \(scan.fileSize) bytes")
                     case "recoverable": Console.out("\(path): recoverable: \(scan.records.count) good records, then a torn last line of \(scan.tornBytes) bytes at offset \(scan.validEnd) (a crash mid-write); the next writer cuts it")
-                    default: Console.out("\(path): DAMAGED at \(safe(scan.damage?.description)); \(scan.records.count) good records before it")
+                    default: Console.out("\(path): DAMAGED at \(safe(scan.damage?.description)); \(goodRecords) good records before it")
+                    }
+                    for (stream, count) in unrecorded where count > 0 {
+                        Console.out("\(path): \(count) bytes of \(stream.rawValue) after the last record (the supervisor died before recording them; `agentbox logs` shows them)")
                     }
                     if scan.fenced > 0 {
                         Console.out("\(path): \(scan.fenced) record(s) written by a superseded writer after the run was taken over are not part of it")

@@ -123,7 +123,9 @@ import Testing
         let dir = tempDir()
         let w = try JournalWriter.create(dir: dir)
         try w.append(RecordType.runStarted, ["name": "big"], critical: true)
-        for i in 0..<3000 { try w.appendOutput(stream: "stdout", bytes: Array("line \(i) \(String(repeating: "x", count: 500))\n".utf8)) }
+        for i in 0..<3000 {
+            try w.append(RecordType.output, JSON.output(stream: "stdout", bytes: Array("line \(i) \(String(repeating: "x", count: 500))\n".utf8)), critical: false)
+        }
         try w.append(RecordType.runEnded, ["state": "exited"], critical: true)
         try w.finish()
         let full = try JournalReader.scan(path: w.path)
@@ -233,37 +235,119 @@ func shellStatus(_ command: String) -> Int32 {
     return p.terminationStatus
 }
 
-@Suite struct OutputEncodingTests {
-    @Test(arguments: [
-        Array("plain ascii\n".utf8),
-        Array("héllo wörld \u{1F600} tabs\tquotes\" backslash\\ nul\u{0}".utf8),
-        Array(String(repeating: "x", count: 13).utf8) + [0xC3, 0xA9] + Array("tail".utf8),
-        [UInt8](repeating: 0x41, count: 7) + [0xE2, 0x82],  // cut inside a character: not UTF-8
-        [0xff, 0x00, 0x80],
-        Array("\u{1B}]52;c;eA==\u{07} line\u{2028}sep\u{2029} nel\u{85} csi\u{9B}1m del\u{7F}".utf8),
-    ])
-    func fastOutputRecordsMatchTheGeneralEncoder(bytes: [UInt8]) throws {
-        let a = "/tmp/agentbox-enc-\(UUID().uuidString.prefix(8))", b = a + "b"
-        for d in [a, b] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
-        let fast = try JournalWriter.create(dir: a), general = try JournalWriter.create(dir: b)
-        try fast.appendOutput(stream: "stdout", bytes: bytes)
-        try general.append(RecordType.output, JSON.output(stream: "stdout", bytes: bytes), critical: false)
-        try fast.finish()
-        try general.finish()
-        let fr = try JournalReader.scan(path: fast.path), gr = try JournalReader.scan(path: general.path)
-        #expect(fr.intact && gr.intact)
-        #expect(fr.records.last?.data == gr.records.last?.data)
-        #expect(fr.records.last?.data.outputBytes == bytes)
-    }
-
+@Suite struct OutputBatchTests {
     @Test func batchedOutputIsSyncedWithinTheBatchInterval() throws {
         let dir = "/tmp/agentbox-sync-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let w = try JournalWriter.create(dir: dir)
-        try w.appendOutput(stream: "stdout", bytes: [UInt8](repeating: 0x61, count: JournalWriter.batchBytes + 10))
+        try w.append(RecordType.output, JSON.output(stream: "stdout", bytes: [UInt8](repeating: 0x61, count: JournalWriter.batchBytes + 10)), critical: false)
         #expect(w.pending.isEmpty, "a full batch is written at once")
         #expect(w.flushDeadline != nil, "and still owes an fdatasync within the batch interval")
         try w.flushIfDue(now: Clock.monotonic() + JournalWriter.batchSeconds + 0.01)
         #expect(w.flushDeadline == nil)
     }
+}
+
+/// Output kept in raw files next to the journal, records pointing at spans of them (docs/journal.md, "Output").
+@Suite struct OutputFileTests {
+    func tempDir() -> String {
+        let dir = "/tmp/agentbox-output-test-\(UUID().uuidString.prefix(8))"
+        try! FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
+    /// Appends `pieces` to the stream's file, one record per piece, as the gatherer does.
+    func write(_ pieces: [[UInt8]], to file: OutputFile, stream: CapturedStream) throws -> [JSON] {
+        try pieces.map { piece in
+            let offset = file.size
+            try file.append(piece[...])
+            return OutputSpan(stream: stream, offset: offset, length: UInt64(piece.count), crc32c: CRC32C.checksum(piece)).json
+        }
+    }
+
+    @Test func spansReadBackExactlyAndDamageIsNamed() throws {
+        let dir = tempDir()
+        let file = OutputFile(dir: dir, stream: .stdout)
+        let pieces: [[UInt8]] = [Array("hello ".utf8), [0xff, 0x00, 0xc3], [0xa9] + Array("\n".utf8)]
+        let records = try write(pieces, to: file, stream: .stdout)
+        try file.sync()
+        var mode = stat()
+        #expect(stat(dir + "/stdout", &mode) == 0 && mode.st_mode & 0o777 == 0o600, "the raw file is private")
+        let reader = OutputReader(dir: dir)
+        for (record, piece) in zip(records, pieces) {
+            #expect(try reader.bytes(record).get() == piece)
+            #expect(reader.check(record) == nil)
+        }
+        #expect(reader.unrecordedCount(.stdout) == 0 && reader.unrecordedCount(.stderr) == 0)
+        // A record whose span does not follow the previous one.
+        #expect(OutputReader(dir: dir).check(records[1])?.description.contains("previous record ended at 0") == true)
+        // A flipped byte, then a short file, then none.
+        let fd = open(dir + "/stdout", O_RDWR)
+        var b: UInt8 = 0x01
+        #expect(pwrite(fd, &b, 1, 7) == 1)
+        let flipped = OutputReader(dir: dir).bytes(records[1])
+        #expect(flipped.problem?.contains("do not match the record's crc32c") == true, "\(flipped)")
+        #expect(ftruncate(fd, 8) == 0)
+        close(fd)
+        #expect(OutputReader(dir: dir).bytes(records[2]).problem?.contains("holds 8 bytes") == true)
+        unlink(dir + "/stdout")
+        #expect(OutputReader(dir: dir).bytes(records[0]).problem?.contains("missing") == true)
+        // A file someone else put there (a symlink too) is never written to.
+        #expect(symlink("/tmp/agentbox-elsewhere", dir + "/stderr") == 0)
+        #expect(throws: AgentboxError.self) { try OutputFile(dir: dir, stream: .stderr).append([1][...]) }
+        #expect(!FileManager.default.fileExists(atPath: "/tmp/agentbox-elsewhere"))
+    }
+
+    @Test func bytesAfterTheLastRecordAreFoundAsUnrecorded() throws {
+        let dir = tempDir()
+        let file = OutputFile(dir: dir, stream: .stderr)
+        let records = try write([Array("recorded".utf8)], to: file, stream: .stderr)
+        try file.append(Array(" not yet".utf8)[...])
+        let reader = OutputReader(dir: dir)
+        for r in records { reader.track(r) }
+        #expect(reader.unrecordedCount(.stderr) == 8)
+        var seen: [UInt8] = []
+        reader.unrecorded(.stderr) { seen += $0 }
+        #expect(seen == Array(" not yet".utf8))
+    }
+
+    @Test func recordsReachTheFileOnlyAfterTheBytesTheyNameAreSynced() throws {
+        let dir = tempDir()
+        let w = try JournalWriter.create(dir: dir)
+        let file = OutputFile(dir: dir, stream: .stdout)
+        var calls = 0
+        w.beforeWrite = { () throws(AgentboxError) in
+            calls += 1
+            // The record is not in the file yet when the bytes it names are synced.
+            let records = (try? JournalReader.scan(path: dir + "/journal.jsonl").records) ?? []
+            #expect(!records.contains { $0.kind == .output })
+            try file.sync()
+        }
+        let records = try write([Array("abc".utf8)], to: file, stream: .stdout)
+        #expect(file.unsynced)
+        try w.append(RecordType.output, records[0], critical: false)
+        #expect(calls == 0, "batched: nothing written yet")
+        try w.append(RecordType.limit, ["kind": "oom"], critical: true)
+        #expect(calls == 1 && !file.unsynced)
+        #expect(try JournalReader.scan(path: w.path).records.contains { $0.kind == .output })
+    }
+
+    @Test func recordsOfTheFormatBeforeRawFilesStillRead() throws {
+        // A text record and a base64 record, as older versions wrote them.
+        let line = JournalRecord(seq: 7, epoch: 1, type: "output", data: .object([("stream", "stdout"), ("text", "hello\n")])).line()
+        #expect(String(decoding: line, as: UTF8.self).contains(#""data":{"stream":"stdout","text":"hello\n"},"crc":""#))
+        let record = try JournalRecord.parse(line: line.dropLast()).get()
+        let reader = OutputReader(dir: "/nonexistent")
+        #expect(try reader.bytes(record.data).get() == Array("hello\n".utf8))
+        #expect(reader.check(record.data) == nil)
+        #expect(try reader.bytes(JSON.output(stream: "stderr", bytes: [0xff, 0x00])).get() == [0xff, 0x00])
+        #expect(reader.bytes(.object([("stream", "stdout")])).problem != nil)
+        // A span no file can hold is a problem, not a trap.
+        let huge = JSON.object([("stream", "stdout"), ("offset", .uint(UInt64.max)), ("length", 1), ("crc32c", "00000000")])
+        #expect(OutputSpan(huge) == nil && reader.bytes(huge).problem != nil)
+    }
+}
+
+extension Result where Failure == RecordProblem {
+    var problem: String? { if case let .failure(p) = self { return p.description }; return nil }
 }

@@ -1,3 +1,5 @@
+import AgentboxCore
+import AgentboxJournal
 import Foundation
 import Testing
 
@@ -49,6 +51,158 @@ import Testing
         #expect(ab(["journal", "verify", "job"], home: h).code == 0)
         let sinceFive = jsonLines(ab(["logs", "job", "--json", "--since", "5"], home: h).out)
         #expect(sinceFive.first?["seq"] as? Int == 6)
+    }
+
+    func runDir(_ name: String, home: String) -> String {
+        let inspect = try? JSONSerialization.jsonObject(with: Data(ab(["inspect", name, "--json"], home: home).out.utf8)) as? [String: Any]
+        let journal = inspect?["journal"] as? String ?? "/nonexistent/journal.jsonl"
+        return String(journal[..<(journal.lastIndex(of: "/") ?? journal.endIndex)])
+    }
+
+    /// stdout and stderr of `agentbox logs --raw`, byte for byte.
+    func logsRaw(_ name: String, home: String) -> (out: [UInt8], err: [UInt8]) {
+        let dir = TestEnv.workspace()
+        let r = shell("AGENTBOX_HOME='\(home)' '\(TestEnv.agentbox)' logs '\(name)' --raw > '\(dir)/out' 2> '\(dir)/err'")
+        #expect(r.code == 0, "\(r)")
+        let read = { (f: String) in [UInt8]((try? Data(contentsOf: URL(fileURLWithPath: dir + "/" + f))) ?? Data()) }
+        return (read("out"), read("err"))
+    }
+
+    @Test func outputGoesToRawFilesAndLogsGivesItBackByteExact() throws {
+        let h = home()
+        // Both streams interleaved, binary and text, a character cut between two records (the tick
+        // records the first half), and more than one record's worth of random bytes.
+        let script = """
+            for i in 1 2 3; do printf 'out %s \\377\\000\\n' $i; sleep 0.05; printf 'err %s\\n' $i >&2; sleep 0.05; done
+            printf 'h\\303'; sleep 0.4; printf '\\251llo\\n'
+            head -c 700000 /dev/urandom > rnd; cat rnd; echo end >&2
+            """
+        let ws = TestEnv.workspace()
+        let dir = TestEnv.workspace()
+        let r = shell("cd '\(ws)' && AGENTBOX_HOME='\(h)' '\(TestEnv.agentbox)' exec --name raw -- /bin/sh -c \"$(cat <<'EOF'\n\(script)\nEOF\n)\" > '\(dir)/out' 2> '\(dir)/err'")
+        #expect(r.code == 0, "\(r)")
+        let out = [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/out")))
+        let err = try String(contentsOfFile: dir + "/err", encoding: .utf8)
+        let random = [UInt8](try Data(contentsOf: URL(fileURLWithPath: ws + "/rnd")))
+        let text: [UInt8] = (1...3).flatMap { Array("out \($0) ".utf8) + [0xff, 0x00, 0x0a] } + Array("héllo\n".utf8)
+        #expect(out == text + random, "passed through unchanged (\(out.count) bytes)")
+        #expect(err == "err 1\nerr 2\nerr 3\nend\n", "\(err)")
+        let logs = logsRaw("raw", home: h)
+        #expect(logs.out == out, "`logs --raw` gives back stdout byte for byte (\(logs.out.count) of \(out.count))")
+        #expect(String(decoding: logs.err, as: UTF8.self).hasPrefix("err 1\nerr 2\nerr 3\nend\n"), "\(String(decoding: logs.err, as: UTF8.self))")
+        // The raw files hold exactly the output; records point into them, no output in the JSON.
+        let run = runDir("raw", home: h)
+        #expect([UInt8](try Data(contentsOf: URL(fileURLWithPath: run + "/stdout"))) == out)
+        let perms = try FileManager.default.attributesOfItem(atPath: run + "/stdout")[.posixPermissions] as? Int
+        #expect(perms == 0o600)
+        let outputs = jsonLines(ab(["logs", "raw", "--json"], home: h).out).filter { $0["type"] as? String == "output" }
+            .compactMap { $0["data"] as? [String: Any] }
+        #expect(outputs.allSatisfy { $0["text"] == nil && $0["b64"] == nil && ($0["crc32c"] as? String)?.count == 8 })
+        let streams = outputs.compactMap { $0["stream"] as? String }
+        #expect(Array(streams.prefix(6)) == ["stdout", "stderr", "stdout", "stderr", "stdout", "stderr"], "the interleaving is recorded: \(streams)")
+        #expect(outputs.filter { $0["stream"] as? String == "stdout" }.count >= 5, "700 KB take several records")
+        var end = ["stdout": 0, "stderr": 0]
+        for o in outputs {
+            let s = o["stream"] as? String ?? ""
+            #expect(o["offset"] as? Int == end[s], "records of a stream follow each other: \(o)")
+            end[s] = (o["offset"] as? Int ?? 0) + (o["length"] as? Int ?? 0)
+        }
+        #expect(end["stdout"] == out.count)
+        // Text mode joins the character the records cut, and escapes the rest.
+        let shown = ab(["logs", "raw"], home: h)
+        #expect(shown.out.hasPrefix("out 1 \\xff\\x00\nout 2 \\xff\\x00\nout 3 \\xff\\x00\nhéllo\n"), "\(shown.out.prefix(80))")
+        let inspect = try JSONSerialization.jsonObject(with: Data(ab(["inspect", "raw", "--json"], home: h).out.utf8)) as? [String: Any]
+        #expect((inspect?["output"] as? [String: Any])?["stdout"] as? Int == out.count, "\(String(describing: inspect?["output"]))")
+        #expect(ab(["journal", "verify", "raw"], home: h).code == 0)
+        // rm takes the raw files with the run.
+        let rm = ab(["rm", "raw"], home: h)
+        #expect(rm.code == 0 && !FileManager.default.fileExists(atPath: run), "\(rm)")
+    }
+
+    @Test func journalVerifyCatchesDamagedOrMissingRawOutput() throws {
+        let h = home()
+        _ = journaledExec("dmg", "head -c 600000 /dev/zero | tr '\\0' x; echo; echo bye >&2", home: h)
+        #expect(ab(["journal", "verify", "dmg"], home: h).code == 0)
+        let run = runDir("dmg", home: h)
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: run + "/stdout")))
+        bytes[400_000] ^= 0x01
+        try Data(bytes).write(to: URL(fileURLWithPath: run + "/stdout"))
+        let damaged = ab(["journal", "verify", "dmg", "--json"], home: h)
+        #expect(damaged.code == 1, "\(damaged)")
+        let info = jsonLines(damaged.out).first?["damage"] as? [String: Any]
+        let records = jsonLines(ab(["logs", "dmg", "--json"], home: h).out)
+        let bad = records.first { $0["seq"] as? Int == info?["seq"] as? Int }
+        let span = bad?["data"] as? [String: Any]
+        #expect(bad?["type"] as? String == "output" && (span?["offset"] as? Int ?? .max) <= 400_000
+                    && (span?["offset"] as? Int ?? 0) + (span?["length"] as? Int ?? 0) > 400_000, "the damage names the record of that byte: \(damaged.out)")
+        #expect((info?["reason"] as? String)?.contains("crc32c") == true, "\(damaged.out)")
+        let logs = ab(["logs", "dmg"], home: h)
+        #expect(logs.err.contains("output not shown") && logs.err.contains("crc32c"), "logs says which output it cannot show: \(logs.err)")
+        // A missing file is damage too, named clearly.
+        try FileManager.default.removeItem(atPath: run + "/stderr")
+        bytes[400_000] ^= 0x01
+        try Data(bytes).write(to: URL(fileURLWithPath: run + "/stdout"))
+        let missing = ab(["journal", "verify", "dmg"], home: h)
+        #expect(missing.code == 1 && missing.out.contains("stderr is missing"), "\(missing)")
+    }
+
+    @Test func journalsOfTheFormatBeforeRawFilesStillRead() throws {
+        // Written by the journal writer as older versions did: the output inside the records.
+        let h = home()
+        let id = "0123456789ab"
+        let dir = h + "/runs/" + id
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let w = try JournalWriter.create(dir: dir)
+        try w.append(.runStarted, .object([("id", .string(id)), ("name", "old"), ("kind", "exec"), ("argv", ["sh"])]), critical: true)
+        try w.append(.output, JSON.output(stream: "stdout", bytes: Array("text ü\n".utf8)), critical: false)
+        try w.append(.output, JSON.output(stream: "stderr", bytes: Array("warn\n".utf8)), critical: false)
+        try w.append(.output, JSON.output(stream: "stdout", bytes: [0xff, 0x00, 0x0a]), critical: false)
+        try w.append(.exit, .object([("code", 0), ("status", "exited")]), critical: false)
+        try w.append(.runEnded, .object([("state", "exited"), ("exit_code", 0)]), critical: true)
+        try w.finish()
+        let stored = ab(["logs", "old", "--json"], home: h).out
+        #expect(stored.contains("\"text\":\"text ü\\n\"") && stored.contains("\"b64\":"), "\(stored)")
+        let logs = logsRaw("old", home: h)
+        #expect(logs.out == Array("text ü\n".utf8) + [0xff, 0x00, 0x0a])
+        #expect(String(decoding: logs.err, as: UTF8.self).hasPrefix("warn\n"))
+        #expect(ab(["logs", "old"], home: h).out == "text ü\n\\xff\\x00\n")
+        let verify = ab(["journal", "verify", "old"], home: h)
+        #expect(verify.code == 0 && verify.out.contains("intact"), "\(verify)")
+        let inspect = try JSONSerialization.jsonObject(with: Data(ab(["inspect", "old", "--json"], home: h).out.utf8)) as? [String: Any]
+        #expect((inspect?["output"] as? [String: Any])?["stdout"] as? Int == 11, "\(String(describing: inspect))")
+    }
+
+    @Test func whatTheCallerSawIsInTheJournalAfterAKill9() throws {
+        let h = home()
+        for round in 0..<3 {
+            // Numbered lines as fast as the shell prints them; the records are due only every 200 ms
+            // (and written every second): most of what is passed on has no record when the kill comes.
+            let marker = "abseen\(round)\(UUID().uuidString.prefix(6))"
+            let pipe = Pipe()
+            let p = try startAgentbox(["exec", "--name", "seen\(round)", "--", "/bin/sh", "-c",
+                                       "i=0; while :; do echo \(marker) $i; i=$((i+1)); done"], env: ["AGENTBOX_HOME": h], stdout: pipe)
+            var seen = Data()
+            let reader = pipe.fileHandleForReading
+            // The last round lets the journal write some records first: recorded and unrecorded output.
+            let start = Date(), deadline = start.addingTimeInterval(20)
+            while (seen.count < 200_000 * (round + 1) || (round == 2 && Date() < start.addingTimeInterval(1.5))) && Date() < deadline {
+                seen.append(reader.availableData)
+            }
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            // What agentbox wrote before it died is the caller's too: what is still in the pipe.
+            let fd = reader.fileDescriptor
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
+            while case let n = read(fd, &buffer, buffer.count), n > 0 { seen.append(contentsOf: buffer[0..<n]) }
+            #expect(seen.count >= 200_000 * (round + 1), "round \(round): the command's output never came")
+            #expect(eventually(3) { !hostHasProcess(withMarker: marker) })
+            let logs = logsRaw("seen\(round)", home: h)
+            #expect(logs.out.count >= seen.count && Array(logs.out.prefix(seen.count)) == [UInt8](seen),
+                    "round \(round): the \(seen.count) bytes the caller got are in the journal (\(logs.out.count) there)")
+            let verify = ab(["journal", "verify", "seen\(round)"], home: h)
+            #expect(verify.code == 0, "round \(round): \(verify)")
+        }
     }
 
     @Test func runsAreFoundByIdPrefixOrName() throws {

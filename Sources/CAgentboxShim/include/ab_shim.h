@@ -102,6 +102,8 @@ int ab_set_no_new_privs(void);
 int ab_set_dumpable(int on);
 int ab_set_child_subreaper(void);
 int ab_close_from(int lowfd);
+/// sync_file_range(SYNC_FILE_RANGE_WRITE): starts writeback of a range without waiting for it.
+int ab_start_writeback(int fd, int64_t offset, int64_t count);
 int ab_pidfd_open(pid_t pid);
 int ab_pidfd_send_signal(int pidfd, int sig);
 /// Raises ambient capabilities 0..last so that they survive execve for a non-root uid.
