@@ -71,6 +71,13 @@ public enum FileIO {
         return freed
     }
 
+    /// Empties a folder (not following symlinks), keeping the folder.
+    public static func removeContents(of path: String) throws(AgentboxError) {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw AgentboxError(stage: "remove \(path)", errnoString()) }
+        _ = try removeContents(fd, path)
+    }
+
     /// Removes everything in the open folder `fd` (closed here).
     static func removeContents(_ fd: Int32, _ path: String) throws(AgentboxError) -> UInt64 {
         guard let dir = fdopendir(fd) else {

@@ -97,6 +97,12 @@ public enum JournalReader {
                     if record.epoch < scan.maxEpoch {
                         scan.fenced += 1
                     } else {
+                        // A part of a journal (a follower, the tail of a listing) may have passed on
+                        // records that a newer epoch's takeover point drops: they are not here to drop.
+                        // The new epoch's first record goes back to where it continues.
+                        if startOffset > 0, record.epoch > scan.maxEpoch, scan.maxEpoch > 0, record.seq < expected {
+                            expected = record.seq
+                        }
                         scan.maxEpoch = record.epoch
                         if record.kind == .journalOpened, let from = record.data["from_offset"]?.intValue {
                             let before = scan.records.count

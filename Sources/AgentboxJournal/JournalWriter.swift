@@ -50,28 +50,28 @@ public final class JournalWriter {
         close(lockFd)
     }
 
-    /// Takes the run's writer lock or fails naming its owner. On this node the lock (flock) tells
-    /// whether a writer lives; a claim of another node holds until it expires (`Lease`). Only a claim
-    /// of another node that expired lets a writer go on while the lock is held (in a simulation of
-    /// nodes on one kernel, or NFS locks held by a paused owner): the lease, not the lock, decides
-    /// between nodes, and the superseded owner is fenced.
+    /// Takes the run's writer lock or fails naming its owner. The run's current claim (`Lease`) decides
+    /// whether a writer lives: on this node its process is alive, elsewhere its lease is renewed. The
+    /// lock (flock) keeps two processes of this node apart besides. Only when the claim is another
+    /// node's and has lapsed may a writer go on while the lock is held (nodes simulated on one kernel,
+    /// or an NFS lock of a paused owner): the lease, not the lock, decides between nodes, and the
+    /// superseded owner is fenced. The descriptor is then not locked.
     static func lock(_ dir: String) throws(AgentboxError) -> Int32 {
         let lockPath = dir + "/lock"
         let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw AgentboxError(stage: "journal", "cannot open \(lockPath): \(FileIO.errnoString())") }
         let claim = Lease.current(dir)
-        let foreign = claim.map { $0.node != Lease.node() } ?? false
         if flock(fd, LOCK_EX | LOCK_NB) < 0 {
-            if let claim, foreign, !claim.heldElsewhere() { return fd }
+            if let claim, claim.node != Lease.node(), !claim.isLive() { return fd }
             let holder = FileIO.readSmall(lockPath)?.trimmingSpaces() ?? "?"
             close(fd)
             throw AgentboxError(stage: "journal", "\(dir) already has a writer (pid \(holder))",
                                 hint: "a run has exactly one writer; wait for it to end or stop it")
         }
-        if let claim, foreign, claim.heldElsewhere() {
+        if let claim, claim.isLive() {
             close(fd)
-            throw AgentboxError(stage: "journal", "\(dir) belongs to a supervisor on another node (\(claim.description))",
-                                hint: "a run has exactly one writer; it can be taken over once that lease expires (AGENTBOX_LEASE_S)")
+            throw AgentboxError(stage: "journal", "\(dir) already has a writer (\(claim.description))",
+                                hint: "a run has exactly one writer; one on another node can be taken over once its lease expires (AGENTBOX_LEASE_S)")
         }
         let pid = "\(getpid())\n"
         _ = ftruncate(fd, 0)
@@ -160,6 +160,22 @@ public final class JournalWriter {
             ("from_offset", .number(Double(scan.validEnd))), ("after_seq", .number(Double(scan.lastSeq))),
         ]), critical: true)
         return (writer, scan.records)
+    }
+
+    /// The records a new writer epoch would add after `journal` (whose last record has `lastSeq` and
+    /// whose highest epoch is `maxEpoch`): its `journal.opened`, then `records`. For a journal put
+    /// together before it becomes a run's (`fork`, `import`): the whole file appears at once, by a
+    /// rename, with its last records in it.
+    public static func continuation(of journal: [UInt8], lastSeq: UInt64, maxEpoch: Int, _ records: [(RecordType, JSON)]) -> [UInt8] {
+        let epoch = maxEpoch + 1
+        var out = JournalRecord(seq: lastSeq + 1, epoch: epoch, type: RecordType.journalOpened.rawValue, data: .object([
+            ("epoch", .number(Double(epoch))), ("pid", .number(Double(getpid()))), ("node", .string(Lease.node())),
+            ("from_offset", .number(Double(journal.count))), ("after_seq", .number(Double(lastSeq))),
+        ])).line()
+        for (i, (type, data)) in records.enumerated() {
+            out += JournalRecord(seq: lastSeq + 2 + UInt64(i), epoch: epoch, type: type.rawValue, data: data).line()
+        }
+        return out
     }
 
     /// Sees every record line (with its newline) as it is appended: `run --json` streams them.

@@ -17,30 +17,41 @@ public final class Lease: @unchecked Sendable {
         public var epoch: Int
         public var node: String
         public var pid: Int32
+        /// The process's start time (clock ticks after boot, /proc/PID/stat): a pid used again by another
+        /// process is not the owner.
+        public var start: UInt64
         /// Wall-clock seconds; the claim is released (0) when its writer ended normally.
         public var expires: Double
         public var released: Bool { expires == 0 }
 
         var json: JSON {
             .object([("epoch", .number(Double(epoch))), ("node", .string(node)), ("pid", .number(Double(pid))),
+                     ("start", .number(Double(start))),
                      ("expires", .number(expires)), ("expires_at", .string(expires == 0 ? "released" : Clock.rfc3339(expires)))])
         }
 
-        init(epoch: Int, node: String, pid: Int32, expires: Double) {
+        init(epoch: Int, node: String, pid: Int32, start: UInt64, expires: Double) {
             self.epoch = epoch
             self.node = node
             self.pid = pid
+            self.start = start
             self.expires = expires
         }
 
         init?(_ bytes: [UInt8]) {
             guard let j = try? JSON.parse(bytes: bytes), let e = j["epoch"]?.intValue, let n = j["node"]?.stringValue,
                   let p = j["pid"]?.intValue, let x = j["expires"]?.numberValue else { return nil }
-            self.init(epoch: e, node: n, pid: Int32(truncatingIfNeeded: p), expires: x)
+            self.init(epoch: e, node: n, pid: Int32(truncatingIfNeeded: p), start: UInt64(j["start"]?.intValue ?? 0), expires: x)
         }
 
-        /// Whether another node's claim still holds: renewed recently enough and not released.
-        public func heldElsewhere(now: Double = Clock.wall()) -> Bool { !released && now < expires }
+        /// Whether the claim's writer may still be writing. On this node: its process is alive (a claim
+        /// of a supervisor killed with -9 is not, at once); on another: it renewed the lease recently
+        /// enough. A released claim never is.
+        public func isLive(now: Double = Clock.wall()) -> Bool {
+            if released { return false }
+            if node == Lease.node() { return pid > 0 && Lease.startTime(pid) == start }
+            return now < expires
+        }
 
         public var description: String {
             "node \(node), pid \(pid)" + (released ? "" : ", lease until \(Clock.rfc3339(expires))")
@@ -58,6 +69,14 @@ public final class Lease: @unchecked Sendable {
         let boot = FileIO.readSmall("/proc/sys/kernel/random/boot_id")?.trimmingSpaces() ?? ""
         return host + (boot.isEmpty ? "" : "/" + boot.prefix(8))
     }()
+
+    /// A process's start time (field 22 of /proc/PID/stat), nil when there is no such process.
+    public static func startTime(_ pid: Int32) -> UInt64? {
+        guard let stat = FileIO.readSmall("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 19 ? UInt64(fields[19]) : nil  // field 22 is the 20th after the command
+    }
+    static let ownStart = startTime(getpid()) ?? 0
 
     /// `AGENTBOX_LEASE_S` (default 30 s): how long a claim holds without being renewed.
     public static func seconds() throws(AgentboxError) -> Double {
@@ -85,7 +104,7 @@ public final class Lease: @unchecked Sendable {
         if let claim = (try? FileIO.read(dir + "/\(highest)", limit: 4096)).flatMap({ Claim($0) }) { return claim }
         var st = stat()
         let changed = stat(dir + "/\(highest)", &st) == 0 ? Double(st.st_mtim.tv_sec) : Clock.wall()
-        return Claim(epoch: highest, node: "?", pid: 0, expires: changed + ((try? seconds()) ?? 30))
+        return Claim(epoch: highest, node: "?", pid: 0, start: 0, expires: changed + ((try? seconds()) ?? 30))
     }
 
     public let runDir: String
@@ -145,8 +164,8 @@ public final class Lease: @unchecked Sendable {
     /// reader sees the old claim or the new one.
     @discardableResult
     func write(expires: Double, rename replace: Bool = true) -> String? {
-        let tmp = Lease.directory(runDir) + "/.\(epoch).\(getpid())"
-        let bytes = Claim(epoch: epoch, node: node, pid: getpid(), expires: expires).json.serializedBytes
+        let tmp = Lease.directory(runDir) + "/.\(epoch).\(getpid()).\(RunStore.newID())"
+        let bytes = Claim(epoch: epoch, node: node, pid: getpid(), start: Lease.ownStart, expires: expires).json.serializedBytes
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return nil }
         let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }

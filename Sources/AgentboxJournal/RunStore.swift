@@ -43,7 +43,10 @@ public struct RunStore: Sendable {
         throw AgentboxError(stage: "journal", "could not pick an unused run id")
     }
 
-    static func newID() -> String {
+    /// fsyncs `runs/` (a run folder renamed into it survives a crash).
+    public func syncRuns() throws(AgentboxError) { try Durability.syncDirectory(runsDir) }
+
+    public static func newID() -> String {
         var bytes = [UInt8](repeating: 0, count: 6)
         let fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC)
         if fd >= 0 { _ = read(fd, &bytes, 6); close(fd) }
@@ -121,6 +124,10 @@ public struct RunStore: Sendable {
         while let e = readdir(d) {
             let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
             if name.hasPrefix(".removing-") { names.append(name) }
+            // A run being made (fork, import) is a .new- folder for seconds; one an hour old was left by
+            // one that was killed.
+            var st = stat()
+            if name.hasPrefix(".new-"), lstat(runsDir + "/" + name, &st) == 0, Double(st.st_mtim.tv_sec) < Clock.wall() - 3600 { names.append(name) }
         }
         closedir(d)
         for name in names { _ = try? FileIO.removeTree(runsDir + "/" + name) }
@@ -178,10 +185,13 @@ public struct RunStore: Sendable {
         }
     }
 
-    /// Whether the run has a live writer: one on this node holds its lock, or another node's claim
-    /// holds (docs/lifecycle.md, "Owners, leases and fencing").
+    /// Whether the run has a live writer: its current claim's (docs/lifecycle.md, "Owners, leases and
+    /// fencing"), or a process of this node holding its lock, unless the claim is another node's and
+    /// lapsed (then the holder is an owner that was superseded).
     public func isLive(_ id: String) -> Bool {
-        if let owner = foreignOwner(id) { return owner.heldElsewhere() }
+        let claim = Lease.current(runsDir + "/" + id)
+        if claim?.isLive() == true { return true }
+        if let claim, claim.node != Lease.node() { return false }
         let fd = open(runsDir + "/" + id + "/lock", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return false }
         defer { close(fd) }

@@ -53,6 +53,14 @@ public final class WorkspaceCheckpoints {
     /// run its size).
     var buffer: [UInt8] = []
     var racy: Int64 = 0
+    /// Bytes this checkpoint may still read (nil: the run's first checkpoint, which reads everything).
+    var readBudget: Int64? = nil
+    /// Bytes stored since the run's first checkpoint, and the most it may store (nil before it).
+    public internal(set) var storedTotal: Int64 = 0
+    var quota: Int64? = nil
+    /// Paths of files with more than one link, by inode: a write through one name changes the others.
+    var linked: [UInt64: Set<String>] = [:]
+    var followingLinks = false
 
     public init(workspace: String, runDir: String, exclude: [String]) {
         root = workspace
@@ -99,6 +107,11 @@ public final class WorkspaceCheckpoints {
     public func restore(from records: [JournalRecord]) {
         index = WorkspaceCheckpoints.index(from: records)
         tracker = nil
+        let stored = records.filter { $0.kind == .checkpoint }.map { Int64($0.data["stored_bytes"]?.intValue ?? 0) }
+        if let first = stored.first {
+            quota = max(WorkspaceCheckpoints.minQuotaBytes, 2 * first)
+            storedTotal = stored.dropFirst().reduce(0, +)
+        }
     }
 
     static func encodePath(_ path: String) -> JSON { .string(path) }
@@ -154,6 +167,8 @@ public final class WorkspaceCheckpoints {
         var scan = Scan()
         buffer = [UInt8](repeating: 0, count: 256 << 10)
         defer { buffer = [] }
+        let baseline = index.isEmpty && quota == nil
+        readBudget = baseline ? nil : WorkspaceCheckpoints.maxReadBytes
         var dirty = tracker?.drain() ?? []
         let full = tracker == nil || tracker!.lost || scans % WorkspaceCheckpoints.fullScanEvery == 0
         scans += 1
@@ -170,6 +185,8 @@ public final class WorkspaceCheckpoints {
             if walked.contains(where: { path.hasPrefix($0 + "/") }) { continue }
             if try update(fd, path, &scan) { walked.append(path) }
         }
+        if quota == nil { quota = max(WorkspaceCheckpoints.minQuotaBytes, 2 * scan.stored) }
+        if baseline { storedTotal = 0 }
         let changed = scan.changed.keys.sorted()
         let removed = scan.removed.filter { index[$0] == nil }.sorted()
         var fields: [(String, JSON)] = [("step", .number(Double(step))), ("files", .number(Double(index.count))),
@@ -210,13 +227,21 @@ public final class WorkspaceCheckpoints {
         let kind = fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? WorkspaceCheckpoints.kind(st.st_mode) : nil
         let old = index[path]
         guard let kind else { removeTree(path, &scan); return false }
-        if kind == .directory, let old, old.kind == .directory, old.inode == UInt64(st.st_ino) {
+        // The same folder, still watched: its entries have their own events. A folder with the inode of
+        // one that was removed (`rm -r d; mkdir d`: inodes are reused) has no watch: walked again.
+        if kind == .directory, let old, old.kind == .directory, old.inode == UInt64(st.st_ino), tracker?.watches[path] != nil {
             try visit(fd, name, path, parts.count - 1, st, &scan, descend: false)
             return false
         }
         // A folder replaced (or gone from under a file of the same name): what was under it is not.
         if let old, old.kind == .directory { removeTree(path, &scan) }
         try visit(fd, name, path, parts.count - 1, st, &scan, descend: true)
+        // A write through one name of a file with several names: inotify names only that one.
+        if kind == .file && st.st_nlink > 1 && !followingLinks {
+            followingLinks = true
+            defer { followingLinks = false }
+            for other in linked[UInt64(st.st_ino)] ?? [] where other != path { _ = try update(rootFd, other, &scan) }
+        }
         return kind == .directory
     }
 
@@ -234,6 +259,15 @@ public final class WorkspaceCheckpoints {
             scan.changed[p] = nil
             scan.removed.insert(p)
         }
+    }
+
+    /// A path whose content could not be recorded: it leaves the index (a fork does not get an older
+    /// content of it back), and the record lists it.
+    func skip(_ path: String, _ scan: inout Scan) {
+        scan.skipped.append(path)
+        scan.seen.remove(path)
+        scan.changed[path] = nil
+        if index.removeValue(forKey: path) != nil { scan.removed.insert(path) }
     }
 
     static func kind(_ mode: mode_t) -> Kind? {
@@ -281,6 +315,7 @@ public final class WorkspaceCheckpoints {
                           mtime: Int64(st.st_mtim.tv_sec) * 1_000_000 + Int64(st.st_mtim.tv_nsec / 1000),
                           ctime: Int64(st.st_ctim.tv_sec) * 1_000_000 + Int64(st.st_ctim.tv_nsec / 1000), inode: UInt64(st.st_ino))
         scan.seen.insert(path)
+        if kind == .file && st.st_nlink > 1 { linked[UInt64(st.st_ino), default: []].insert(path) }
         let old = index[path]
         if let old, old.sameAttributes(entry) {
             // Unchanged: nothing to read or record.
@@ -290,10 +325,10 @@ public final class WorkspaceCheckpoints {
             case .link:
                 var buf = [UInt8](repeating: 0, count: Int(PATH_MAX) + 1)
                 let n = readlinkat(dirFd, name, &buf, buf.count - 1)
-                guard n >= 0, let target = String(validating: buf[0..<n], as: UTF8.self) else { scan.skipped.append(path); return }
+                guard n >= 0, let target = String(validating: buf[0..<n], as: UTF8.self) else { skip(path, &scan); return }
                 entry.target = target
             case .file:
-                guard let (hash, stable, new) = try store(dirFd, name, entry) else { scan.skipped.append(path); return }
+                guard let (hash, stable, new) = try store(dirFd, name, entry, &scan) else { skip(path, &scan); return }
                 entry.hash = hash
                 if new { scan.stored += entry.size }
                 // Changed while it was read: recorded as read, and read again next time.
@@ -329,33 +364,44 @@ public final class WorkspaceCheckpoints {
 
     /// Reads a file the scan found changed, storing its content under its hash: the hash, whether the
     /// file stayed the same while it was read, and whether its content was new to the store. Nil when
-    /// it could not be read as that regular file, or the journal's disk has no room for it.
+    /// it could not be read as that regular file, or does not fit the limits below.
     ///
-    /// The file is read and hashed first; content already stored (a file touched, a revert, a copy) is
-    /// not written again. A file up to `keepBytes` is kept in memory for the write; a larger one is read
-    /// a second time, and hashed again while it is copied: the stored object is named by what was
-    /// written.
+    /// The file is read (up to the size it had when opened: a file growing meanwhile is not followed)
+    /// and hashed first; content already stored (a file touched, a revert, a copy) is not written
+    /// again. A file up to `keepBytes` is kept in memory for the write; a larger one is read a second
+    /// time, and hashed again while it is copied: the stored object is named by what was written.
+    ///
+    /// Limits, because the agent decides what the workspace holds and the supervisor reads it outside
+    /// every cgroup: a file over `maxFileBytes` (a sparse file of terabytes) is not read; a checkpoint
+    /// after the first reads at most `maxReadBytes`; what a run stores after its first checkpoint is at
+    /// most the larger of `minQuotaBytes` and twice that checkpoint; and the disk floor is kept.
     static let keepBytes = 8 << 20
+    public static let maxFileBytes: Int64 = 1 << 30
+    public static let maxReadBytes: Int64 = 4 << 30
+    public static let minQuotaBytes: Int64 = 4 << 30
 
-    func store(_ dirFd: Int32, _ name: String, _ entry: Entry) throws(AgentboxError) -> (String, Bool, Bool)? {
+    func store(_ dirFd: Int32, _ name: String, _ entry: Entry, _ scan: inout Scan) throws(AgentboxError) -> (String, Bool, Bool)? {
         let fd = openat(dirFd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, UInt64(st.st_ino) == entry.inode else { return nil }
-        let small = st.st_size <= WorkspaceCheckpoints.keepBytes
-        guard let first = try digest(fd, keep: small) else { return nil }
-        var hash = first.hash
-        var path = objectPath(hash)
-        var stable = true
-        if FileIO.exists(path) {
-            stable = sameFile(fd, st)
-            return (hash, stable, false)
+        let size = Int64(st.st_size)
+        guard size <= WorkspaceCheckpoints.maxFileBytes else { return nil }
+        if let budget = readBudget {
+            guard size <= budget else { return nil }
+            readBudget = budget - size
         }
-        if DiskFloor.reached(FileIO.isDirectory(objects) ? objects : root, adding: UInt64(max(0, st.st_size))) { return nil }
+        let small = size <= WorkspaceCheckpoints.keepBytes
+        guard let first = try digest(fd, limit: size, keep: small) else { return nil }
+        var hash = first.hash
+        var stable = first.complete
+        var path = objectPath(hash)
+        if FileIO.exists(path) { return (hash, stable && sameFile(fd, st), false) }
+        if let quota, storedTotal + size > quota { return nil }
+        if DiskFloor.reached(FileIO.isDirectory(objects) ? objects : root, adding: UInt64(size)) { return nil }
         if madeDirs.isEmpty { try makeDir(objects) }
-        let tmp = objects + "/.tmp-\(getpid())"
-        unlink(tmp)
+        let tmp = objects + "/.tmp-\(getpid())-" + RunStore.newID()
         let out = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard out >= 0 else { throw AgentboxError(stage: "checkpoint", "cannot create \(tmp): \(FileIO.errnoString())") }
         var failed: Int32 = 0
@@ -363,13 +409,13 @@ public final class WorkspaceCheckpoints {
             failed = WorkspaceCheckpoints.writeAll(out, first.bytes[...])
         } else {
             // Read again, hashing what is written.
-            guard lseek(fd, 0, SEEK_SET) == 0, let second = try digest(fd, keep: false, copyTo: out) else {
+            guard lseek(fd, 0, SEEK_SET) == 0, let second = try digest(fd, limit: size, keep: false, copyTo: out) else {
                 close(out)
                 unlink(tmp)
                 return nil
             }
             failed = second.failed
-            if second.hash != hash { stable = false; hash = second.hash; path = objectPath(hash) }
+            if second.hash != hash || !second.complete { stable = false; hash = second.hash; path = objectPath(hash) }
         }
         close(out)
         guard failed == 0 else {
@@ -385,6 +431,7 @@ public final class WorkspaceCheckpoints {
             unlink(tmp)
             throw AgentboxError(stage: "checkpoint", "cannot store \(path): \(e)")
         }
+        if new { storedTotal += size }
         return (hash, stable && sameFile(fd, st), new)
     }
 
@@ -395,26 +442,34 @@ public final class WorkspaceCheckpoints {
             && after.st_mtim.tv_nsec == st.st_mtim.tv_nsec && after.st_ctim.tv_nsec == st.st_ctim.tv_nsec
     }
 
-    /// SHA-256 of the rest of `fd` (hex), with the bytes when `keep`, or writing them to `copyTo` (the
-    /// errno of a failed write in `failed`); nil when the file cannot be read.
-    func digest(_ fd: Int32, keep: Bool, copyTo: Int32 = -1) throws(AgentboxError) -> (hash: String, bytes: [UInt8], failed: Int32)? {
+    /// SHA-256 of the next `limit` bytes of `fd` (hex), with the bytes when `keep`, or writing them to
+    /// `copyTo` (the errno of a failed write in `failed`); `complete` is false when the file did not
+    /// have exactly `limit` bytes (it changed while it was read). Nil when the file cannot be read.
+    func digest(_ fd: Int32, limit: Int64, keep: Bool, copyTo: Int32 = -1) throws(AgentboxError)
+        -> (hash: String, bytes: [UInt8], failed: Int32, complete: Bool)? {
         guard let ctx = ab_sha256_new() else {
             throw AgentboxError(stage: "checkpoint", "SHA-256 is not available: \(WorkspaceCheckpoints.unavailable ?? "?")")
         }
         var kept: [UInt8] = []
+        if keep { kept.reserveCapacity(Int(limit)) }
         var failed: Int32 = 0
-        while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        var left = limit
+        while left > 0 {
+            let want = Int(min(left, Int64(buffer.count)))
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, want) }
             if n < 0 && errno == EINTR { continue }
             if n < 0 { ab_sha256_free(ctx); return nil }
             if n == 0 { break }
+            left -= Int64(n)
             _ = buffer.withUnsafeBytes { ab_sha256_update(ctx, $0.baseAddress!, n) }
             if keep { kept.append(contentsOf: buffer[0..<n]) }
             if copyTo >= 0 && failed == 0 { failed = WorkspaceCheckpoints.writeAll(copyTo, buffer[0..<n]) }
         }
+        var one: UInt8 = 0
+        let complete = left == 0 && read(fd, &one, 1) == 0
         var out = [UInt8](repeating: 0, count: 32)
         guard ab_sha256_final(ctx, &out) == 0 else { return nil }
-        return (WorkspaceCheckpoints.hex(out), kept, failed)
+        return (WorkspaceCheckpoints.hex(out), kept, failed, complete)
     }
 
     /// write(2) until all is written; 0 or the errno.
@@ -461,12 +516,21 @@ public final class WorkspaceCheckpoints {
             }
             return (fd, name)
         }
+        // Owner, mode and times go through a descriptor of the entry itself (never a path that a
+        // process sharing the folder could have turned into a symlink meanwhile); links' own owner and
+        // times by name, without following them.
         func finish(_ fd: Int32, _ name: String, _ e: Entry, link: Bool = false) {
-            if root { fchownat(fd, name, e.uid, e.gid, AT_SYMLINK_NOFOLLOW) }
-            if !link { fchmodat(fd, name, mode_t(e.mode & 0o1777), 0) }
             let t = timespec(tv_sec: Int(e.mtime / 1_000_000), tv_nsec: Int(e.mtime % 1_000_000) * 1000)
             var times = [t, t]
-            utimensat(fd, name, &times, AT_SYMLINK_NOFOLLOW)
+            if link {
+                if root { fchownat(fd, name, e.uid, e.gid, AT_SYMLINK_NOFOLLOW) }
+                utimensat(fd, name, &times, AT_SYMLINK_NOFOLLOW)
+                return
+            }
+            let own = openat(fd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | (e.kind == .directory ? O_DIRECTORY : 0))
+            guard own >= 0 else { return }
+            defer { close(own) }
+            WorkspaceCheckpoints.finish(own, e, root: root)
         }
         for path in paths where index[path]!.kind == .directory {
             let (fd, name) = try parent(path)
@@ -481,8 +545,7 @@ public final class WorkspaceCheckpoints {
             let source = objects + "/" + e.hash.prefix(2) + "/" + e.hash.dropFirst(2)
             let (fd, name) = try parent(path)
             defer { close(fd) }
-            try copyVerified(source, hash: e.hash, to: fd, name, display: dir + "/" + path)
-            finish(fd, name, e)
+            try copyVerified(source, hash: e.hash, to: fd, name, display: dir + "/" + path, entry: e, root: root)
         }
         for path in paths where index[path]!.kind == .link {
             let e = index[path]!
@@ -499,7 +562,19 @@ public final class WorkspaceCheckpoints {
         }
     }
 
-    static func copyVerified(_ source: String, hash: String, to dirFd: Int32, _ name: String, display: String) throws(AgentboxError) {
+    /// Owner (as root), mode without set-id bits, and times of an entry written back, by descriptor.
+    static func finish(_ fd: Int32, _ e: Entry, root: Bool) {
+        if root { fchown(fd, e.uid, e.gid) }
+        fchmod(fd, mode_t(e.mode & 0o1777))
+        let t = timespec(tv_sec: Int(e.mtime / 1_000_000), tv_nsec: Int(e.mtime % 1_000_000) * 1000)
+        var times = [t, t]
+        futimens(fd, &times)
+    }
+
+    /// Copies stored content to `name` in `dirFd` (created, never replaced), checking its SHA-256; with
+    /// `entry`, gives it the entry's owner, mode and times.
+    public static func copyVerified(_ source: String, hash: String, to dirFd: Int32, _ name: String, display: String,
+                             entry: Entry? = nil, root: Bool = false) throws(AgentboxError) {
         let input = open(source, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         guard input >= 0 else { throw AgentboxError(stage: "fork", "the stored content of \(display) is missing (\(source)): \(FileIO.errnoString())") }
         defer { close(input) }
@@ -507,7 +582,9 @@ public final class WorkspaceCheckpoints {
         guard out >= 0 else { throw AgentboxError(stage: "fork", "cannot create \(display): \(FileIO.errnoString())") }
         defer { close(out) }
         guard let ctx = ab_sha256_new() else { throw AgentboxError(stage: "fork", "SHA-256 is not available: \(unavailable ?? "?")") }
-        var buf = [UInt8](repeating: 0, count: 1 << 20)
+        var st = stat()
+        let size = fstat(input, &st) == 0 ? Int(st.st_size) : 0
+        var buf = [UInt8](repeating: 0, count: max(4096, min(1 << 20, size + 1)))  // not 1 MiB zeroed per small file
         while true {
             let n = buf.withUnsafeMutableBytes { read(input, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
@@ -524,15 +601,21 @@ public final class WorkspaceCheckpoints {
         }
         var digest = [UInt8](repeating: 0, count: 32)
         guard ab_sha256_final(ctx, &digest) == 0, hex(digest) == hash else {
+            unlinkat(dirFd, name, 0)
             throw AgentboxError(stage: "fork", "the stored content of \(display) does not match its checkpoint (\(source) is damaged)")
         }
+        if let entry { finish(out, entry, root: root) }
     }
 }
 
 extension WorkspaceCheckpoints.Entry {
     init?(json e: JSON) {
         guard let k = e["t"]?.stringValue.flatMap(WorkspaceCheckpoints.Kind.init(rawValue:)) else { return nil }
-        func n(_ key: String) -> Int64 { e[key]?.numberValue.map { Int64($0) } ?? 0 }
+        // A record from an imported journal is not trusted to hold numbers that fit.
+        func n(_ key: String) -> Int64 {
+            guard let d = e[key]?.numberValue, d.isFinite, abs(d) < 9e18 else { return 0 }
+            return Int64(d)
+        }
         self.init(kind: k, mode: UInt32(truncatingIfNeeded: n("m")), size: n("s"), uid: UInt32(truncatingIfNeeded: n("u")),
                   gid: UInt32(truncatingIfNeeded: n("g")), mtime: n("mt"), ctime: n("ct"), inode: UInt64(truncatingIfNeeded: n("i")),
                   hash: e["h"]?.stringValue ?? "", target: e["l"]?.stringValue ?? "")
@@ -571,7 +654,15 @@ final class ChangeTracker {
 
     deinit { close(fd) }
 
+    /// Watches one run may hold: a tenth of the user's limit (every root process shares it), at most
+    /// 16384; past it, checkpoints walk the whole workspace.
+    static let maxWatches: Int = {
+        let limit = Int(FileIO.readSmall("/proc/sys/fs/inotify/max_user_watches")?.trimmingSpaces() ?? "") ?? 8192
+        return max(64, min(16384, limit / 10))
+    }()
+
     func watch(_ dirFd: Int32, _ path: String) {
+        if watches[path] == nil && watches.count >= ChangeTracker.maxWatches { lost = true; return }
         let wd = inotify_add_watch(fd, "/proc/self/fd/\(dirFd)", ChangeTracker.mask)
         guard wd >= 0 else { lost = true; return }
         if let old = paths[wd], old != path { watches[old] = nil }  // the same folder under a new name

@@ -276,7 +276,7 @@ struct Resume: ParsableCommand {
         let scan = try JournalReader.scan(path: store.journalPath(id))
         let summary = RunSummary(id: id, journal: store.journalPath(id), scan: scan, live: store.isLive(id))
         guard summary.kind == "run" else { throw .usage("run \(id) is an `exec` run: only agent runs are resumed") }
-        if let owner = store.foreignOwner(id), owner.heldElsewhere() {
+        if let owner = store.foreignOwner(id), owner.isLive() {
             throw AgentboxError(stage: "resume", "run \(id) runs on another node (\(owner.description))",
                                 hint: "it can be taken over once that node stops renewing its lease (AGENTBOX_LEASE_S, default 30 s)")
         }
@@ -616,8 +616,18 @@ final class Supervisor {
     init(_ target: String) throws(AgentboxError) {
         let id = try store.resolve(target, running: true)
         self.id = id
-        if let owner = store.foreignOwner(id), owner.heldElsewhere() {
+        if let owner = store.foreignOwner(id), owner.isLive() {
             throw AgentboxError(stage: "run", "run \(id) runs on another node (\(owner.description))", hint: "stop it there", exitCode: 1)
+        }
+        // A writer that took the run over from another node holds no lock here: its claim names it,
+        // with its start time (a pid used again is not it).
+        if let claim = Lease.current(store.runsDir + "/" + id), claim.node == Lease.node(), claim.isLive() {
+            pid = claim.pid
+            pidfd = Descriptor(ab_pidfd_open(claim.pid))
+            guard pidfd.isValid, Lease.startTime(claim.pid) == claim.start else {
+                throw AgentboxError(stage: "run", "run \(id) is not running (its supervisor, pid \(claim.pid), is gone)", exitCode: 1)
+            }
+            return
         }
         let summary = try store.summary(id, full: false)
         let lockPath = store.runsDir + "/" + id + "/lock"

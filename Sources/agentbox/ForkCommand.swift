@@ -65,42 +65,55 @@ struct Fork: ParsableCommand {
         if let name { _ = try store.claimName(name) }  // refused while a running run has it; the run claims it again
         let index = WorkspaceCheckpoints.index(from: prefix)
         let ws = AgentboxPaths.absolute(workspace ?? name ?? "fork-of-\(parent)-\(step)")
-        if FileIO.isDirectory(ws), let d = opendir(ws) {
+        var st = stat()
+        if lstat(ws, &st) == 0 {
+            guard st.st_mode & S_IFMT == S_IFDIR else { throw .usage("\(ws) exists and is not a folder", hint: "pass --workspace DIR with a new or empty folder") }
+            // Root writes the files with their recorded owners and modes: not into a folder someone else
+            // can change meanwhile.
+            guard st.st_uid == getuid() else { throw .usage("\(ws) belongs to another user", hint: "pass --workspace DIR with a new folder, or an empty one of yours") }
+            guard let d = opendir(ws) else { throw .usage("cannot read \(ws): \(FileIO.errnoString())") }
             var entries = 0
             while readdir(d) != nil { entries += 1 }
             closedir(d)
             if entries > 2 { throw .usage("\(ws) is not empty", hint: "pass --workspace DIR with a new or empty folder") }
-        } else if FileIO.exists(ws) {
-            throw .usage("\(ws) exists and is not a folder", hint: "pass --workspace DIR with a new or empty folder")
         }
         let createdWS = !FileIO.exists(ws)
-        let id = try store.createDirectory()
+        // The new run is made in a hidden folder (runs/.new-ID: not a run yet) and appears by one
+        // rename when it is complete: a fork killed half-way leaves no run that would resume elsewhere.
+        let id = RunStore.newID()
+        let staging = store.runsDir + "/.new-" + id
         let dir = store.runsDir + "/" + id
-        do {
+        do throws(AgentboxError) {
+            guard mkdir(staging, 0o700) == 0 else { throw AgentboxError(stage: "fork", "cannot create \(staging): \(FileIO.errnoString())") }
             try WorkspaceCheckpoints.materialize(index, objects: store.runsDir + "/" + parent + "/objects", into: ws)
-            try linkObjects(index, from: store.runsDir + "/" + parent + "/objects", to: dir + "/objects")
-            try FileIO.writeNew(dir + "/journal.jsonl", journal(prefix, id: id, parent: parent, step: step))
-            let writer = try JournalWriter.reopen(dir: dir)
+            try linkObjects(prefix, from: store.runsDir + "/" + parent + "/objects", to: staging + "/objects")
             let wd = parentWD == parentWS ? ws : (parentWD.hasPrefix(parentWS + "/") ? ws + parentWD.dropFirst(parentWS.count) : ws)
-            try writer.append(.runForked, .object([
+            let forked = JSON.object([
                 ("from", .object([("run", .string(parent)), ("name", started.data["name"] ?? .null), ("step", .number(Double(step))),
                                   ("seq", .number(Double(cut.seq))), ("workspace", .string(parentWS))])),
                 ("workspace", .string(ws)), ("workdir", .string(wd)),
-            ]), critical: true)
-            try writer.finish()
+            ])
+            try FileIO.writeNew(staging + "/journal.jsonl", journal(prefix, id: id, parent: parent, step: step, forked: forked))
+            guard rename(staging, dir) == 0 else { throw AgentboxError(stage: "fork", "cannot create \(dir): \(FileIO.errnoString())") }
+            try? store.syncRuns()
         } catch {
-            _ = try? FileIO.removeTree(dir)
-            if createdWS { _ = try? FileIO.removeTree(ws) }
+            _ = try? FileIO.removeTree(staging)
+            if createdWS { _ = try? FileIO.removeTree(ws) } else { try? FileIO.removeContents(of: ws) }
             throw error
         }
         Console.note("forked run \(parent) at step \(step) as \(id)\(name.map { " (\($0))" } ?? ""), workspace \(ws)")
+        let skipped = prefix.filter { $0.kind == .checkpoint }.reduce(0) { $0 + ($1.data["skipped"]?.arrayValue?.count ?? 0) }
+        if skipped > 0 {
+            Console.warning("\(skipped) path(s) were left out of run \(parent)'s checkpoints (see their `skipped`): the fork's workspace does not have them")
+        }
         return id
     }
 
     /// The new journal: the parent's records through the cut, as they are, except `run.started` (the new
     /// run's id and name, and where it came from) and each continuing writer's `from_offset` (offsets in
-    /// this file: records a superseded writer added are not copied).
-    func journal(_ prefix: [JournalRecord], id: String, parent: String, step: Int) -> [UInt8] {
+    /// this file: records a superseded writer added are not copied); then `journal.opened` and
+    /// `run.forked` of this process's epoch (its claim is made when the run is resumed).
+    func journal(_ prefix: [JournalRecord], id: String, parent: String, step: Int, forked: JSON) -> [UInt8] {
         var out: [UInt8] = []
         var epochStart: [Int: Int] = [:]
         for r in prefix {
@@ -119,22 +132,33 @@ struct Fork: ParsableCommand {
                 out += Array(r.raw.utf8) + [0x0A]
             }
         }
+        out += JournalWriter.continuation(of: out, lastSeq: prefix.last?.seq ?? 0, maxEpoch: prefix.map(\.epoch).max() ?? 0, [(.runForked, forked)])
         return out
     }
 
-    /// Hard links to the parent's stored contents the new run's checkpoints refer to (a copy across
-    /// filesystems): the new run and its own forks do not depend on the parent staying.
-    func linkObjects(_ index: [String: WorkspaceCheckpoints.Entry], from: String, to: String) throws(AgentboxError) {
+    /// Hard links to the parent's stored contents that the copied checkpoints refer to (a copy across
+    /// filesystems): the new run, and forks of it at any of these steps, do not depend on the parent.
+    func linkObjects(_ prefix: [JournalRecord], from: String, to: String) throws(AgentboxError) {
+        var hashes = Set<String>()
+        for r in prefix where r.kind == .checkpoint {
+            for e in r.data["changed"]?.arrayValue ?? [] where e["t"]?.stringValue == "f" {
+                if let h = e["h"]?.stringValue, h.count == 64, h.allSatisfy(\.isHexDigit) { hashes.insert(h) }
+            }
+        }
         var made = Set<String>()
-        for e in index.values where e.kind == .file && e.hash.count == 64 {
-            let rel = e.hash.prefix(2) + "/" + e.hash.dropFirst(2)
-            let sub = to + "/" + e.hash.prefix(2)
+        for hash in hashes {
+            let rel = hash.prefix(2) + "/" + hash.dropFirst(2)
+            let sub = to + "/" + hash.prefix(2)
             if !made.contains(sub) {
                 try FileIO.makeDirectories(sub)
                 made.insert(sub)
             }
+            guard FileIO.exists(from + "/" + rel) else { continue }  // a step the parent could not store
             if link(from + "/" + rel, to + "/" + rel) == 0 || errno == EEXIST { continue }
-            try FileIO.writeNew(to + "/" + rel, try FileIO.read(from + "/" + rel, limit: 1 << 40))
+            let fd = open(sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard fd >= 0 else { throw AgentboxError(stage: "fork", "cannot open \(sub): \(FileIO.errnoString())") }
+            defer { close(fd) }
+            try WorkspaceCheckpoints.copyVerified(from + "/" + rel, hash: hash, to: fd, String(hash.dropFirst(2)), display: from + "/" + rel)
         }
     }
 }

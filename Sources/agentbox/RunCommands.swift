@@ -214,17 +214,21 @@ struct Import: ParsableCommand {
                                 + (defanged.count > 5 ? " and \(defanged.count - 5) more" : ""))
             }
             let wd = oldWD == oldWS ? ws : (oldWD.hasPrefix(oldWS + "/") ? ws + oldWD.dropFirst(oldWS.count) : ws)
+            // Made in a hidden folder and renamed into place complete, `run.imported` included: an import
+            // killed half-way leaves no run that would resume with the old machine's paths.
             let dir = store.runsDir + "/" + id
-            guard mkdir(dir, 0o700) == 0 else { throw AgentboxError(stage: "import", "cannot create \(dir): \(FileIO.errnoString())") }
+            let made = store.runsDir + "/.new-" + RunStore.newID()
             do throws(AgentboxError) {
-                try FileIO.writeNew(dir + "/journal.jsonl", Array(journal[0..<scan.validEnd]))
-                let writer = try JournalWriter.reopen(dir: dir)
-                try writer.append(.runImported, .object([("from", .object([("host", manifest["host"] ?? .null), ("workspace", .string(oldWS)),
-                                                                           ("file", .string(path))])),
-                                                         ("workspace", .string(ws)), ("workdir", .string(wd))]), critical: true)
-                try writer.finish()
+                guard mkdir(made, 0o700) == 0 else { throw AgentboxError(stage: "import", "cannot create \(made): \(FileIO.errnoString())") }
+                let kept = Array(journal[0..<scan.validEnd])
+                let imported = JSON.object([("from", .object([("host", manifest["host"] ?? .null), ("workspace", .string(oldWS)), ("file", .string(path))])),
+                                            ("workspace", .string(ws)), ("workdir", .string(wd))])
+                try FileIO.writeNew(made + "/journal.jsonl", kept + JournalWriter.continuation(of: kept, lastSeq: scan.lastSeq, maxEpoch: scan.maxEpoch,
+                                                                                             [(.runImported, imported)]))
+                guard rename(made, dir) == 0 else { throw AgentboxError(stage: "import", "cannot create \(dir): \(FileIO.errnoString())") }
+                try? store.syncRuns()
             } catch {
-                _ = try? FileIO.removeTree(dir)  // a full disk leaves no half-registered run (the workspace stays, said below)
+                _ = try? FileIO.removeTree(made)  // a full disk leaves no half-registered run (the workspace stays, said below)
                 throw AgentboxError(stage: error.stage, error.message, hint: "the workspace was unpacked into \(ws); remove it before trying again")
             }
             Console.note("imported run \(id)\(name.map { " (\($0))" } ?? "") with its workspace in \(ws); continue it with: agentbox resume \(id)")

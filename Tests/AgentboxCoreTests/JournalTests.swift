@@ -169,6 +169,17 @@ import Testing
         #expect(scan.records.map(\.epoch) == [1, 1, 1, 2, 2, 2])
         #expect(scan.validEnd == bytes.count)
         // A gap among the run's own records is still damage.
+        // A follower that already passed on the superseded writer's record reads on without damage.
+        let dir = tempDir()
+        let path = dir + "/journal.jsonl"
+        FileManager.default.createFile(atPath: path, contents: Data(bytes[..<(takeover + rec(4, 1, .toolDone).count)]))
+        let follower = JournalFollower(path: path)
+        #expect(try follower.poll().map(\.seq) == [1, 2, 3, 4])
+        let h = FileHandle(forWritingAtPath: path)!
+        h.seekToEndOfFile()
+        h.write(Data(bytes[(takeover + rec(4, 1, .toolDone).count)...]))
+        h.closeFile()
+        #expect(try follower.poll().map(\.seq) == [4, 5, 6])
         let head = rec(1, 1, .journalOpened) + rec(2, 1, .runStarted)
         let gap = head + rec(4, 2, .journalOpened, .object([("from_offset", .number(Double(head.count)))]))
         #expect(JournalReader.scan(bytes: gap).damage?.seq == 3)

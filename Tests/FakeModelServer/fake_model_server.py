@@ -93,7 +93,8 @@ def script_count(step, results):
 def script_fork(step, results):
     """Three steps that build a small workspace, then one that changes a file, removes one and writes the
     workspace's own folder name (a fork's differs), then finish: a run to fork at its step 3."""
-    plan = {0: "echo one > a.txt", 1: "echo two > b.txt; mkdir -p d; echo three > d/c.txt; chmod 0750 d", 2: "ln -s a.txt link",
+    plan = {0: "echo one > a.txt; echo draft > v.txt", 1: "echo two > b.txt; mkdir -p d; echo three > d/c.txt; chmod 0750 d",
+            2: "ln -s a.txt link; echo final > v.txt",
             3: "echo changed >> a.txt; rm b.txt; basename \"$PWD\" > own.txt"}
     if step in plan:
         return ("Step %d." % step, [call("shell", command=plan[step])])
