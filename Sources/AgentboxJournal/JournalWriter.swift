@@ -109,7 +109,10 @@ public final class JournalWriter {
     /// from them without reading the journal again.
     /// `check` sees the records under the lock, before anything is written: a refusal leaves the
     /// journal untouched.
-    public static func reopenScanned(dir: String, check: ([JournalRecord]) throws(AgentboxError) -> Void = { _ in })
+    /// `known`: the journal as the caller read it before taking the lock; when the file has the same
+    /// size (an append-only file in a private folder: nothing was added or cut) its records are used
+    /// instead of reading it again.
+    public static func reopenScanned(dir: String, known: JournalScan? = nil, check: ([JournalRecord]) throws(AgentboxError) -> Void = { _ in })
         throws(AgentboxError) -> (writer: JournalWriter, records: [JournalRecord]) {
         let lockFd = try lock(dir)
         // The claim comes first: it is the takeover point. A superseded writer stops at its next write,
@@ -126,8 +129,13 @@ public final class JournalWriter {
             return error
         }
         let path = dir + "/journal.jsonl"
-        let scan: JournalScan
-        do { scan = try JournalReader.scan(path: path) } catch { throw fail(error) }
+        var scan: JournalScan
+        var st = stat()
+        if let known, !known.partial, stat(path, &st) == 0, Int(st.st_size) == known.fileSize {
+            scan = known
+        } else {
+            do { scan = try JournalReader.scan(path: path) } catch { throw fail(error) }
+        }
         if let damage = scan.damage {
             throw fail(AgentboxError(stage: "journal", "\(path) is damaged at \(damage)",
                                      hint: "`agentbox journal verify \(path)` shows the damage; a damaged journal is never continued"))

@@ -246,6 +246,9 @@ struct SandboxLauncher {
                 throw AgentboxError(stage: "spawn", "pipe: \(FileIO.errnoString())")
             }
         }
+        // Captured output crosses the supervisor: bigger pipes (1 MiB, the unprivileged maximum by
+        // default; a smaller one is kept if refused) mean fewer wake-ups and reads for a chatty command.
+        for fd in [out[1], err[1]] where fd >= 0 { _ = fcntl(fd, 1031 /* F_SETPIPE_SZ */, Int32(1 << 20)) }
         let stdoutRead = Descriptor(out[0]), stderrRead = Descriptor(err[0])
         var childEnds = Descriptors([out[1], err[1]])
         var sp: [Int32] = [-1, -1]

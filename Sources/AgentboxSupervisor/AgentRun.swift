@@ -83,9 +83,9 @@ public final class AgentRun {
     public private(set) var id = ""
     /// `resume`: the run to continue (its journal gets a new epoch) instead of a new one.
     public var resuming: String? = nil
-    /// `resume`: the last seq of the journal its options were prepared from; the run is refused when
-    /// the journal went on since (another resume ran meanwhile).
-    public var resumingAfterSeq: UInt64? = nil
+    /// `resume`: the journal its options were prepared from; the run is refused when the journal went
+    /// on since (another resume ran meanwhile), and its records are not read again when it did not.
+    public var resumingFrom: JournalScan? = nil
     /// Seconds a stopped run's current tool may take before the sandbox is killed.
     public var grace = Sandbox.gracePeriod
 
@@ -141,8 +141,8 @@ public final class AgentRun {
         if let resuming {
             id = resuming
             // The run's writer lock: of two resumes one wins; the other sees the run finished, or running.
-            (writer, earlier) = try JournalWriter.reopenScanned(dir: store.runsDir + "/" + id) { [resumingAfterSeq] records throws(AgentboxError) in
-                if let seen = resumingAfterSeq, records.last?.seq != seen {
+            (writer, earlier) = try JournalWriter.reopenScanned(dir: store.runsDir + "/" + id, known: resumingFrom) { [resumingFrom] records throws(AgentboxError) in
+                if let seen = resumingFrom?.lastSeq, records.last?.seq != seen {
                     throw AgentboxError(stage: "resume", "run \(id) went on while this resume was getting ready (its journal has records past seq \(seen))",
                                         hint: "look at it (agentbox ps --all) and resume it again if it is still not finished")
                 }

@@ -89,8 +89,8 @@ struct RunCommand: ParsableCommand {
     struct Prepared {
         var policy: SandboxPolicy
         var task: AgentTask
-        /// `resume`: the last seq of the journal it was prepared from.
-        var journalSeq: UInt64? = nil
+        /// `resume`: the journal as read to prepare it (reused under the run's lock when unchanged).
+        var journal: JournalScan? = nil
     }
 
     /// Everything that can be checked before a run starts (so that `--detach` fails in the foreground).
@@ -177,7 +177,7 @@ func superviseAgent(_ p: RunCommand.Prepared, json: Bool, resuming: String?) thr
     let display = Progress(model: "\(p.task.model.provider.rawValue):\(p.task.model.model)", json: json)
     let run = AgentRun(policy: p.policy, task: p.task, warn: { Console.warning($0) }, progress: display.show)
     run.resuming = resuming
-    run.resumingAfterSeq = p.journalSeq
+    run.resumingFrom = p.journal
     if let g = ModelSpec.env("AGENTBOX_GRACE").flatMap(Double.init), g >= 0 { run.grace = g }
     if json {
         run.journalObserver = { line in Console.out(bytes: line) }
@@ -348,7 +348,7 @@ struct Resume: ParsableCommand {
         let name = summary.name
         let agentTask = AgentTask(name: name ?? "", task: task, model: spec, budget: budget, prices: prices, options: recorded,
                                   checkpointExclude: AgentTask.checkpointExclude(recorded: start["checkpoints"]))
-        return .resume(id, RunCommand.Prepared(policy: policy, task: agentTask, journalSeq: scan.lastSeq), name)
+        return .resume(id, RunCommand.Prepared(policy: policy, task: agentTask, journal: scan), name)
     }
 
     /// `json` with every string that is `old` or a path under it moved to `new`.
