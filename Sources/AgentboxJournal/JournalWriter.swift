@@ -56,13 +56,13 @@ public final class JournalWriter {
     /// node's and has lapsed may a writer go on while the lock is held (nodes simulated on one kernel,
     /// or an NFS lock of a paused owner): the lease, not the lock, decides between nodes, and the
     /// superseded owner is fenced. The descriptor is then not locked.
-    static func lock(_ dir: String) throws(AgentboxError) -> Int32 {
+    static func lock(_ dir: String, takeover: Bool = true) throws(AgentboxError) -> Int32 {
         let lockPath = dir + "/lock"
         let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw AgentboxError(stage: "journal", "cannot open \(lockPath): \(FileIO.errnoString())") }
         let claim = Lease.current(dir)
         if flock(fd, LOCK_EX | LOCK_NB) < 0 {
-            if let claim, claim.node != Lease.node(), !claim.isLive() { return fd }
+            if takeover, let claim, claim.node != Lease.node(), !claim.isLive() { return fd }
             let holder = FileIO.readSmall(lockPath)?.trimmingSpaces() ?? "?"
             close(fd)
             throw AgentboxError(stage: "journal", "\(dir) already has a writer (pid \(holder))",
@@ -131,7 +131,7 @@ public final class JournalWriter {
         let path = dir + "/journal.jsonl"
         var scan: JournalScan
         var st = stat()
-        if let known, !known.partial, stat(path, &st) == 0, Int(st.st_size) == known.fileSize {
+        if let known, !known.partial, known.tornBytes == 0, stat(path, &st) == 0, Int(st.st_size) == known.fileSize {
             scan = known
         } else {
             do { scan = try JournalReader.scan(path: path) } catch { throw fail(error) }

@@ -158,7 +158,9 @@ public final class Lease: @unchecked Sendable {
     }
 
     /// Whether a newer epoch has been claimed: this writer must not add to the run any more.
-    public var superseded: Bool { FileIO.exists(Lease.directory(runDir) + "/\(epoch + 1)") }
+    /// Also when this claim is gone (the run's folder removed or moved away: `rm` of a run whose owner
+    /// had been taken over): a writer without a claim must not go on either.
+    public var superseded: Bool { FileIO.exists(Lease.directory(runDir) + "/\(epoch + 1)") || !FileIO.exists(path) }
 
     /// Rewrites the claim with a new expiry (or released): written beside it and renamed over it, so a
     /// reader sees the old claim or the new one.

@@ -133,8 +133,13 @@ public final class OutputReader {
     /// The stream's file, opened on first use; -1 while there is none (it may appear later: `logs -f`).
     func fd(_ stream: CapturedStream) -> Int32 {
         if let fd = fds[stream] { return fd }
-        let fd = open(dir + "/" + stream.rawValue, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-        if fd >= 0 { fds[stream] = fd }
+        // A regular file only (a FIFO planted in a folder `journal verify PATH` is pointed at must not
+        // hang it: O_NONBLOCK).
+        let fd = open(dir + "/" + stream.rawValue, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { return -1 }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { close(fd); return -1 }
+        fds[stream] = fd
         return fd
     }
 

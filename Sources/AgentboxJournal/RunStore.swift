@@ -106,7 +106,9 @@ public struct RunStore: Sendable {
     public func remove(_ id: String) throws(AgentboxError) -> UInt64 {
         let dir = runsDir + "/" + id
         let lock: Int32
-        do { lock = try JournalWriter.lock(dir) } catch {
+        // Not while any process here holds the lock, even a superseded owner: removing the folder would
+        // remove the claim that fences it off.
+        do { lock = try JournalWriter.lock(dir, takeover: false) } catch {
             throw AgentboxError(stage: "rm", "run \(id) is running (or still delivering its output to a slow reader)",
                                 hint: "stop it first (agentbox stop \(id)), or kill it", exitCode: 1)
         }

@@ -107,7 +107,10 @@ public final class WorkspaceCheckpoints {
     public func restore(from records: [JournalRecord]) {
         index = WorkspaceCheckpoints.index(from: records)
         tracker = nil
-        let stored = records.filter { $0.kind == .checkpoint }.map { Int64($0.data["stored_bytes"]?.intValue ?? 0) }
+        // Each clamped (an imported journal's numbers are not trusted to add up without overflow).
+        let stored = records.filter { $0.kind == .checkpoint }.map { r -> Int64 in
+            min(max(0, Int64(r.data["stored_bytes"]?.intValue ?? 0)), WorkspaceCheckpoints.maxReadBytes)
+        }
         if let first = stored.first {
             quota = max(WorkspaceCheckpoints.minQuotaBytes, 2 * first)
             storedTotal = stored.dropFirst().reduce(0, +)
@@ -240,7 +243,11 @@ public final class WorkspaceCheckpoints {
         if kind == .file && st.st_nlink > 1 && !followingLinks {
             followingLinks = true
             defer { followingLinks = false }
-            for other in linked[UInt64(st.st_ino)] ?? [] where other != path { _ = try update(rootFd, other, &scan) }
+            // Every recorded name of the inode: one made before the link (`ln a b`: the event names b only)
+            // was recorded with one link.
+            let inode = UInt64(st.st_ino)
+            let names = (linked[inode] ?? []).union(index.filter { $0.value.kind == .file && $0.value.inode == inode }.keys)
+            for other in names where other != path { _ = try update(rootFd, other, &scan) }
         }
         return kind == .directory
     }

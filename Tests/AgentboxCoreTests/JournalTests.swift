@@ -137,6 +137,18 @@ import Testing
         #expect(quick.damage == nil && quick.tornBytes == 0)
     }
 
+    /// A writer whose claim is gone (its run's folder removed or moved away) writes nothing more: it
+    /// could otherwise go on with a run that was taken over and then removed.
+    @Test func aWriterWhoseClaimIsGoneStops() throws {
+        let parent = tempDir()
+        let dir = parent + "/run"
+        mkdir(dir, 0o700)
+        let writer = try JournalWriter.create(dir: dir)
+        try writer.append(.warning, ["message": "before"], critical: true)
+        #expect(rename(dir, parent + "/.removing-run") == 0)
+        #expect(throws: AgentboxError.self) { try writer.append(.toolCall, ["id": "c1"], critical: true) }
+    }
+
     @Test func aRunHasExactlyOneWriter() throws {
         let dir = tempDir()
         let first = try JournalWriter.create(dir: dir)

@@ -64,7 +64,9 @@ import Testing
                 let dirs = ["", "a", "a/b", "c", "c/d/e"]
                 let dir = ws + "/" + dirs[next(dirs.count)]
                 let f = dir + "/f\(next(4))"
-                switch next(12) {
+                switch next(14) {
+                case 12: link(ws + "/f\(next(4))", ws + "/hard\(round)")  // a second name for a file recorded with one
+                case 13: if let h = FileHandle(forWritingAtPath: ws + "/hard\(round - 1)") { h.seekToEndOfFile(); h.write(Data("y".utf8)); h.closeFile() }
                 case 9: try? fm.removeItem(atPath: ws + "/c/d"); try? fm.createDirectory(atPath: ws + "/c/d", withIntermediateDirectories: true)
                     write(ws + "/c/d/again", "r\(round)")  // a folder made again (its inode may come back)
                 case 10: try? fm.createDirectory(atPath: ws + "/a", withIntermediateDirectories: true)
