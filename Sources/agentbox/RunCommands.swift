@@ -116,6 +116,8 @@ struct Export: ParsableCommand {
         discussion: "Afterwards the run is marked exported here: `resume` refuses it (it continues where it is imported) unless --force. docs/lifecycle.md.")
     @Argument(help: ArgumentHelp("Run id, unique id prefix, or name.", valueName: "RUN")) var target: String
     @Option(name: .shortAndLong, parsing: .unconditional, help: ArgumentHelp("The file to write (a tar archive).", valueName: "FILE")) var output: String
+    @Flag(name: .customLong("with-checkpoints"), help: "Also carry the run's stored workspace contents, so that the imported run can be forked at its earlier steps (the file grows by what the checkpoints stored).")
+    var withCheckpoints = false
 
     func run() throws {
         guarded { () throws(AgentboxError) -> Int32 in
@@ -141,7 +143,12 @@ struct Export: ParsableCommand {
                                         ("host", JournaledRun.hostFacts())])
             try FileIO.writeNew(staging + "/" + RunArchive.root + "/manifest.json", manifest.serializedBytes)
             try FileIO.writeNew(staging + "/" + RunArchive.root + "/journal.jsonl", try FileIO.read(store.journalPath(id), limit: 1 << 40))
-            try RunArchive.tar(["-cf", file, "-C", staging, RunArchive.root, "-C", ws,
+            var contents = ["-C", staging, RunArchive.root]
+            let objects = store.runsDir + "/" + id + "/objects"
+            if withCheckpoints && FileIO.isDirectory(objects) {
+                contents += ["-C", store.runsDir + "/" + id, "--transform", "s,^objects\\(/\\|$\\),\(RunArchive.root)/objects\\1,", "objects"]
+            }
+            try RunArchive.tar(["-cf", file] + contents + ["-C", ws,
                                 "--transform", "s,^\\.\\(/\\|$\\),\(RunArchive.root)/workspace\\1,", "."])
             try writer.append(.runExported, .object([("file", .string(file)), ("host", JournaledRun.hostFacts())]), critical: true)
             try writer.finish()
@@ -220,6 +227,12 @@ struct Import: ParsableCommand {
             let made = store.runsDir + "/.new-" + RunStore.newID()
             do throws(AgentboxError) {
                 guard mkdir(made, 0o700) == 0 else { throw AgentboxError(stage: "import", "cannot create \(made): \(FileIO.errnoString())") }
+                // Stored contents, when the export has them (--with-checkpoints): checked when they are used
+                // (every fork checks each content's SHA-256); what tar as root could make of them, cleared.
+                do throws(AgentboxError) { try RunArchive.tar(["-xf", path, "-C", made, "--no-same-owner", "--strip-components=1", RunArchive.root + "/objects"]) } catch {
+                    guard error.message.contains("Not found in archive") else { throw error }
+                }
+                if FileIO.isDirectory(made + "/objects") { _ = try FileIO.defang(made + "/objects") }
                 let kept = Array(journal[0..<scan.validEnd])
                 let imported = JSON.object([("from", .object([("host", manifest["host"] ?? .null), ("workspace", .string(oldWS)), ("file", .string(path))])),
                                             ("workspace", .string(ws)), ("workdir", .string(wd))])

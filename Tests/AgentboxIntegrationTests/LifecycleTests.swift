@@ -197,7 +197,7 @@ import Testing
         let session = try replay(ws1, ["echo 1 >> log.txt", "echo 2 >> log.txt", "echo 3 >> log.txt", "echo 4 >> log.txt"])
         #expect(ab(["run", "--name", "mover", "--model", "replay:" + session, "--max-steps", "2", "--task", "t"], home: home1, cwd: ws1).code == 3)
         let file = elsewhere + "/mover.tar"
-        let export = ab(["export", "mover", "-o", file], home: home1)
+        let export = ab(["export", "mover", "-o", file, "--with-checkpoints"], home: home1)
         #expect(export.code == 0 && FileManager.default.fileExists(atPath: file), "\(export)")
         let original = ab(["resume", "mover"], home: home1, cwd: ws1)
         #expect(original.code == 125 && original.err.contains("was exported") && original.err.contains("--force"), "\(original)")
@@ -214,6 +214,9 @@ import Testing
         let log = (try? String(contentsOfFile: elsewhere + "/ws/log.txt", encoding: .utf8)) ?? ""
         #expect(log == "1\n2\n3\n4\n", "the first two calls ran on the first machine, the others here: \(log)")
         #expect(ab(["journal", "verify", "mover"], home: home2).code == 0)
+        // The stored contents came along: a fork at a step from before the move has that step's files.
+        let fork = ab(["fork", "mover", "--at", "1", "--workspace", elsewhere + "/fork", "--max-steps", "1"], home: home2, cwd: "/")
+        #expect(fork.code == 3 && (try? String(contentsOfFile: elsewhere + "/fork/log.txt", encoding: .utf8)) == "1\n", "\(fork)")
         let again = ab(["import", file, "--workspace", elsewhere + "/ws2"], home: home2)
         #expect(again.code == 125 && again.err.contains("already here"), "\(again)")
     }
