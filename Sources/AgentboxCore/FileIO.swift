@@ -97,7 +97,8 @@ public enum FileIO {
                 freed += try removeContents(sub, path + "/" + name)
                 guard unlinkat(fd, name, AT_REMOVEDIR) == 0 else { throw AgentboxError(stage: "remove \(path)/\(name)", errnoString()) }
             } else {
-                if st.st_mode & S_IFMT == S_IFREG { freed += UInt64(st.st_size) }
+                // A file with other names (a fork's stored contents are hard links) frees nothing yet.
+                if st.st_mode & S_IFMT == S_IFREG && st.st_nlink == 1 { freed += UInt64(st.st_size) }
                 guard unlinkat(fd, name, 0) == 0 else { throw AgentboxError(stage: "remove \(path)/\(name)", errnoString()) }
             }
         }

@@ -35,7 +35,7 @@ public struct NetworkRules: Equatable, Sendable, CustomStringConvertible {
             switch pattern {
             case let .host(h): s += h
             case let .suffix(x): s += "*." + x
-            case let .address(a): s += a.isV6 && port != nil ? "[\(a)]" : a.description
+            case let .address(a): s += a.isV6 ? "[\(a)]" : a.description  // as it parses back
             }
             if let port { s += ":\(port)" }
             return s
@@ -78,7 +78,7 @@ public struct NetworkRules: Equatable, Sendable, CustomStringConvertible {
                 guard rest.hasPrefix(":") else { throw bad("only :PORT may follow an IPv6 address") }
                 port = try parsePort(rest.dropFirst(), bad)
             }
-            guard let a = IPAddress(String(hostPart)), a.isV6 else { throw bad("\(hostPart) is not an IPv6 address") }
+            guard hostPart.contains(":"), let a = IPAddress(String(hostPart)) else { throw bad("\(hostPart) is not an IPv6 address") }
             return Rule(deny: deny, pattern: .address(a), port: port)
         }
         if let colon = text.lastIndex(of: ":") {
@@ -100,14 +100,23 @@ public struct NetworkRules: Equatable, Sendable, CustomStringConvertible {
     }
 
     static func parsePort(_ text: Substring, _ bad: (String) -> AgentboxError) throws(AgentboxError) -> UInt16 {
-        guard let p = UInt16(text), p > 0 else { throw bad("\"\(text)\" is not a port (1-65535)") }
+        guard !text.isEmpty, text.utf8.count <= 5, text.first != "0", text.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+              let p = UInt16(text), p > 0 else { throw bad("\"\(text)\" is not a port (1-65535)") }
         return p
     }
 
-    /// A DNS name: labels of letters, digits and hyphens (not at either end), 1-63 bytes each, 253 in all.
+    /// A DNS name: labels of letters, digits and hyphens (not at either end), 1-63 bytes each, 253 in all,
+    /// the last not a number (`010.0.0.5`, `167772165` or `0x7f.1` would be read as an address by
+    /// resolvers that accept the old numeric forms: an address only a rule naming it may reach).
     public static func validName(_ name: String) -> Bool {
         guard !name.isEmpty, name.utf8.count <= 253 else { return false }
-        return name.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { label in
+        let labels = name.split(separator: ".", omittingEmptySubsequences: false)
+        if let last = labels.last {
+            let l = last.lowercased()
+            if l.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) { return false }
+            if l.hasPrefix("0x") && l.dropFirst(2).allSatisfy(\.isHexDigit) { return false }
+        }
+        return labels.allSatisfy { label in
             !label.isEmpty && label.utf8.count <= 63 && label.first != "-" && label.last != "-"
                 && label.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || ($0 >= 0x41 && $0 <= 0x5A) }
         }
@@ -166,8 +175,10 @@ public struct IPAddress: Equatable, Hashable, Sendable, CustomStringConvertible 
             bytes = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF] + v4
             isV6 = false
         } else if let v6 = IPAddress.parseV6(text) {
+            // ::ffff:a.b.c.d is a.b.c.d: one address, one way of comparing it.
+            let mapped = v6[0..<10].allSatisfy { $0 == 0 } && v6[10] == 0xFF && v6[11] == 0xFF
             bytes = v6
-            isV6 = true
+            isV6 = !mapped
         } else {
             return nil
         }
@@ -180,7 +191,7 @@ public struct IPAddress: Equatable, Hashable, Sendable, CustomStringConvertible 
 
     public init(v6: [UInt8]) {
         bytes = v6
-        isV6 = true
+        isV6 = !(v6[0..<10].allSatisfy { $0 == 0 } && v6[10] == 0xFF && v6[11] == 0xFF)
     }
 
     static func parseV4(_ text: Substring) -> [UInt8]? {
@@ -212,49 +223,63 @@ public struct IPAddress: Equatable, Hashable, Sendable, CustomStringConvertible 
         }
         halves.append(String(decoding: b[start...], as: UTF8.self))
         guard halves.count <= 2 else { return nil }
-        func groups(_ s: String) -> [UInt8]? {
+        // Hex digits only (no sign), and a dotted IPv4 only as the very last part of the address.
+        func groups(_ s: String, last: Bool) -> [UInt8]? {
             if s.isEmpty { return [] }
             var out: [UInt8] = []
             let parts = s.split(separator: ":", omittingEmptySubsequences: false)
             for (i, p) in parts.enumerated() {
-                if i == parts.count - 1, p.contains("."), let v4 = parseV4(p) { out += v4; continue }
-                guard !p.isEmpty, p.count <= 4, let v = UInt16(p, radix: 16) else { return nil }
+                if last, i == parts.count - 1, p.contains("."), let v4 = parseV4(p) { out += v4; continue }
+                guard !p.isEmpty, p.count <= 4, p.allSatisfy(\.isHexDigit), let v = UInt16(p, radix: 16) else { return nil }
                 out += [UInt8(v >> 8), UInt8(v & 0xFF)]
             }
             return out
         }
-        guard let head = groups(halves[0]) else { return nil }
+        guard let head = groups(halves[0], last: halves.count == 1) else { return nil }
         if halves.count == 1 { return head.count == 16 ? head : nil }
-        guard let tail = groups(halves[1]), head.count + tail.count <= 14 else { return nil }
+        guard let tail = groups(halves[1], last: true), head.count + tail.count <= 14 else { return nil }
         return head + [UInt8](repeating: 0, count: 16 - head.count - tail.count) + tail
     }
 
     var v4: [UInt8]? { isV6 ? nil : Array(bytes[12...]) }
 
-    /// What kind of address it is when it is not a public one.
+    /// What kind of address it is when it is not a public one ("public" otherwise).
     public var kind: String {
-        if let a = v4 {
-            switch (a[0], a[1]) {
-            case (127, _): return "loopback"
-            case (10, _), (192, 168): return "private"
-            case (172, 16...31): return "private"
-            case (169, 254): return "link-local"
-            case (100, 64...127): return "shared (CGNAT)"
-            case (0, _): return "unspecified"
-            case (224...239, _): return "multicast"
-            case (240...255, _): return "reserved"
-            default: return "public"
-            }
+        if let a = v4 { return IPAddress.kind(v4: a) }
+        // IPv6 forms that carry an IPv4 address are what that address is.
+        if bytes[0] == 0x20 && bytes[1] == 0x02 { return IPAddress.kind(v4: Array(bytes[2..<6])) }  // 6to4
+        if bytes[0] == 0x00 && bytes[1] == 0x64 && bytes[2] == 0xFF && bytes[3] == 0x9B && bytes[4..<12].allSatisfy({ $0 == 0 }) {
+            return IPAddress.kind(v4: Array(bytes[12...]))  // NAT64
         }
         if bytes == [UInt8](repeating: 0, count: 15) + [1] { return "loopback" }
         if bytes.allSatisfy({ $0 == 0 }) { return "unspecified" }
         if bytes[0] & 0xFE == 0xFC { return "private (unique local)" }
         if bytes[0] == 0xFE && bytes[1] & 0xC0 == 0x80 { return "link-local" }
         if bytes[0] == 0xFF { return "multicast" }
-        if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF { return "IPv4-mapped" }
+        if bytes[0..<12].allSatisfy({ $0 == 0 }) { return "IPv4-compatible (deprecated)" }
+        if bytes[0..<8].allSatisfy({ $0 == 0 }) && bytes[8] == 0xFF && bytes[9] == 0xFF { return "IPv4-translated" }
+        if bytes[0] == 0xFE && bytes[1] & 0xC0 == 0xC0 { return "site-local" }
+        if bytes[0] == 0x01 && bytes[1..<8].allSatisfy({ $0 == 0 }) { return "discard-only" }
         if bytes[0] == 0x20 && bytes[1] == 0x01 && bytes[2] == 0x0D && bytes[3] == 0xB8 { return "documentation" }
-        if bytes[0] == 0x00 && bytes[1] == 0x64 && bytes[2] == 0xFF && bytes[3] == 0x9B { return "NAT64" }
+        if bytes[0] == 0x20 && bytes[1] == 0x01 && bytes[2] == 0x00 && bytes[3] == 0x00 { return "Teredo" }
+        if bytes[0] == 0x20 && bytes[1] == 0x01 && bytes[2] == 0x00 && bytes[3] < 0x20 { return "IETF protocol assignments" }
         return "public"
+    }
+
+    static func kind(v4 a: [UInt8]) -> String {
+        switch (a[0], a[1], a[2]) {
+        case (127, _, _): return "loopback"
+        case (10, _, _), (192, 168, _), (172, 16...31, _): return "private"
+        case (169, 254, _): return "link-local"
+        case (100, 64...127, _): return "shared (CGNAT)"
+        case (0, _, _): return "unspecified"
+        case (192, 0, 0): return "IETF protocol assignments"
+        case (192, 0, 2), (198, 51, 100), (203, 0, 113): return "documentation"
+        case (198, 18...19, _): return "benchmarking"
+        case (224...239, _, _): return "multicast"
+        case (240...255, _, _): return "reserved"
+        default: return "public"
+        }
     }
 
     public var isPublic: Bool { kind == "public" }

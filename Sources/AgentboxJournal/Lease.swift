@@ -70,11 +70,13 @@ public final class Lease: @unchecked Sendable {
         return host + (boot.isEmpty ? "" : "/" + boot.prefix(8))
     }()
 
-    /// A process's start time (field 22 of /proc/PID/stat), nil when there is no such process.
+    /// A process's start time (field 22 of /proc/PID/stat), nil when there is no such process, or
+    /// only its zombie (dead, not yet reaped: it writes nothing more).
     public static func startTime(_ pid: Int32) -> UInt64? {
         guard let stat = FileIO.readSmall("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
         let fields = stat[stat.index(after: close)...].split(separator: " ")
-        return fields.count > 19 ? UInt64(fields[19]) : nil  // field 22 is the 20th after the command
+        guard fields.count > 19, fields[0] != "Z", fields[0] != "X" else { return nil }  // field 3 is the state
+        return UInt64(fields[19])  // field 22 is the 20th after the command
     }
     static let ownStart = startTime(getpid()) ?? 0
 

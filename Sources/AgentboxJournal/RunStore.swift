@@ -126,13 +126,26 @@ public struct RunStore: Sendable {
         while let e = readdir(d) {
             let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
             if name.hasPrefix(".removing-") { names.append(name) }
-            // A run being made (fork, import) is a .new- folder for seconds; one an hour old was left by
-            // one that was killed.
+            // A run being made (fork, import) is a .new- folder for seconds, an import or export unpacks or
+            // packs in .import-/.export-; one an hour old was left by one that was killed.
             var st = stat()
-            if name.hasPrefix(".new-"), lstat(runsDir + "/" + name, &st) == 0, Double(st.st_mtim.tv_sec) < Clock.wall() - 3600 { names.append(name) }
+            let staging = name.hasPrefix(".new-") || name.hasPrefix(".import-") || name.hasPrefix(".export-")
+            if staging, lstat(runsDir + "/" + name, &st) == 0, Double(st.st_mtim.tv_sec) < Clock.wall() - 3600 { names.append(name) }
         }
         closedir(d)
         for name in names { _ = try? FileIO.removeTree(runsDir + "/" + name) }
+    }
+
+    /// The runs named `name` with their kind and when each began (a fork: when it was made), newest
+    /// first. `ids()` orders by the journal's last change, which any record (an export, a kill) moves.
+    public func runs(named name: String) -> [(id: String, kind: String, began: String)] {
+        var out: [(id: String, kind: String, began: String)] = []
+        for id in ids() {
+            guard let started = (try? JournalReader.head(path: journalPath(id)))?.first(where: { $0.kind == .runStarted }),
+                  started.data["name"]?.stringValue == name else { continue }
+            out.append((id, started.data["kind"]?.stringValue ?? "exec", started.data["forked_from"]?["at"]?.stringValue ?? started.ts))
+        }
+        return out.sorted { $0.began != $1.began ? $0.began > $1.began : $0.id > $1.id }
     }
 
     /// A run's name, from the head of its journal (`run.started`).
@@ -256,7 +269,9 @@ public struct RunSummary: Sendable {
                 name = r.data["name"]?.stringValue
                 kind = r.data["kind"]?.stringValue ?? "exec"
                 startedAt = r.ts
-                workspace = r.data["policy"]?["workspace"]?.stringValue
+                workspace = r.data["forked_from"]?["workspace"]?.stringValue ?? r.data["policy"]?["workspace"]?.stringValue
+                // A fork's records start with its parent's: it began when it was made.
+                if let at = r.data["forked_from"]?["at"]?.stringValue { startedAt = at }
                 argv = r.data["argv"]?.arrayValue?.compactMap(\.stringValue) ?? []
                 task = r.data["task"]?.stringValue
                 grace = r.data["grace_s"]?.numberValue
@@ -269,6 +284,7 @@ public struct RunSummary: Sendable {
                 output[stream, default: 0] += count
             case .runEnded?: ended = r
             case .runResumed?: ended = nil  // continued: an earlier end is not the run's end
+            case .runForked?, .runImported?: workspace = r.data["workspace"]?.stringValue ?? workspace
             default: break
             }
         }

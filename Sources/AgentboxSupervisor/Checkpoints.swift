@@ -172,6 +172,7 @@ public final class WorkspaceCheckpoints {
         defer { buffer = [] }
         let baseline = index.isEmpty && quota == nil
         readBudget = baseline ? nil : WorkspaceCheckpoints.maxReadBytes
+        if scans == 0 { removeLeftovers() }
         var dirty = tracker?.drain() ?? []
         let full = tracker == nil || tracker!.lost || scans % WorkspaceCheckpoints.fullScanEvery == 0
         scans += 1
@@ -440,6 +441,19 @@ public final class WorkspaceCheckpoints {
         }
         if new { storedTotal += size }
         return (hash, stable && sameFile(fd, st), new)
+    }
+
+    /// Temporary files a supervisor killed while storing left in `objects/` (this process holds the
+    /// run's writer lock: no other writer's are there).
+    func removeLeftovers() {
+        guard let d = opendir(objects) else { return }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name.hasPrefix(".tmp-") { names.append(name) }
+        }
+        closedir(d)
+        for name in names { unlink(objects + "/" + name) }
     }
 
     /// Whether the open file still has the size and times it had (it did not change while it was read).

@@ -59,8 +59,21 @@ struct RunCommand: ParsableCommand {
     func continueExisting() throws(AgentboxError) -> Int32? {
         guard let name else { throw .usage("--resume-if-exists needs --name: the name is what makes the start idempotent") }
         let store = RunStore()
-        guard let id = store.ids().first(where: { store.name(of: $0) == name }) else { return nil }
+        // The newest agent run of that name (an `exec` run of the same name is not one to continue).
+        guard let id = store.runs(named: name).first(where: { $0.kind == "run" })?.id else { return nil }
         let summary = try store.summary(id)
+        // The run must be this command's: a run of that name working elsewhere (a fork given the name,
+        // an import) is not continued in place of it.
+        let here = AgentboxPaths.absolute(sandbox.args.workspace ?? ".")
+        func real(_ p: String) -> String {
+            guard let r = realpath(p, nil) else { return p }
+            defer { free(r) }
+            return String(cString: r)
+        }
+        if let ws = summary.workspace, real(ws) != real(here) {
+            throw AgentboxError(stage: "run", "the newest run named \(name) (\(id)) works in \(ws), not in \(here)",
+                                hint: "run it from its workspace (or with --workspace \(ws)), or give this run another --name")
+        }
         if store.isLive(id) {
             throw AgentboxError(stage: "run", "run \(id) (\(name)) is running (supervisor pid \(FileIO.readSmall(store.runsDir + "/" + id + "/lock")?.trimmingSpaces() ?? "?"))",
                                 hint: "follow it with agentbox logs -f \(id), or stop it")

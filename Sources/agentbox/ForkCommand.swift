@@ -123,7 +123,8 @@ struct Fork: ParsableCommand {
                 var fields = (r.data.objectValue ?? []).filter { $0.0 != "id" && $0.0 != "name" && $0.0 != "forked_from" }
                 fields.insert(("name", name.map { .string($0) } ?? .null), at: 0)
                 fields.insert(("id", .string(id)), at: 0)
-                fields.append(("forked_from", .object([("run", .string(parent)), ("step", .number(Double(step)))])))
+                fields.append(("forked_from", .object([("run", .string(parent)), ("step", .number(Double(step))),
+                                                       ("at", .string(Clock.rfc3339())), ("workspace", forked["workspace"] ?? .null)])))
                 out += JournalRecord(seq: r.seq, ts: r.ts, epoch: r.epoch, type: r.type, data: .object(fields)).line()
             case .journalOpened? where r.data["from_offset"] != nil:
                 let fields = (r.data.objectValue ?? []).map { $0.0 == "from_offset" ? ($0.0, JSON.number(Double(epochStart[r.epoch]!))) : $0 }

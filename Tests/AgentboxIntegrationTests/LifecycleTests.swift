@@ -378,6 +378,17 @@ import Testing
         #expect(file(wsB + "/a.txt") == "one\nchanged\n" && file(wsB + "/b.txt") == nil && file(wsB + "/own.txt") == "fork-b\n")
         #expect(file(wsA + "/b.txt") == "two\n", "one fork does not touch the other")
 
+        // What a fork is, as `inspect` tells it: its own workspace; and a scheduler's idempotent start of
+        // that name from another workspace does not take it over.
+        #expect(ab(["inspect", "fb", "--json"], home: home).out.contains("\"workspace\": \"\(wsB)\""))
+        let elsewhere = ab(["run", "--name", "fa", "--resume-if-exists", "--model", "openai:gpt-4o", "--base-url", Self.server.agent("fork"),
+                            "--task", "build"], home: home, cwd: ws)
+        #expect(elsewhere.code == 125 && elsewhere.err.contains("works in \(wsA)"), "\(elsewhere)")
+        // An exec run of a name is not an agent run to continue.
+        #expect(ab(["exec", "--name", "both", "--", "true"], home: home, cwd: ws).code == 0)
+        let named = ab(["run", "--name", "both", "--resume-if-exists", "--model", "replay:" + (try replay(ws, ["true"])), "--task", "t"], home: home, cwd: ws)
+        #expect(named.code != 125, "\(named)")
+
         // The parent goes away; the first fork goes on from its own copy and objects.
         #expect(ab(["rm", "tree"], home: home).code == 0)
         let resumed = ab(["resume", "fa", "--max-steps", "10"], home: home, cwd: dir)
