@@ -160,7 +160,7 @@ public final class Sandbox {
     /// Builds the sandbox, runs the command (or the agent loop), and returns how it ended. Errors are
     /// agentbox's own (125).
     public func run(delegate: SandboxDelegate? = nil) throws(AgentboxError) -> SandboxResult {
-        let timing = Timing(warn: warn)
+        let timing = Timing()
         defer { timing.mark("teardown") }
         let signals = self.signals ?? StopSignals()
         self.signals = signals

@@ -373,17 +373,17 @@ public final class StopSignals {
     }
 }
 
+/// `AGENTBOX_TIMING`: where a sandbox's start-up time goes, one line per phase on stderr. A developer's
+/// measurement, not a warning: it is neither shown as one nor journaled.
 final class Timing {
     let enabled = getenv("AGENTBOX_TIMING") != nil
-    let warn: (SandboxWarning) -> Void
     var last = Clock.monotonic()
-
-    init(warn: @escaping (SandboxWarning) -> Void) { self.warn = warn }
 
     func mark(_ phase: String) {
         guard enabled else { return }
         let now = Clock.monotonic()
-        warn(SandboxWarning("timing: \(phase) \(Int(((now - last) * 1_000_000).rounded())) us"))
+        let line = Array("agentbox: timing: \(phase) \(Int(((now - last) * 1_000_000).rounded())) us\n".utf8)
+        _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
         last = now
     }
 }
