@@ -358,7 +358,7 @@ extension AgentRun: AgentSessionHost {
         let taken: WorkspaceCheckpoints.Taken
         do { taken = try checkpoints.take(step: step) } catch {
             self.checkpoints = nil
-            let message = "workspace checkpoints are off from step \(step): \(error.message)"
+            let message = "workspace checkpoints are off from step \(step): \(error.message)" + (error.hint.isEmpty ? "" : " (\(error.hint))")
             warnHandler(message)
             try writer.append(.warning, .object([("message", .string(message))]), critical: false)
             return
@@ -366,7 +366,7 @@ extension AgentRun: AgentSessionHost {
         try writer.append(.checkpoint, taken.record, critical: false)
         if !taken.skipped.isEmpty && !warnedSkipped {
             warnedSkipped = true
-            let message = "the checkpoint of step \(step) left out \(taken.skipped.prefix(3).joined(separator: ", "))\(taken.skipped.count > 3 ? " and \(taken.skipped.count - 3) more" : "") (unreadable, not UTF-8, too deep, or the disk is nearly full)"
+            let message = "the checkpoint of step \(step) left out \(taken.skipped.prefix(3).joined(separator: ", "))\(taken.skipped.count > 3 ? " and \(taken.skipped.count - 3) more" : "") (unreadable, a name that is not UTF-8 or holds a line break, too deep, too large, past the run's storage quota, or the disk is nearly full)"
             warnHandler(message)
             try writer.append(.warning, .object([("message", .string(message))]), critical: false)
         }

@@ -41,6 +41,11 @@ public final class WorkspaceCheckpoints {
 
     /// Folders deeper than this are not recorded (and said so): the walk holds one descriptor per level.
     public static let maxDepth = 128
+    /// Entries a run's checkpoints follow at most: the index lives in the supervisor, outside every
+    /// cgroup, and the agent decides how many files there are (about 300 bytes each: 75 MB here).
+    /// Past it checkpoints stop for the run, with a warning; --checkpoint-exclude keeps big trees out.
+    public static let maxEntries = 250_000
+    var maxEntries = WorkspaceCheckpoints.maxEntries
 
     public let root: String
     public let objects: String
@@ -322,6 +327,10 @@ public final class WorkspaceCheckpoints {
                           uid: st.st_uid, gid: st.st_gid,
                           mtime: Int64(st.st_mtim.tv_sec) * 1_000_000 + Int64(st.st_mtim.tv_nsec / 1000),
                           ctime: Int64(st.st_ctim.tv_sec) * 1_000_000 + Int64(st.st_ctim.tv_nsec / 1000), inode: UInt64(st.st_ino))
+        if index[path] == nil && index.count >= maxEntries {
+            throw AgentboxError(stage: "checkpoint", "the workspace has more than \(maxEntries) files and folders to follow",
+                                hint: "leave big trees out with --checkpoint-exclude NAME (node_modules, build outputs), or --no-checkpoints")
+        }
         scan.seen.insert(path)
         if kind == .file && st.st_nlink > 1 { linked[UInt64(st.st_ino), default: []].insert(path) }
         let old = index[path]

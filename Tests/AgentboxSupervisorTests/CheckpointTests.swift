@@ -108,6 +108,12 @@ import Testing
         let taken = try c.take(step: 1)
         #expect(Date().timeIntervalSince(started) < 5)
         #expect(taken.skipped == ["huge"] && c.index["huge"] == nil)
+        // Nor make it hold an index without bound: past its entries, a checkpoint fails (the run turns
+        // checkpoints off and says so).
+        for i in 0..<12 { write(ws + "/many\(i)", "") }
+        let few = WorkspaceCheckpoints(workspace: ws, runDir: tempDir(), exclude: [])
+        few.maxEntries = 5
+        #expect(throws: AgentboxError.self) { try few.take(step: 0) }
         // A record from an imported journal with numbers out of range is taken as zeros, not a crash.
         var index: [String: WorkspaceCheckpoints.Entry] = [:]
         WorkspaceCheckpoints.apply(["changed": [["p": "f", "t": "f", "m": 420, "s": 1e30, "mt": -1e300, "h": "00"]]], to: &index)
