@@ -10,7 +10,7 @@ SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # SwiftPM not adding FoundationEssentials' own static dependencies when linking statically.
 STATIC    := --disable-local-rpath --static-swift-stdlib -Xlinker -l_FoundationCShims -Xlinker -l_FoundationCollections -Xlinker -lswiftSynchronization
 BUILD_DEPS := libseccomp-dev libcap-dev libcurl4-openssl-dev pkg-config
-TEST_DEPS  := util-linux passwd procps bash coreutils python3
+TEST_DEPS  := util-linux passwd procps bash coreutils python3 python3-pip python3-venv curl
 BENCH_DEPS := hyperfine bubblewrap runc python3
 DEBUG_BIN   = .build/debug
 RELEASE_BIN = .build/release

@@ -12,6 +12,10 @@ import Musl
 /// `AGENTBOX_HOME` is taken from the current directory; relative `XDG_*` values are ignored, as the XDG
 /// base directory spec says; a relative `HOME` is not a home).
 public enum AgentboxPaths {
+    /// Inside every sandbox: the folder of `agentbox` (agentbox-init bound read-only under that name:
+    /// `agentbox confess`, `agentbox mcp`), on PATH.
+    public static let toolDirectory = "/run/agentbox/bin"
+
     /// `AGENTBOX_HOME`, else `$XDG_STATE_HOME/agentbox`, else `~/.local/state/agentbox` (root: `/var/lib/agentbox`).
     public static func home() -> String {
         if let h = file("AGENTBOX_HOME") { return h }

@@ -31,6 +31,12 @@ public struct Descriptors: ~Copyable {
 
     public mutating func append(_ fd: consuming Descriptor) { raw.append(fd.release()) }
 
+    /// Gives them all away (to another owner) without closing them.
+    public mutating func releaseAll() -> [Int32] {
+        defer { raw = [] }
+        return raw
+    }
+
     /// Closes them all now.
     public mutating func closeAll() {
         for fd in raw { _ = Glibc.close(fd) }

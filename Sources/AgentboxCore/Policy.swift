@@ -6,6 +6,8 @@ public struct SandboxOptions: Sendable {
     public var rw: [String] = []
     public var hide: [String] = []
     public var network: Profile.Network? = nil
+    /// `--add-host NAME:IP`: names the proxy resolves to these addresses (with `allow:` only).
+    public var addHosts: [(String, IPAddress)] = []
     public var memory: UInt64? = nil
     public var pids: Int? = nil
     public var cpus: Double? = nil
@@ -29,6 +31,8 @@ public struct SandboxPolicy: Sendable {
     public var limits: Limits
     public var env: [(String, String)]
     public var network: Profile.Network
+    /// `--add-host` mappings for the proxy.
+    public var addHosts: [(String, IPAddress)] = []
     public var strictLimits: Bool
     public var hostname: String
     /// agentbox's own paths that a bind of this sandbox contains, and how each is kept out of reach
@@ -49,7 +53,8 @@ public struct SandboxPolicy: Sendable {
             ("profile_path", .string(profile.path)),
             ("workspace", .string(workspace)),
             ("workdir", .string(workdir)),
-            ("network", .string(network.rawValue)),
+            ("network", .string(network.description)),
+            ("add_hosts", .array(addHosts.map { .string("\($0.0):\($0.1)") })),
             ("hostname", .string(hostname)),
             ("mounts", .array(mounts.map { $0.json })),
             ("limits", .object(limitsJSON)),
@@ -222,23 +227,39 @@ public enum PolicyResolver {
         if let v = options.tmpSize { limits.tmpSize = v }
         if let v = options.journalOutput { limits.journalOutput = v }
 
+        let network = options.network ?? profile.network
+        if !options.addHosts.isEmpty && network.rules == nil {
+            throw .usage("--add-host needs --network allow:RULES", hint: "the names it maps are for agentbox's proxy, which only allow: starts")
+        }
+        // agentbox's own commands (`agentbox confess`, `agentbox mcp`) and API are there in every sandbox.
         var env: [(String, String)] = [
-            ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+            ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:" + AgentboxPaths.toolDirectory),
             ("HOME", "/tmp"),
             ("LANG", "C.UTF-8"),
             ("TERM", "dumb"),
+            ("AGENTBOX_API", "http://127.0.0.1:3129"),
         ]
+        if network.rules != nil { env += proxyEnvironment }
         for (k, v) in profile.env + options.env {
             env.removeAll { $0.0 == k }
             env.append((k, v))
         }
         return SandboxPolicy(profile: profile, workspace: workspace, workdir: workdir, mounts: mounts, limits: limits,
-                             env: env, network: options.network ?? profile.network, strictLimits: options.strictLimits,
+                             env: env, network: network, addHosts: options.addHosts, strictLimits: options.strictLimits,
                              hostname: options.name.flatMap(sanitizedHostname) ?? profile.hostname, protections: protections)
     }
 
+    /// What points programs inside at the proxy of `--network allow:` (docs/network.md); loopback
+    /// itself goes direct.
+    public static let proxyEnvironment: [(String, String)] = {
+        let url = "http://127.0.0.1:3128"
+        let noProxy = "localhost,127.0.0.1,::1"
+        return [("HTTP_PROXY", url), ("HTTPS_PROXY", url), ("ALL_PROXY", url), ("NO_PROXY", noProxy),
+                ("http_proxy", url), ("https_proxy", url), ("all_proxy", url), ("no_proxy", noProxy)]
+    }()
+
     /// Whether `path` is `dir` or lies below it (both canonical).
-    static func isInside(_ path: String, _ dir: String) -> Bool {
+    public static func isInside(_ path: String, _ dir: String) -> Bool {
         path == dir || path.hasPrefix(dir == "/" ? "/" : dir + "/")
     }
 

@@ -2,7 +2,37 @@
 /// `sandbox-profiles/`; every key is validated strictly, and errors name the file, the key and the problem.
 public struct Profile: Equatable, Sendable {
     public enum Access: String, Sendable { case rw, ro }
-    public enum Network: String, Sendable, CaseIterable { case none, loopback }
+    /// `none` and `loopback` name the same thing: a private network namespace with only its own
+    /// loopback. `allow:RULES` adds the supervisor's proxy as the only way out (docs/network.md).
+    public enum Network: Equatable, Sendable, CustomStringConvertible {
+        case none, loopback
+        case allow(NetworkRules)
+
+        public init(parsing text: String) throws(AgentboxError) {
+            switch text {
+            case "none": self = .none
+            case "loopback": self = .loopback
+            case _ where text.hasPrefix("allow:"): self = .allow(try NetworkRules.parse(String(text.dropFirst(6))))
+            default:
+                throw .usage("\"\(text)\" is not a network mode",
+                             hint: "use none (or loopback): only the sandbox's own loopback; or allow:RULES (e.g. allow:pypi.org,*.pythonhosted.org) for an allowlist through agentbox's proxy")
+            }
+        }
+
+        public var description: String {
+            switch self {
+            case .none: return "none"
+            case .loopback: return "loopback"
+            case let .allow(rules): return "allow:" + rules.description
+            }
+        }
+
+        /// The allowlist, when there is one.
+        public var rules: NetworkRules? {
+            if case let .allow(r) = self { return r }
+            return nil
+        }
+    }
     public enum LandlockMode: String, Sendable, CaseIterable {
         /// Fail when the kernel has no Landlock.
         case required
@@ -138,10 +168,7 @@ extension Profile {
                 p.hostname = h
             case "network":
                 let s = try string(value, key)
-                guard let n = Network(rawValue: s) else {
-                    throw fail(key, "\"\(s)\" is not a network mode (use \"none\" or \"loopback\")")
-                }
-                p.network = n
+                do { p.network = try Network(parsing: s) } catch { throw fail(key, error.message + (error.hint.isEmpty ? "" : " (\(error.hint))")) }
             case "landlock":
                 let s = try string(value, key)
                 guard let m = LandlockMode(rawValue: s) else {

@@ -11,6 +11,7 @@ public enum WireTag: UInt8, Sendable {
     case started = 12
     case execFailed = 13
     case exited = 14
+    case listening = 15
     // agent messages, both directions (AgentWire)
     case agentMore = 30
     case agentLast = 31
@@ -85,7 +86,7 @@ public struct FileIdentity: Equatable, Sendable {
 
 /// Everything the init needs to finish building the sandbox and start the command.
 public struct SetupSpec: Equatable, Sendable {
-    public static let version: UInt32 = 3
+    public static let version: UInt32 = 4
 
     public var hostname = "agentbox"
     /// The uid/gid the command runs as, inside the sandbox.
@@ -121,6 +122,10 @@ public struct SetupSpec: Equatable, Sendable {
     public var shellTimeoutMax: UInt32 = 3600
     /// Bytes of tool output given back to the model (head and tail halves).
     public var outputLimit: UInt32 = 32 << 10
+    /// TCP ports the init listens on at 127.0.0.1 inside the sandbox's network namespace, before it
+    /// confines itself; the listening sockets go to the supervisor with `ready` (SCM_RIGHTS), in this
+    /// order, and serve the sandbox from outside (docs/network.md).
+    public var listenPorts: [UInt16] = []
 
     public init() {}
 
@@ -159,6 +164,8 @@ public struct SetupSpec: Equatable, Sendable {
         w.u32(shellTimeout)
         w.u32(shellTimeoutMax)
         w.u32(outputLimit)
+        w.u32(UInt32(listenPorts.count))
+        for p in listenPorts { w.u32(UInt32(p)) }
         return w.bytes
     }
 
@@ -199,6 +206,12 @@ public struct SetupSpec: Equatable, Sendable {
         s.shellTimeout = try r.u32()
         s.shellTimeoutMax = try r.u32()
         s.outputLimit = try r.u32()
+        let nl = Int(try r.u32())
+        guard nl <= 4 else { throw WireError(description: "too many listening ports") }
+        for _ in 0..<nl {
+            guard let p = UInt16(exactly: try r.u32()), p > 0 else { throw WireError(description: "a listening port out of range") }
+            s.listenPorts.append(p)
+        }
         return s
     }
 }
@@ -215,6 +228,8 @@ public enum InitMessage: Equatable, Sendable {
     case execFailed(errno: Int32, path: String)
     /// The command ended: the raw wait status.
     case exited(status: Int32)
+    /// The listening sockets of `SetupSpec.listenPorts` are attached (SCM_RIGHTS), in that order.
+    case listening(count: Int32)
 
     public func encode() -> [UInt8] {
         switch self {
@@ -224,6 +239,7 @@ public enum InitMessage: Equatable, Sendable {
         case let .started(pid): var w = WireWriter(.started); w.i32(pid); return w.bytes
         case let .execFailed(err, path): var w = WireWriter(.execFailed); w.i32(err); w.string(path); return w.bytes
         case let .exited(status): var w = WireWriter(.exited); w.i32(status); return w.bytes
+        case let .listening(count): var w = WireWriter(.listening); w.i32(count); return w.bytes
         }
     }
 
@@ -235,6 +251,7 @@ public enum InitMessage: Equatable, Sendable {
         case .started: return .started(pid: try r.i32())
         case .execFailed: return .execFailed(errno: try r.i32(), path: try r.string())
         case .exited: return .exited(status: try r.i32())
+        case .listening: return .listening(count: try r.i32())
         default: throw WireError(description: "unexpected message \(r.tag) from init")
         }
     }

@@ -9,9 +9,27 @@ import Glibc
 
 let channel: Int32 = 3
 
-func send(_ message: InitMessage) {
+func send(_ message: InitMessage, fds: [Int32] = []) {
     let bytes = message.encode()
-    _ = bytes.withUnsafeBytes { Glibc.send(channel, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    _ = bytes.withUnsafeBytes { buf in fds.withUnsafeBufferPointer { ab_send_with_fds(channel, buf.baseAddress!, buf.count, $0.baseAddress, Int32($0.count)) } }
+}
+
+/// The sockets the supervisor serves the sandbox on (the proxy, agentbox's own services), listening
+/// on 127.0.0.1 in the sandbox's network namespace: made here, where only this init can make them,
+/// and handed over with `ready`. Nothing inside can take the ports first: no process of the sandbox
+/// exists yet.
+func listen(_ ports: [UInt16]) throws(SetupFailure) -> [Int32] {
+    var fds: [Int32] = []
+    for port in ports {
+        let fd = ab_listen_loopback(port)
+        if fd < 0 {
+            let e = errno
+            for f in fds { close(f) }
+            throw SetupFailure(stage: "listen on 127.0.0.1:\(port)", code: e, detail: "")
+        }
+        fds.append(fd)
+    }
+    return fds
 }
 
 /// A setup step that failed: reported to the supervisor (which prints it), then exit 125.
@@ -393,6 +411,11 @@ func main() -> Int32 {
         try buildFilesystem(spec)
         try check(sethostname(spec.hostname, spec.hostname.utf8.count), "sethostname")
         try check(ab_loopback_up(), "bring loopback up")
+        let listeners = try listen(spec.listenPorts)
+        if !listeners.isEmpty {
+            send(.listening(count: Int32(listeners.count)), fds: listeners)
+            for fd in listeners { close(fd) }
+        }
         try boundSharedResources()
         landlockABI = try confine(spec)
     } catch {

@@ -105,6 +105,11 @@ public enum RecordType: String, CaseIterable, Sendable {
     case checkpoint
     /// `fork` made this run from another's history up to a step, with a copy of that step's workspace.
     case runForked = "run.forked"
+    // The proxy of `--network allow:` (docs/network.md).
+    /// A connection through the proxy: host, port, allowed or denied and why, the address used.
+    case netConnect = "net.connect"
+    /// An allowed connection ended: bytes each way, seconds.
+    case netClosed = "net.closed"
 }
 
 extension JournalRecord {

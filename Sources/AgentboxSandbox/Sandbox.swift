@@ -57,6 +57,9 @@ public protocol SandboxDelegate: AnyObject {
     /// The first SIGINT/SIGTERM/SIGHUP/SIGQUIT. True: the delegate ends the run itself (agent mode);
     /// false: it is forwarded to the command. Either way the sandbox is killed after the grace period.
     func sandboxStopSignal(_ signal: Int32) -> Bool
+    /// Events from the sandbox's services (proxy decisions, confessions from inside): journal them and
+    /// answer each confession's reply.
+    func sandboxServiceEvents(_ events: [ServiceEvent]) throws(AgentboxError)
 }
 
 extension SandboxDelegate {
@@ -69,6 +72,9 @@ extension SandboxDelegate {
     public var wakeFD: Int32 { -1 }
     public func sandboxWake() throws(AgentboxError) {}
     public func sandboxStopSignal(_ signal: Int32) -> Bool { false }
+    public func sandboxServiceEvents(_ events: [ServiceEvent]) throws(AgentboxError) {
+        for case let .confess(_, reply) in events { reply.answer(.failure(AgentboxError(stage: "confess", "this sandbox does not record confessions"))) }
+    }
 }
 
 /// One sandbox: build it (SandboxLauncher), supervise it (Supervision), say how it ended
@@ -105,6 +111,19 @@ public final class Sandbox {
     var process: SandboxProcess? = nil
     /// Captured output on its way to agentbox's stdout and stderr (`captureOutput` only).
     let relays: [OutputRelay]
+    /// Passed the agentbox API's requests it accepts (the model gateway of a bring-your-own-agent run).
+    public var apiHandler: HTTPRequestHandler? = nil
+    /// Served inside the sandbox on loopback ports: the agentbox API always, the proxy with `allow:`.
+    /// Their events come to the delegate through `inbox`.
+    public let inbox = ServiceInbox()
+
+    func makeServices() -> [SandboxService] {
+        var services: [SandboxService] = [AgentboxAPI(inbox: inbox, handler: apiHandler)]
+        if let rules = policy.network.rules {
+            services.append(NetworkProxy(rules: rules, hosts: policy.addHosts, inbox: inbox))
+        }
+        return services
+    }
     /// Blocked from `run` until this Sandbox goes away (after its owner journaled the result and
     /// delivered the output): a late SIGTERM is consumed, not fatal.
     var signals: StopSignals? = nil
@@ -164,11 +183,14 @@ public final class Sandbox {
         defer { timing.mark("teardown") }
         let signals = self.signals ?? StopSignals()
         self.signals = signals
-        let launcher = SandboxLauncher(signals: signals, id: id, policy: policy, argv: argv, mode: mode, captureOutput: captureOutput, warn: warn, timing: timing)
+        let services = makeServices()
+        let launcher = SandboxLauncher(signals: signals, id: id, policy: policy, argv: argv, mode: mode, captureOutput: captureOutput,
+                                       ports: services.map(\.port), warn: warn, timing: timing)
         let process = try launcher.launch()
         self.process = process
         defer { self.process = nil }
-        var supervision = Supervision(process: process, policy: policy, mode: mode, grace: grace, delegate: delegate, relays: relays, warn: warn, timing: timing)
+        var supervision = Supervision(process: process, policy: policy, mode: mode, grace: grace, delegate: delegate, relays: relays,
+                                      services: services, inbox: inbox, warn: warn, timing: timing)
         let ending = supervision.run()
         timing.mark("init exit")
         if let failure = ending.failure { throw failure }

@@ -69,6 +69,8 @@ struct SandboxLauncher {
     let argv: [String]
     let mode: Sandbox.Mode
     let captureOutput: Bool
+    /// Loopback ports the init listens on for the supervisor's services.
+    let ports: [UInt16]
     let warn: (SandboxWarning) -> Void
     let timing: Timing
 
@@ -149,9 +151,9 @@ struct SandboxLauncher {
     }
 
     /// The identity of each mount's host path (FileIdentity), for the init's checks.
-    func mountIdentities() throws(AgentboxError) -> [FileIdentity] {
+    func mountIdentities(_ mounts: [MountEntry]) throws(AgentboxError) -> [FileIdentity] {
         var out: [FileIdentity] = []
-        for m in policy.mounts {
+        for m in mounts {
             guard m.kind != .symlink else { out.append(FileIdentity(device: 0, inode: 0)); continue }
             let fd = try Descriptor(SandboxLauncher.openNoSymlinks(m.kind == .bindRO || m.kind == .bindRW ? m.source : m.target))
             var st = stat()
@@ -199,7 +201,13 @@ struct SandboxLauncher {
         spec.gid = ident.gid
         spec.dropGroups = !ident.denySetgroups
         spec.mounts = policy.mounts
-        spec.mountIdentities = try mountIdentities()
+        // agentbox-init, bound read-only as `agentbox` (its client commands) where PATH finds it; not
+        // when a bind of the profile covers that folder (the mount point would be the host's).
+        let tool = AgentboxPaths.toolDirectory + "/agentbox"
+        let withTool = !policy.mounts.contains { PolicyResolver.isInside(tool, $0.target) }
+        if withTool { spec.mounts.append(MountEntry(.bindRO, source: initPath, target: tool, directory: false)) }
+        spec.mountIdentities = try mountIdentities(spec.mounts)
+        spec.listenPorts = ports
         spec.tmpSize = policy.limits.tmpSize
         spec.workdir = policy.workdir
         spec.argv = argv
@@ -232,6 +240,18 @@ struct SandboxLauncher {
             guard m.kind == .bindRW, geteuid() == 0 else { return -1 }
             defer { treeIndex += 1 }
             return treeIndex
+        }
+        if withTool {
+            // As root the sandbox's user may not search the folders above agentbox-init (a 0700
+            // clone): the supervisor clones the bind. Rootless, the user is the binary's owner.
+            if geteuid() == 0 {
+                let tree = Descriptor(ab_open_tree(AT_FDCWD, initPath, AB_OPEN_TREE_CLONE | AB_OPEN_TREE_CLOEXEC))
+                guard tree.isValid else { throw AgentboxError(stage: "bind agentbox into the sandbox", "open_tree \(initPath): \(FileIO.errnoString())") }
+                mountTrees.append(tree)
+                spec.mountFds.append(treeIndex)
+            } else {
+                spec.mountFds.append(-1)
+            }
         }
         timing.mark("idmapped mounts")
         let specBytes = spec.encode()

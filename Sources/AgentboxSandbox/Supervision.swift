@@ -55,7 +55,7 @@ struct Supervision {
     static let tickInterval: Int32 = 200
 
     enum Source: Int, CaseIterable {
-        case channel, signals, initExit, stdout, stderr, wake, stdoutRoom, stderrRoom
+        case channel, signals, initExit, stdout, stderr, wake, stdoutRoom, stderrRoom, inbox
     }
 
     let process: SandboxProcess
@@ -72,9 +72,17 @@ struct Supervision {
     var packet = [UInt8](repeating: 0, count: AgentWire.packetPayload + 64)
     var graceDeadline: Double? = nil
     var open: [Bool] = [true, true]  // stdout, stderr: not at EOF yet
+    /// What the supervisor serves inside the sandbox, and the sockets the init handed over for them
+    /// (`listening`), polled after the sources above; closed when the loop ends.
+    let services: [SandboxService]
+    let inbox: ServiceInbox?
+    var listeners: [Int32] = []
 
     init(process: SandboxProcess, policy: SandboxPolicy, mode: Sandbox.Mode, grace: Double, delegate: SandboxDelegate?,
-         relays: [OutputRelay], warn: @escaping (SandboxWarning) -> Void, timing: Timing) {
+         relays: [OutputRelay], services: [SandboxService] = [], inbox: ServiceInbox? = nil,
+         warn: @escaping (SandboxWarning) -> Void, timing: Timing) {
+        self.services = services
+        self.inbox = inbox
         self.process = process
         self.policy = policy
         self.mode = mode
@@ -111,7 +119,13 @@ struct Supervision {
         fds[Source.signals.rawValue].fd = process.signals
         fds[Source.initExit.rawValue].fd = process.pidfd.raw
         fds[Source.wake.rawValue].fd = delegate?.wakeFD ?? -1
+        fds[Source.inbox.rawValue].fd = inbox?.fd ?? -1
+        defer { endServices() }
         while true {
+            // The listening sockets, once the init has handed them over.
+            if fds.count < Source.allCases.count + listeners.count {
+                fds += listeners.dropFirst(fds.count - Source.allCases.count).map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            }
             // A stream is read only while its relay has room: otherwise the command waits, as under any
             // pipe, and the loop waits for room (or anything else) instead.
             for (i, (pipe, room)) in [(Source.stdout, Source.stdoutRoom), (.stderr, .stderrRoom)].enumerated() where !relays.isEmpty {
@@ -150,6 +164,8 @@ struct Supervision {
             if ready(.signals) { stopSignals(now: now) }
             if fds[Source.channel.rawValue].revents & Int16(POLLIN) != 0 { drainChannel() }
             if ready(.wake), let delegate { call { () throws(AgentboxError) in try delegate.sandboxWake() } }
+            if ready(.inbox) { deliverServiceEvents() }
+            for (i, fd) in listeners.enumerated() where Source.allCases.count + i < fds.count && fds[Source.allCases.count + i].revents != 0 { acceptConnections(fd, services[i]) }
             if ready(.initExit) || fds[Source.channel.rawValue].revents & Int16(POLLHUP) != 0 { break }
         }
         drainChannel()
@@ -214,13 +230,70 @@ struct Supervision {
         }
     }
 
-    /// Reads every packet waiting on the channel.
+    /// Reads every packet waiting on the channel (with the descriptors attached to it).
     mutating func drainChannel() {
+        var attached = [Int32](repeating: -1, count: 8)
         while true {
-            let n = packet.withUnsafeMutableBytes { recv(process.channel.raw, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            var count: Int32 = 0
+            let n = packet.withUnsafeMutableBytes { buf in
+                attached.withUnsafeMutableBufferPointer { ab_recv_with_fds(process.channel.raw, buf.baseAddress!, buf.count, $0.baseAddress!, 8, &count, Int32(MSG_DONTWAIT)) }
+            }
+            var fds = Descriptors(Array(attached[0..<Int(count)]))
             if n <= 0 { return }
-            handle(packet[0..<n])
+            handle(packet[0..<n], fds: &fds)
         }
+    }
+
+    /// The listening sockets the init made for `services`, checked: each a TCP socket listening on
+    /// 127.0.0.1 at its service's port. Anything else stops the sandbox (it would not be served).
+    mutating func takeListeners(_ count: Int32, _ fds: inout Descriptors) {
+        guard listeners.isEmpty, Int(count) == services.count, fds.raw.count == services.count else {
+            return protocolError("\(fds.raw.count) listening sockets for \(services.count) services")
+        }
+        for (fd, service) in zip(fds.raw, services) {
+            var addr = sockaddr_in()
+            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+            var listening: Int32 = 0, type: Int32 = 0
+            var optlen = socklen_t(4)
+            let named = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+            _ = getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &optlen)
+            optlen = 4
+            _ = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &optlen)
+            guard named == 0, addr.sin_family == sa_family_t(AF_INET), addr.sin_addr.s_addr == UInt32(0x7F00_0001).bigEndian,
+                  UInt16(bigEndian: addr.sin_port) == service.port, listening == 1, type == Int32(SOCK_STREAM.rawValue) else {
+                return protocolError("a socket that is not listening on 127.0.0.1:\(service.port)")
+            }
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        }
+        listeners = fds.releaseAll()
+    }
+
+    /// Accepts what is waiting (a bounded number per wake-up) and gives each connection to `service`.
+    func acceptConnections(_ listener: Int32, _ service: SandboxService) {
+        for _ in 0..<64 {
+            let fd = ab_accept(listener)
+            if fd < 0 { return }
+            service.serve(connection: fd)
+        }
+    }
+
+    mutating func deliverServiceEvents() {
+        guard let inbox else { return }
+        let events = inbox.take()
+        guard !events.isEmpty else { return }
+        if let delegate, ending.failure == nil {
+            call { () throws(AgentboxError) in try delegate.sandboxServiceEvents(events) }
+        } else {
+            for case let .confess(_, reply) in events { reply.answer(.failure(AgentboxError(stage: "confess", "the run is ending"))) }
+        }
+    }
+
+    /// The sandbox is gone: no new connections, every open one ended, their last events delivered.
+    mutating func endServices() {
+        for fd in listeners { close(fd) }
+        listeners = []
+        for service in services { service.stop() }
+        deliverServiceEvents()
     }
 
     /// The init is inside the sandbox: anything it sends that is not a well-formed message for this
@@ -230,7 +303,7 @@ struct Supervision {
                            hint: "agentbox-init and agentbox must come from the same build; otherwise the sandbox is misbehaving"))
     }
 
-    mutating func handle(_ bytes: ArraySlice<UInt8>) {
+    mutating func handle(_ bytes: ArraySlice<UInt8>, fds: inout Descriptors) {
         if let tag = bytes.first, tag == WireTag.agentMore.rawValue || tag == WireTag.agentLast.rawValue {
             guard mode == .agent, let delegate else { return protocolError("an agent message to a sandbox that runs a command") }
             guard ending.failure == nil else { return }
@@ -250,8 +323,14 @@ struct Supervision {
             return protocolError("a malformed message (\(bytes.count) bytes: \(error.description))")
         }
         switch message {
+        case let .listening(count):
+            takeListeners(count, &fds)
         case let .ready(abi):
             timing.mark("init setup")
+            // Fail closed: a sandbox whose proxy or API did not arrive does not run.
+            guard listeners.count == services.count else {
+                return fail(AgentboxError(stage: "sandbox setup", "the sandbox's network services did not start (\(listeners.count) of \(services.count) listening sockets)"))
+            }
             ending.landlockABI = abi
             if mode == .agent { ending.commandStarted = true }
             delegate?.sandboxReady(landlockABI: abi, cgroup: process.cgroup?.description)

@@ -96,6 +96,7 @@ public final class AgentRun {
     var checkpoints: WorkspaceCheckpoints? = nil
     var checkpointStep = -1
     var warnedSkipped = false
+    var recorder: ServiceRecorder? = nil
 
     public init(store: RunStore = RunStore(), policy: SandboxPolicy, task: AgentTask, warn: @escaping (String) -> Void,
                 progress: @escaping (AgentEvent) -> Void) {
@@ -128,7 +129,7 @@ public final class AgentRun {
         if let n = budget.maxToolCalls { b.append("\(n) tool calls") }
         if let t = budget.maxTokens { b.append("\(t) tokens") }
         if let c = budget.maxCost { b.append("$\(c)") }
-        return AgentPrompt.system(AgentPrompt.Facts(workspace: policy.workdir, network: policy.profile.network.rawValue,
+        return AgentPrompt.system(AgentPrompt.Facts(workspace: policy.workdir, network: policy.network.description,
                                                     limits: limits, budget: b))
     }
 
@@ -295,8 +296,13 @@ public final class AgentRun {
 
 extension AgentRun: SandboxDelegate {
     public func sandboxReady(landlockABI: Int32, cgroup: String?) {
-        _ = try? writer.append(.sandboxReady, JournaledRun.readyRecord(landlockABI: landlockABI, cgroup: cgroup, seccomp: policy.profile.seccomp != nil),
+        _ = try? writer.append(.sandboxReady, JournaledRun.readyRecord(landlockABI: landlockABI, cgroup: cgroup, policy: policy),
                                critical: false)
+    }
+
+    public func sandboxServiceEvents(_ events: [ServiceEvent]) throws(AgentboxError) {
+        if recorder == nil { recorder = ServiceRecorder(store: store, run: id, name: task.name.isEmpty ? nil : task.name, writer: writer, warn: warnHandler) }
+        try recorder!.record(events)
     }
 
     public func sandboxMessage(_ message: AgentMessage) throws(AgentboxError) { try session.received(message) }

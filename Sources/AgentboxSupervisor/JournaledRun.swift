@@ -72,7 +72,8 @@ public final class JournaledRun {
             warn(summary)
             try recordLimit(writer, kind: reason == .cap ? "journal_output" : "journal_disk", category: "limits", summary: summary)
         }
-        let delegate = Delegate(writer: writer, gather: gather, seccomp: policy.profile.seccomp != nil)
+        let recorder = ServiceRecorder(store: store, run: id, name: name, writer: writer, warn: warn)
+        let delegate = Delegate(writer: writer, gather: gather, policy: policy, recorder: recorder)
 
         let result: SandboxResult
         do {
@@ -143,13 +144,17 @@ extension JournaledRun {
     final class Delegate: SandboxDelegate {
         let writer: JournalWriter
         let gather: OutputGatherer
-        let seccomp: Bool
+        let policy: SandboxPolicy
+        let recorder: ServiceRecorder
 
-        init(writer: JournalWriter, gather: OutputGatherer, seccomp: Bool) {
+        init(writer: JournalWriter, gather: OutputGatherer, policy: SandboxPolicy, recorder: ServiceRecorder) {
             self.writer = writer
             self.gather = gather
-            self.seccomp = seccomp
+            self.policy = policy
+            self.recorder = recorder
         }
+
+        func sandboxServiceEvents(_ events: [ServiceEvent]) throws(AgentboxError) { try recorder.record(events) }
 
         func sandboxOutput(_ stream: Sandbox.OutputStream, _ bytes: [UInt8]) throws(AgentboxError) {
             try gather.add(stream == .stdout ? .stdout : .stderr, bytes)
@@ -161,17 +166,20 @@ extension JournaledRun {
         }
 
         func sandboxReady(landlockABI: Int32, cgroup: String?) {
-            _ = try? writer.append(.sandboxReady, JournaledRun.readyRecord(landlockABI: landlockABI, cgroup: cgroup, seccomp: seccomp), critical: false)
+            _ = try? writer.append(.sandboxReady, JournaledRun.readyRecord(landlockABI: landlockABI, cgroup: cgroup, policy: policy), critical: false)
         }
     }
 
     /// The sandbox.ready record of every run.
-    static func readyRecord(landlockABI: Int32, cgroup: String?, seccomp: Bool) -> JSON {
+    static func readyRecord(landlockABI: Int32, cgroup: String?, policy: SandboxPolicy) -> JSON {
         .object([
             ("landlock_abi", .number(Double(landlockABI))),
             ("cgroup", cgroup.map { .string($0) } ?? .null),
-            ("seccomp", .bool(seccomp)),
+            ("seccomp", .bool(policy.profile.seccomp != nil)),
             ("namespaces", ["user", "pid", "mount", "net", "uts", "ipc", "cgroup"]),
+            // The rules in force: what the proxy lets through (docs/network.md).
+            ("network", .string(policy.network.description)),
+            ("add_hosts", .array(policy.addHosts.map { .string("\($0.0):\($0.1)") })),
         ])
     }
 

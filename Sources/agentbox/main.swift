@@ -119,8 +119,11 @@ struct SandboxFlags: ParsableArguments {
     @Option(parsing: .unconditionalSingleValue, help: ArgumentHelp("Hide PATH behind an empty read-only directory or file (repeatable).", valueName: "PATH"))
     var hide: [String] = []
 
-    @Option(parsing: .unconditional, help: ArgumentHelp("none or loopback: a private network namespace whose own loopback is up; no route to the host or the internet.", valueName: "MODE"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("none (or loopback): a private network namespace whose own loopback is up; no route to the host or the internet. allow:RULES: also agentbox's proxy at 127.0.0.1:3128 inside (HTTP_PROXY etc. are set), reaching only what RULES allow: comma-separated host, *.suffix, host:port, !rule to deny (denials win); IP addresses and the host's own networks only when a rule names the address. Example: allow:pypi.org,files.pythonhosted.org:443", valueName: "MODE"))
     var network: String?
+
+    @Option(name: .customLong("add-host"), parsing: .unconditionalSingleValue, help: ArgumentHelp("With --network allow: the proxy resolves NAME to IP (repeatable; as Docker's --add-host). The name still needs an allow rule; its address counts as named.", valueName: "NAME:IP"))
+    var addHost: [String] = []
 
     @Option(parsing: .unconditional, help: ArgumentHelp("Memory limit for the whole sandbox, e.g. 512M, 2G (OOM kill -> exit 137).", valueName: "SIZE"))
     var memory: String?
@@ -148,7 +151,7 @@ struct SandboxFlags: ParsableArguments {
 
     /// The options as plain values (shared with the `exec` fast path).
     var args: SandboxArgs {
-        SandboxArgs(profile: profile, workspace: workspace, ro: ro, rw: rw, hide: hide, network: network, memory: memory,
+        SandboxArgs(profile: profile, workspace: workspace, ro: ro, rw: rw, hide: hide, network: network, addHost: addHost, memory: memory,
                     pids: pids, cpus: cpus, timeout: timeout, tmpSize: tmpSize, journalOutput: journalOutput, env: env,
                     strictLimits: strictLimits)
     }
@@ -167,6 +170,7 @@ extension SandboxArgs {
             ("profile", .string(policy.profile.path.isEmpty ? profile : policy.profile.path)),
             ("workspace", .string(policy.workspace)), ("workdir", .string(policy.workdir)),
             ("ro", abs(ro)), ("rw", abs(rw)), ("hide", abs(hide)), ("network", opt(network)),
+            ("add_host", .array(addHost.map { .string($0) })),
             ("memory", opt(memory)), ("pids", pids.map { .number(Double($0)) } ?? .null), ("cpus", cpus.map { .number($0) } ?? .null),
             ("timeout", opt(timeout)), ("tmp_size", opt(tmpSize)), ("journal_output", opt(journalOutput)),
             ("env", .array(env.compactMap { EnvVar.split($0).map { .string($0.0) } })), ("strict_limits", .bool(strictLimits)),
@@ -178,7 +182,7 @@ extension SandboxArgs {
         guard o.objectValue != nil, let profile = o["profile"]?.stringValue else { return nil }
         func list(_ key: String) -> [String] { o[key]?.arrayValue?.compactMap(\.stringValue) ?? [] }
         self.init(profile: profile, workspace: o["workspace"]?.stringValue, ro: list("ro"), rw: list("rw"), hide: list("hide"),
-                  network: o["network"]?.stringValue, memory: o["memory"]?.stringValue, pids: o["pids"]?.intValue,
+                  network: o["network"]?.stringValue, addHost: list("add_host"), memory: o["memory"]?.stringValue, pids: o["pids"]?.intValue,
                   cpus: o["cpus"]?.numberValue, timeout: o["timeout"]?.stringValue, tmpSize: o["tmp_size"]?.stringValue,
                   journalOutput: o["journal_output"]?.stringValue, env: env, strictLimits: o["strict_limits"]?.boolValue ?? false)
     }
@@ -192,6 +196,7 @@ struct SandboxArgs {
     var rw: [String] = []
     var hide: [String] = []
     var network: String? = nil
+    var addHost: [String] = []
     var memory: String? = nil
     var pids: Int? = nil
     var cpus: Double? = nil
@@ -209,10 +214,14 @@ struct SandboxArgs {
         o.rw = rw
         o.hide = hide
         if let n = network {
-            guard let mode = Profile.Network(rawValue: n) else {
-                throw .usage("--network \(n): unknown mode", hint: "use none or loopback (both: a private namespace with its own loopback)")
+            do { o.network = try Profile.Network(parsing: n) } catch { throw .usage("--network: " + error.message, hint: error.hint) }
+        }
+        for item in addHost {
+            guard let colon = item.firstIndex(of: ":"), case let name = String(item[..<colon]).lowercased(),
+                  NetworkRules.validName(name), let ip = IPAddress(String(item[item.index(after: colon)...].filter { $0 != "[" && $0 != "]" })) else {
+                throw .usage("--add-host \(item): expected NAME:IP", hint: "e.g. --add-host pkgs.internal:10.0.0.5 or --add-host name:[fd00::1]")
             }
-            o.network = mode
+            o.addHosts.append((name, ip))
         }
         if let m = memory {
             guard let bytes = Units.parseSize(m), bytes >= 1 << 20 else {
@@ -376,7 +385,7 @@ struct Exec: ParsableCommand {
             if arg == "--strict-limits" { a.strictLimits = true; i += 1; continue }
             guard i + 1 < argv.endIndex else { return nil }
             let value = argv[i + 1]
-            let repeatable = ["--ro", "--rw", "--hide", "--env"].contains(arg)
+            let repeatable = ["--ro", "--rw", "--hide", "--env", "--add-host"].contains(arg)
             if !repeatable && !seen.insert(arg).inserted { return nil }
             switch arg {
             case "--profile": a.profile = value
@@ -385,6 +394,7 @@ struct Exec: ParsableCommand {
             case "--rw": a.rw.append(value)
             case "--hide": a.hide.append(value)
             case "--network": a.network = value
+            case "--add-host": a.addHost.append(value)
             case "--memory": a.memory = value
             case "--pids": guard let n = Int(value) else { return nil }; a.pids = n
             case "--cpus": guard let n = Double(value) else { return nil }; a.cpus = n
@@ -423,7 +433,8 @@ func runExec(_ sandbox: SandboxArgs, name: String?, allowDuplicateName: Bool = f
                 return (r, journaled.outputDelivered)
             }
         } else {
-            result = try Sandbox(policy: policy, argv: command) { Console.warning($0.message) }.run()
+            let box = Sandbox(policy: policy, argv: command) { Console.warning($0.message) }
+            result = try box.run(delegate: UnjournaledServices(sandbox: box.id) { Console.warning($0) })
         }
         switch result.termination {
         case .timedOut:

@@ -118,6 +118,15 @@ int ab_set_rlimit(int resource, uint64_t soft, uint64_t hard);
 
 /// Brings the loopback interface of the current network namespace up.
 int ab_loopback_up(void);
+/// A TCP socket listening on 127.0.0.1:port (close-on-exec, SO_REUSEADDR, backlog 128); -1 and errno.
+int ab_listen_loopback(unsigned short port);
+/// accept4 with SOCK_CLOEXEC | SOCK_NONBLOCK, EINTR retried; -1 and errno (EAGAIN: none waiting).
+int ab_accept(int fd);
+/// Sends one packet with up to 8 descriptors attached (SCM_RIGHTS, MSG_NOSIGNAL); -1 and errno.
+long ab_send_with_fds(int sock, const void *_Nonnull buf, size_t len, const int *_Nullable fds, int nfds);
+/// Receives one packet (flags: MSG_DONTWAIT or 0) and up to `max` descriptors attached to it, made
+/// close-on-exec; `*nfds` is how many came (any beyond `max` are closed). -1 and errno.
+long ab_recv_with_fds(int sock, void *_Nonnull buf, size_t len, int *_Nonnull fds, int max, int *_Nonnull nfds, int flags);
 
 // MARK: seccomp
 
