@@ -8,8 +8,12 @@ final class ConfessStub: @unchecked Sendable {
     let requestsFile: String
 
     init() throws {
-        requestsFile = "/tmp/agentbox-confess-stub-\(UUID().uuidString.prefix(8))"
+        // Named by the test process's pid, so that it can be removed at exit.
+        requestsFile = "/tmp/agentbox-confess-stub-\(getpid())"
         _ = FileManager.default.createFile(atPath: requestsFile, contents: Data())
+        atexit {
+            for suffix in ["", ".port"] { try? FileManager.default.removeItem(atPath: "/tmp/agentbox-confess-stub-\(getpid())" + suffix) }
+        }
         let portFile = requestsFile + ".port"
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["python3", TestEnv.repoRoot + "/Tests/FakeModelServer/confess_stub.py",
@@ -107,8 +111,10 @@ final class MCPSession {
 
     /// A folder with `agentbox`, a symbolic link to the built agentbox-init.
     static let client: String = {
-        let dir = "/tmp/agentbox-client-\(UUID().uuidString.prefix(8))"
+        let dir = "/tmp/agentbox-client-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
         try! FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        atexit { try? FileManager.default.removeItem(atPath: "/tmp/agentbox-client-\(getpid())") }
         try! FileManager.default.createSymbolicLink(atPath: dir + "/agentbox", withDestinationPath: TestEnv.installDir + "/agentbox-init")
         return dir + "/agentbox"
     }()

@@ -6,12 +6,17 @@ matter, the body as JSON, or as text when it is not JSON) and answers:
   POST /agentbox/v1/confess, summary "fail": 409 {"error":{"message":...}} (with an ESC in it);
   summary "huge": 200 with a body of 2 MiB;
   otherwise: 200 {"ok":true,"seq":7}.
-Writes its port to --port-file when ready.
+Writes its port to --port-file when ready, and exits when the process that started it is gone (a test
+run keeps it in a static and never stops it).
 Usage: confess_stub.py --requests FILE --port-file FILE
 """
 import argparse
 import json
 import http.server
+import os
+import signal
+import threading
+import time
 
 FAIL_MESSAGE = "the confession feed is full \x1b[31mred\x1b[0m"
 
@@ -62,9 +67,19 @@ def main():
     args = parser.parse_args()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.requests = args.requests
+    # The test runner's children may inherit SIGTERM blocked or ignored: terminate() must still work.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
+    parent = os.getppid()
+
+    def orphaned():
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(0)
+
+    threading.Thread(target=orphaned, daemon=True).start()
     with open(args.port_file + ".tmp", "w") as f:
         f.write(str(server.server_address[1]))
-    import os
     os.rename(args.port_file + ".tmp", args.port_file)
     server.serve_forever()
 
