@@ -464,4 +464,4 @@ func main() -> Int32 {
     }
 }
 
-exit(main())
+exit(Client.invoked(as: CommandLine.arguments.first) ? Client.run(Array(CommandLine.arguments.dropFirst())) : main())
