@@ -47,6 +47,12 @@ public enum HTTPClient {
     /// (return false to stop). `provider` only labels errors.
     public static func post(url: String, headers: [String], body: [UInt8], timeouts: Timeouts, provider: String,
                             cancel: @escaping () -> Bool = { false }, onData: @escaping (Int, [UInt8]) -> Bool) -> Response {
+        send(method: "POST", url: url, headers: headers, body: body, timeouts: timeouts, provider: provider, cancel: cancel, onData: onData)
+    }
+
+    /// Like `post`, with another method (`GET`: no body is sent).
+    public static func send(method: String, url: String, headers: [String], body: [UInt8], timeouts: Timeouts, provider: String,
+                            cancel: @escaping () -> Bool = { false }, onData: @escaping (Int, [UInt8]) -> Bool) -> Response {
         let context = Context(onData: onData, cancel: cancel)
         let unmanaged = Unmanaged.passRetained(context)
         defer { unmanaged.release() }
@@ -58,7 +64,7 @@ public enum HTTPClient {
         let caBundle = timeouts.caBundle.map { strdup($0) }
         defer { free(caBundle ?? nil) }
         let code: Int32 = url.withCString { cURL in
-            "POST".withCString { cMethod in
+            method.withCString { cMethod in
                 cHeaders.withUnsafeBufferPointer { hp in
                     body.withUnsafeBytes { bp in
                         hp.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: hp.count) { headerPtr in

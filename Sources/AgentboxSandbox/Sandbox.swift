@@ -19,6 +19,8 @@ public struct SandboxResult: Sendable {
     public var oomKilled: Bool
     public var landlockABI: Int32
     public var elapsed: Double
+    /// The first stop signal agentbox received (SIGTERM, `agentbox stop`), if any.
+    public var stopSignal: Int32? = nil
 
     /// The exit code of `agentbox exec` (docs/cli.md).
     public var exitCode: Int32 {
@@ -149,6 +151,9 @@ public final class Sandbox {
         return relays.allSatisfy { $0.finish(interrupt: signals.fd) }
     }
 
+    /// Kills the whole sandbox now (its init, hence every process in it); `run` then returns.
+    public func kill() { process?.kill() }
+
     /// The sandbox's cgroup counters now (OOM kills, pids-limit hits), nil without a cgroup.
     public func cgroupReport() -> CgroupReport? { process?.cgroup?.report() }
 
@@ -208,7 +213,7 @@ public final class Sandbox {
         let termination = try ending.termination(oomKills: report.oomKills)
         let oom = report.oomKills > 0 && termination == .signaled(SIGKILL)
         return SandboxResult(termination: termination, report: report, oomKilled: oom, landlockABI: ending.landlockABI,
-                             elapsed: Clock.monotonic() - process.started)
+                             elapsed: Clock.monotonic() - process.started, stopSignal: ending.stopSignal)
     }
 
     /// Writes all of `bytes` to `fd`; false, giving up silently, when the reader is gone (EPIPE) or

@@ -1,5 +1,6 @@
 import AgentboxCore
 import AgentboxJournal
+import AgentboxModels
 import AgentboxSandbox
 import Glibc
 
@@ -17,6 +18,15 @@ public final class JournaledRun {
     let warn: (String) -> Void
 
     public private(set) var id = ""
+    /// A bring-your-own-agent run (`run -- CMD`): the model gateway inside, its calls journaled, its
+    /// budgets held (docs/agents.md). nil for `exec`.
+    public var gateway: ModelGateway? = nil
+    /// Recorded in run.started with a gateway: the options and budgets.
+    public var gatewayFacts: JSON = .null
+    /// Seconds the command may go on after a budget ran out before the sandbox is killed.
+    public var budgetGrace = 30.0
+    /// How the run ended, in `run`'s terms (with a gateway): its exit code and state.
+    public private(set) var outcome: (code: Int32, state: String) = (0, "exited")
     /// False when agentbox stopped waiting for the reader of its output (a stop signal): what the reader
     /// did not take is in the journal.
     public private(set) var outputDelivered = true
@@ -48,14 +58,16 @@ public final class JournaledRun {
         let (id, writer) = try store.createRun()
         self.id = id
         let started = Clock.monotonic()
-        try writer.append(.runStarted, .object([
-            ("id", .string(id)), ("name", .string(name)), ("kind", "exec"),
+        var startedData: [(String, JSON)] = [
+            ("id", .string(id)), ("name", .string(name)), ("kind", gateway == nil ? "exec" : "agent-command"),
             ("argv", .array(argv.map { .string($0) })),
             ("policy", policy.json),
             ("profile_digest", JournaledRun.digest(policy.profile.path.isEmpty ? nil : policy.profile.path)),
             ("seccomp_digest", JournaledRun.digest(policy.profile.seccomp)),
             ("host", JournaledRun.hostFacts()),
-        ]), critical: true)
+        ]
+        if gateway != nil { startedData.append(("gateway", gatewayFacts)) }
+        try writer.append(.runStarted, .object(startedData), critical: true)
 
         let box = Sandbox(id: id, policy: policy, argv: argv, captureOutput: true) { [warn] w in
             warn(w.message)
@@ -74,6 +86,10 @@ public final class JournaledRun {
         }
         let recorder = ServiceRecorder(store: store, run: id, name: name, writer: writer, warn: warn)
         let delegate = Delegate(writer: writer, gather: gather, policy: policy, recorder: recorder)
+        if let gateway {
+            box.apiHandler = gateway
+            delegate.gateway = GatewayRecorder(gateway: gateway, writer: writer, recorder: recorder, grace: budgetGrace, box: box, warn: warn)
+        }
 
         let result: SandboxResult
         do {
@@ -119,19 +135,44 @@ public final class JournaledRun {
         }
         if result.oomKilled { exitData.append(("oom_killed", true)) }
         try writer.append(.exit, .object(exitData), critical: false)
-        try writer.append(.usage, .object([
+        var usage: [(String, JSON)] = [
             ("wall_s", .number(((Clock.monotonic() - started) * 1000).rounded() / 1000)),
             ("cpu_s", result.report.cpuSeconds.map { .number($0) } ?? .null),
             ("peak_memory", result.report.peakMemory.map { .number(Double($0)) } ?? .null),
-        ]), critical: false)
-        let state: String
+        ]
+        if let gateway {
+            let used = gateway.used
+            usage += [("steps", .number(Double(used.calls))),
+                      ("tokens", Usage(inputTokens: used.input, outputTokens: used.output).json),
+                      ("cost", used.cost.map { .number($0) } ?? .null)]
+        }
+        try writer.append(.usage, .object(usage), critical: false)
+        var state: String
         switch result.termination {
         case .exited(0): state = "exited"
         case .timedOut: state = "timeout"
         case .notExecuted: state = "failed"
         default: state = "exited"
         }
-        try writer.append(.runEnded, .object([("state", .string(state)), ("exit_code", .number(Double(result.exitCode)))]),
+        var code = result.exitCode
+        var ended: [(String, JSON)] = []
+        if let gateway {
+            // `run`'s codes come first: the command's own status is in the exit record.
+            if result.termination == .timedOut {
+                code = 124
+            } else if let why = gateway.exhausted {
+                (code, state) = (3, "budget")
+                ended.append(("reason", .string(why)))
+            } else if result.stopSignal != nil {
+                (code, state) = (75, "stopped")
+            } else if case .notExecuted = result.termination {
+                state = "failed"
+            } else {
+                state = "finished"
+            }
+        }
+        outcome = (code, state)
+        try writer.append(.runEnded, .object([("state", .string(state)), ("exit_code", .number(Double(code)))] + ended),
                           critical: true)
         try writer.finish()
         outputDelivered = box.deliverOutput()
@@ -146,6 +187,11 @@ extension JournaledRun {
         let gather: OutputGatherer
         let policy: SandboxPolicy
         let recorder: ServiceRecorder
+        var gateway: GatewayRecorder? = nil
+
+        var wakeFD: Int32 { gateway?.gateway.wakeFD ?? -1 }
+
+        func sandboxWake() throws(AgentboxError) { try gateway?.record() }
 
         init(writer: JournalWriter, gather: OutputGatherer, policy: SandboxPolicy, recorder: ServiceRecorder) {
             self.writer = writer
@@ -161,6 +207,7 @@ extension JournaledRun {
         }
 
         func sandboxTick() throws(AgentboxError) {
+            gateway?.tick()
             try gather.flush(final: false)
             try writer.flushIfDue()
         }

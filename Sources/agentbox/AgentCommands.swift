@@ -17,7 +17,13 @@ struct RunCommand: ParsableCommand {
             write_file, edit_file, confess, finish. Progress goes to stderr; --json prints the journal records on stdout \
             as they are written. Exit codes: 0 finished with success; 1 finished with failure or gave up without \
             finishing (aborted); 3 a budget ran out; 75 stopped by SIGTERM or `agentbox stop` (`agentbox resume` continues it); 124 --timeout; 125 agentbox failed. \
-            Example: agentbox run --model openai:gpt-4o-mini --max-steps 30 --timeout 20m --task "make the tests pass"
+            Example: agentbox run --model openai:gpt-4o-mini --max-steps 30 --timeout 20m --task "make the tests pass". \
+            Bring your own agent: `agentbox run [OPTIONS] -- CMD [ARG...]` runs CMD as the agent instead (docs/agents.md). \
+            Inside, OPENAI_BASE_URL and ANTHROPIC_BASE_URL point at agentbox's model gateway and the *_API_KEY variables hold \
+            a placeholder; the gateway forwards each call to the upstream (OPENAI_BASE_URL / ANTHROPIC_BASE_URL where agentbox \
+            runs, or --base-url for --model's provider, default OpenAI) with the real key, streams the answer back, journals \
+            it and holds --max-steps (model calls), --max-tokens and --max-cost. The exit code is CMD's, or 3 when a budget \
+            ran out (further calls are refused; CMD gets 30 s to end), 75 when stopped, 124 on --timeout, 125 when agentbox failed.
             """)
     @OptionGroup(title: "Sandbox options") var sandbox: SandboxFlags
     @Option(parsing: .unconditional, help: ArgumentHelp("PROVIDER:MODEL: openai:MODEL, anthropic:MODEL or replay:FILE (default: $AGENTBOX_MODEL).", valueName: "P:M"))
@@ -44,9 +50,12 @@ struct RunCommand: ParsableCommand {
     var noCheckpoints = false
     @Flag(help: "Start the run in the background, print its id and return; follow it with `agentbox logs -f RUN`.") var detach = false
     @Flag(help: "Print the journal records on stdout as JSON lines while the run goes.") var json = false
+    @Argument(parsing: .postTerminator, help: ArgumentHelp("Bring your own agent: the command to run as the agent, after --.", valueName: "CMD"))
+    var command: [String] = []
 
     func run() throws {
         guarded { () throws(AgentboxError) -> Int32 in
+            if !command.isEmpty { return try runCommandAgent() }
             if resumeIfExists, let code = try continueExisting() { return code }
             let prepared = try prepare()
             if detach { return try Detach.start(json: json) }
@@ -169,6 +178,63 @@ struct RunCommand: ParsableCommand {
         let nameClaim = try claimName()
         defer { _ = nameClaim.raw }  // held (open) until here
         return try superviseAgent(p, json: json, resuming: nil)
+    }
+
+    /// `run -- CMD`: CMD is the agent; agentbox is its sandbox, journal and model gateway.
+    func runCommandAgent() throws(AgentboxError) -> Int32 {
+        for (given, flag) in [(task != nil, "--task"), (taskFile != nil, "--task-file"), (resumeIfExists, "--resume-if-exists"),
+                              (!checkpointExclude.isEmpty, "--checkpoint-exclude"), (noCheckpoints, "--no-checkpoints"),
+                              (maxToolCalls != nil, "--max-tool-calls"), (detach, "--detach"), (json, "--json")] where given {
+            throw .usage("\(flag) does not apply to `run -- CMD` (bring your own agent)",
+                         hint: flag.hasPrefix("--task") ? "pass the task on the agent's own command line" : "see agentbox run --help")
+        }
+        if let n = name { try checkRunName(n) }
+        var budget = Budget()
+        if let s = maxSteps { guard s > 0 else { throw .usage("--max-steps \(s): must be at least 1") }; budget.maxSteps = s }
+        if let t = maxTokens { guard t > 0 else { throw .usage("--max-tokens \(t): must be at least 1") }; budget.maxTokens = t }
+        if let c = maxCost { guard c > 0, c.isFinite else { throw .usage("--max-cost \(c): must be a positive amount of USD") }; budget.maxCost = c }
+        // The upstreams: --base-url is for --model's provider (OpenAI when no --model is given).
+        let chosen = try model.map { (m: String) throws(AgentboxError) -> ModelSpec in try ModelSpec.parse(m) }
+        if chosen?.provider == .replay { throw .usage("--model replay: is for the built-in agent; a command's calls go to openai or anthropic") }
+        let openaiSpec = try ModelSpec.parse("openai:agent", baseURL: chosen?.provider != .anthropic ? baseURL : nil)
+        let anthropicSpec = try ModelSpec.parse("anthropic:agent", baseURL: chosen?.provider == .anthropic ? baseURL : nil)
+        if (openaiSpec.apiKey ?? "").isEmpty && (anthropicSpec.apiKey ?? "").isEmpty {
+            throw AgentboxError(stage: "model gateway", "neither OPENAI_API_KEY nor ANTHROPIC_API_KEY is set",
+                                hint: "export the key of the provider the agent uses where agentbox runs; the agent gets a placeholder, never the key")
+        }
+        let prices = try PriceTable.load()
+        var policy = try sandbox.resolve()
+        AgentRun.applyDefaults(to: &policy)
+        // The gateway's variables win over --env: a real key passed with --env would be in the sandbox.
+        let inside: [(String, String)] = [
+            ("OPENAI_BASE_URL", "http://127.0.0.1:\(AgentboxAPI.defaultPort)/v1"), ("OPENAI_API_KEY", ModelGateway.placeholderKey),
+            ("ANTHROPIC_BASE_URL", "http://127.0.0.1:\(AgentboxAPI.defaultPort)"), ("ANTHROPIC_API_KEY", ModelGateway.placeholderKey),
+        ]
+        for (k, _) in inside where policy.env.contains(where: { $0.0 == k }) {
+            Console.warning("--env \(k) is replaced by the model gateway's value inside the sandbox")
+        }
+        policy.env.removeAll { e in inside.contains { $0.0 == e.0 } }
+        policy.env += inside
+        let nameClaim = (name != nil && !allowDuplicateName) ? try RunStore().claimName(name!) : Descriptor(-1)
+        defer { _ = nameClaim.raw }
+        let gateway = ModelGateway(openai: .init(base: openaiSpec.baseURL, key: openaiSpec.apiKey),
+                                   anthropic: .init(base: anthropicSpec.baseURL, key: anthropicSpec.apiKey), budget: budget, prices: prices)
+        let journaled = JournaledRun(name: name ?? "", policy: policy, argv: command) { Console.warning($0) }
+        journaled.gateway = gateway
+        if let g = ModelSpec.env("AGENTBOX_GRACE").flatMap(Double.init), g >= 0 { journaled.budgetGrace = g }
+        journaled.gatewayFacts = .object([
+            ("openai", .string(openaiSpec.baseURL)), ("anthropic", .string(anthropicSpec.baseURL)),
+            ("max_steps", budget.maxSteps.map { .number(Double($0)) } ?? .null), ("max_tokens", budget.maxTokens.map { .number(Double($0)) } ?? .null),
+            ("max_cost", budget.maxCost.map { .number($0) } ?? .null), ("options", sandbox.args.json(policy: policy)),
+        ])
+        let result = try Console.relayed(run: journaled.id) { () throws(AgentboxError) in
+            let r = try journaled.run()
+            return (r, journaled.outputDelivered)
+        }
+        if result.termination == .timedOut {
+            Console.note("timeout after \(Units.formatDuration(policy.limits.timeout ?? 0)): the sandbox was killed")
+        }
+        return journaled.outcome.code
     }
 
     func readStdin() -> String {

@@ -415,6 +415,20 @@ struct Logs: ParsableCommand {
         // Agent runs: the conversation and the tools, on stdout (it is the run's output).
         case .runStarted? where d["kind"]?.stringValue == "run":
             Console.out(headed(Style.bold("task:"), d["task"]?.stringValue ?? ""))
+        // A bring-your-own-agent run: the gateway's calls, in short, on stderr (the command's output is the run's).
+        case .modelResponse? where d["call"] != nil:
+            let u = d["usage"] ?? .null
+            var text = "[\(r.seq)] model call \(d["call"]?.intValue ?? 0): \(d["status"]?.intValue ?? 0), \(u["input_tokens"]?.intValue ?? 0) in / \(u["output_tokens"]?.intValue ?? 0) out tokens"
+            if d["usage_estimated"]?.boolValue == true { text += " (estimated)" }
+            if let c = d["cost"]?.numberValue { text += ", $\(c)" }
+            Console.write(Style.dim(text + ", \(d["ms"]?.intValue ?? 0) ms"))
+        case .modelRequest? where d["call"] != nil:
+            Console.write(Style.dim("[\(r.seq)] model call \(d["call"]?.intValue ?? 0): \(field("provider")) \(field("model"))\(d["stream"]?.boolValue == true ? " (streamed)" : "")"))
+        case .modelError? where d["call"] != nil:
+            Console.write(Style.dim("[\(r.seq)] model call \(d["call"]?.intValue ?? 0) " + (d["refused"] != nil ? "refused: \(field("refused"))" : "failed: \(field("message"))")))
+        case .netConnect?:
+            let how = d["decision"]?.stringValue == "allowed" ? "allowed by \(field("rule"))" : "DENIED: \(field("reason"))"
+            Console.write(Style.dim("[\(r.seq)] net \(field("method")) \(field("host")):\(d["port"]?.intValue ?? 0) \(how)"))
         case .modelResponse?:
             let turn = d["turn"] ?? .null
             Console.out(Style.bold("[\(r.seq)] step \(d["step"]?.intValue ?? 0)") + Style.dim(" (\(d["total_tokens"]?.intValue ?? 0) tokens so far)"))
@@ -434,7 +448,7 @@ struct Logs: ParsableCommand {
         case .toolInterrupted?: Console.write(Style.dim("[\(r.seq)] tool call \(field("id")) interrupted: \(field("reason"))"))
         case .modelAttempt?, .modelError?:
             Console.write(Style.dim("[\(r.seq)] \(r.type): \(field("error"))"))
-        case .budget?: Console.write(Style.dim("[\(r.seq)] budget: \(field("detail"))"))
+        case .budget?: Console.write(Style.dim("[\(r.seq)] budget: \(safe(d["detail"]?.stringValue ?? d["exceeded"]?.stringValue))"))
         case .journalRecovered?:
             Console.write(Style.dim("[\(r.seq)] journal recovered: a torn last record (\(d["truncated_bytes"]?.intValue ?? 0) bytes) was cut"))
         default: break

@@ -8,6 +8,8 @@ public protocol HTTPRequestHandler: AnyObject, Sendable {
     func accepts(_ head: HTTPHead) -> Bool
     /// Answers one request; `client` is closed after it returns.
     func handle(_ head: HTTPHead, body: [UInt8], client: SocketIO)
+    /// The sandbox is gone: end the requests in flight (called before their threads are joined).
+    func stop()
 }
 
 /// agentbox's own endpoint inside every sandbox, `http://127.0.0.1:3129` (`AGENTBOX_API`): `POST
@@ -45,7 +47,10 @@ public final class AgentboxAPI: SandboxService {
         }
     }
 
-    public func stop() { threads.stop() }
+    public func stop() {
+        handler?.stop()
+        threads.stop()
+    }
 
     public static func error(_ message: String, type: String = "agentbox_error") -> JSON {
         .object([("error", .object([("message", .string(message)), ("type", .string(type))]))])
