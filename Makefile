@@ -90,6 +90,8 @@ bench: release bench-deps
 	@bash bench/agent.sh $(RELEASE_BIN)/agentbox
 	@echo
 	@bash bench/checkpoint.sh $(RELEASE_BIN)/agentbox
+	@echo
+	@bash bench/network.sh $(RELEASE_BIN)/agentbox
 
 # Mutation fuzzing of every parser that takes untrusted bytes (Sources/agentbox-fuzz), FUZZ_SECONDS in all.
 # Prints the seed, the inputs tried per target, and writes any crashing input to fuzz-crash-TARGET.bin.

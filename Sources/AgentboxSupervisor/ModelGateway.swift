@@ -239,6 +239,9 @@ public final class ModelGateway: HTTPRequestHandler {
             }
             relay.finish()
             let ms = Int((Clock.monotonic() - started) * 1000)
+            // A call that failed used nothing: its step is given back (the client may try again; the
+            // gateway's own retries are done, and its answer tells the SDKs not to retry it).
+            if failure != nil && counted { totals.withLock { $0.calls -= 1 } }
             if let failure, response.status < 400 || relay.held.isEmpty {
                 // A transport failure: the client gets a 502 if it got nothing yet.
                 if !relay.forwarding {
@@ -301,6 +304,8 @@ final class StreamRelay: @unchecked Sendable {
     var pending: [UInt8] = []
     var sse = false
     var copy: [UInt8] = []
+    /// The response head, not sent yet.
+    var headBytes: [UInt8] = []
 
     init(client: SocketIO, stream: Bool, stripUsage: Bool, redactors: [SecretRedactor]) {
         self.client = client
@@ -322,7 +327,7 @@ final class StreamRelay: @unchecked Sendable {
             let type = sse ? "text/event-stream" : "application/json"
             let head = HTTPHead(start: ("HTTP/1.1", "\(status)", AgentboxAPI.reason(status)),
                                 fields: [HTTPHead.Field("Content-Type", type), HTTPHead.Field("Cache-Control", "no-cache"), HTTPHead.Field("Connection", "close")])
-            if !send(head.bytes) { return false }
+            headBytes = head.bytes  // sent with the first bytes of the body: one segment
         }
         if sse {
             pending += chunk
@@ -393,7 +398,7 @@ final class StreamRelay: @unchecked Sendable {
     /// The transfer ended: what is left of a stream, or the held error (redacted), goes out; a JSON
     /// body is read for usage.
     func finish() {
-        if sse && !pending.isEmpty {
+        if (sse && !pending.isEmpty) || !headBytes.isEmpty {
             _ = send(pending)
             pending = []
         }
@@ -407,9 +412,11 @@ final class StreamRelay: @unchecked Sendable {
             var body = String(decoding: held, as: UTF8.self)
             for r in redactors { body = r.redact(body, replacement: "[REDACTED]").text }
             let bytes = Array(body.utf8)
+            // The gateway retried what may be retried: the SDKs must not multiply that (x-should-retry).
             let head = HTTPHead(start: ("HTTP/1.1", "\(status)", AgentboxAPI.reason(status)),
                                 fields: [HTTPHead.Field("Content-Type", headers["content-type"] ?? "application/json"),
-                                         HTTPHead.Field("Content-Length", "\(bytes.count)"), HTTPHead.Field("Connection", "close")])
+                                         HTTPHead.Field("Content-Length", "\(bytes.count)"), HTTPHead.Field("Connection", "close"),
+                                         HTTPHead.Field("x-should-retry", "false")])
             _ = send(head.bytes + bytes)
         }
     }
@@ -427,6 +434,10 @@ final class StreamRelay: @unchecked Sendable {
     func send(_ bytes: [UInt8]) -> Bool {
         guard !clientGone else { return false }
         var out = bytes
+        if !headBytes.isEmpty {
+            out = headBytes + out
+            headBytes = []
+        }
         if !redactors.isEmpty, let text = String(validating: bytes, as: UTF8.self) {
             var t = text
             var n = 0

@@ -11,6 +11,7 @@
 #include <linux/seccomp.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <poll.h>
 #include <pthread.h>
@@ -472,7 +473,22 @@ int ab_listen_loopback(unsigned short port) {
 int ab_accept(int fd) {
     int c;
     do { c = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); } while (c < 0 && errno == EINTR);
+    // Answers go out as written (a head, then a stream's events): no Nagle delay behind the peer's ACKs.
+    int one = 1;
+    if (c >= 0) (void)setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     return c;
+}
+
+long ab_splice(int in_fd, int out_fd, size_t len) {
+    long n;
+    do { n = splice(in_fd, NULL, out_fd, NULL, len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK); } while (n < 0 && errno == EINTR);
+    return n;
+}
+
+int ab_pipe_nonblock(int fds[2], int size) {
+    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) return -1;
+    (void)fcntl(fds[1], F_SETPIPE_SZ, size);
+    return 0;
 }
 
 long ab_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds) {

@@ -20,8 +20,8 @@ public final class NetworkProxy: SandboxService {
         public var connect = 10.0
         /// Bytes of a request head.
         public var head = 16 << 10
-        /// Bytes buffered per direction.
-        public var buffer = 64 << 10
+        /// Bytes held per direction (a pipe of that size: in the kernel, not in agentbox's memory).
+        public var buffer = 256 << 10
         public init() {}
     }
 
@@ -239,54 +239,59 @@ public final class NetworkProxy: SandboxService {
         return (fd, "")
     }
 
-    /// Copies both ways until both sides are done, a side fails, nothing moves for `idle` seconds or
-    /// the sandbox ends; each direction holds at most `buffer` bytes (a slow reader slows the writer).
-    /// Returns the bytes sent upstream and received from it.
+    /// Moves bytes both ways until both sides are done, a side fails, nothing moves for `idle` seconds
+    /// or the sandbox ends: socket to pipe to socket with splice(2), so the bytes never enter agentbox's
+    /// memory; each direction holds at most `buffer` bytes in its pipe (a slow reader slows the writer).
+    /// `first` (the rewritten head of a plain HTTP request, or what the client sent after CONNECT's head)
+    /// goes upstream before anything else. Returns the bytes sent upstream and received from it.
     func relay(_ client: SocketIO, _ upstream: SocketIO, first: [UInt8]) -> (UInt64, UInt64) {
-        final class Pipe {
-            var buffer: [UInt8]
-            var start = 0, end = 0
+        final class Flow {
+            var fds: [Int32] = [-1, -1]
+            var inPipe = 0
             var eof = false
+            var shut = false
             var bytes: UInt64 = 0
-            init(size: Int) { buffer = [UInt8](repeating: 0, count: size) }
-            var empty: Bool { start == end }
+            deinit { for fd in fds where fd >= 0 { close(fd) } }
         }
-        let up = Pipe(size: max(bounds.buffer, first.count)), down = Pipe(size: bounds.buffer)
-        up.buffer.replaceSubrange(0..<first.count, with: first)
-        up.end = first.count
-        up.bytes = UInt64(first.count)
+        let up = Flow(), down = Flow()
+        guard ab_pipe_nonblock(&up.fds, Int32(bounds.buffer)) == 0, ab_pipe_nonblock(&down.fds, Int32(bounds.buffer)) == 0 else { return (0, 0) }
+        let capacity = Int(fcntl(up.fds[1], 1032 /* F_GETPIPE_SZ */))
+        if !first.isEmpty {
+            guard upstream.write(first, until: Clock.monotonic() + bounds.connect) else { return (0, 0) }
+            up.bytes = UInt64(first.count)
+        }
         var fds = [pollfd](repeating: pollfd(), count: 3)
         fds[2] = pollfd(fd: client.stop, events: Int16(POLLIN), revents: 0)
-        while !(up.eof && down.eof && up.empty && down.empty) {
-            // Client: read when its pipe is empty, write what came down. Upstream: the other way.
-            fds[0] = pollfd(fd: client.fd, events: Int16((!up.eof && up.empty ? POLLIN : 0) | (down.empty ? 0 : POLLOUT)), revents: 0)
-            fds[1] = pollfd(fd: upstream.fd, events: Int16((!down.eof && down.empty ? POLLIN : 0) | (up.empty ? 0 : POLLOUT)), revents: 0)
+        while !(up.shut && down.shut) {
+            fds[0] = pollfd(fd: client.fd, events: Int16((!up.eof && up.inPipe < capacity ? POLLIN : 0) | (down.inPipe > 0 ? POLLOUT : 0)), revents: 0)
+            fds[1] = pollfd(fd: upstream.fd, events: Int16((!down.eof && down.inPipe < capacity ? POLLIN : 0) | (up.inPipe > 0 ? POLLOUT : 0)), revents: 0)
             let rc = poll(&fds, 3, Int32(bounds.idle * 1000))
             if rc < 0 && errno == EINTR { continue }
             if rc <= 0 || fds[2].revents != 0 { break }
-            if !move(from: client.fd, fds[0].revents, into: up, to: upstream.fd, fds[1].revents) { break }
-            if !move(from: upstream.fd, fds[1].revents, into: down, to: client.fd, fds[0].revents) { break }
+            if !move(from: client.fd, fds[0].revents, through: up, to: upstream.fd) { break }
+            if !move(from: upstream.fd, fds[1].revents, through: down, to: client.fd) { break }
         }
         return (up.bytes, down.bytes)
 
-        /// One direction: read from `src` into an empty pipe, write the pipe to `dst`; false on an error.
-        func move(from src: Int32, _ srcEvents: Int16, into pipe: Pipe, to dst: Int32, _ dstEvents: Int16) -> Bool {
-            if !pipe.eof && pipe.empty && srcEvents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
-                let n = pipe.buffer.withUnsafeMutableBytes { Glibc.read(src, $0.baseAddress, $0.count) }
+        /// One direction: from `src` into the flow's pipe, from the pipe to `dst`; false on an error.
+        func move(from src: Int32, _ events: Int16, through flow: Flow, to dst: Int32) -> Bool {
+            if !flow.eof && flow.inPipe < capacity && events & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
+                let n = ab_splice(src, flow.fds[1], capacity - flow.inPipe)
                 if n > 0 {
-                    pipe.start = 0
-                    pipe.end = n
-                    pipe.bytes += UInt64(n)
-                } else if n == 0 || (errno != EAGAIN && errno != EINTR) {
-                    pipe.eof = true
+                    flow.inPipe += n
+                    flow.bytes += UInt64(n)
+                } else if n == 0 || errno != EAGAIN {
+                    flow.eof = true
                 }
             }
-            if !pipe.empty && dstEvents & Int16(POLLERR | POLLHUP) != 0 && dstEvents & Int16(POLLOUT) == 0 { return false }
-            if !pipe.empty {
-                let n = pipe.buffer[pipe.start..<pipe.end].withUnsafeBytes { Glibc.send(dst, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                if n > 0 { pipe.start += n } else if n < 0 && errno != EAGAIN && errno != EINTR { return false }
+            if flow.inPipe > 0 {
+                let n = ab_splice(flow.fds[0], dst, flow.inPipe)
+                if n > 0 { flow.inPipe -= n } else if n < 0 && errno != EAGAIN { return false }
             }
-            if pipe.eof && pipe.empty { _ = shutdown(dst, Int32(SHUT_WR)) }
+            if flow.eof && flow.inPipe == 0 && !flow.shut {
+                flow.shut = true
+                _ = shutdown(dst, Int32(SHUT_WR))
+            }
             return true
         }
     }

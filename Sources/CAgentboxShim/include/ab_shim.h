@@ -122,6 +122,11 @@ int ab_loopback_up(void);
 int ab_listen_loopback(unsigned short port);
 /// accept4 with SOCK_CLOEXEC | SOCK_NONBLOCK, EINTR retried; -1 and errno (EAGAIN: none waiting).
 int ab_accept(int fd);
+/// splice(2) of up to `len` bytes between a pipe and a socket, SPLICE_F_MOVE | SPLICE_F_NONBLOCK,
+/// EINTR retried; -1 and errno (EAGAIN: nothing to move now).
+long ab_splice(int in_fd, int out_fd, size_t len);
+/// A non-blocking, close-on-exec pipe of `size` bytes (as large as the system allows); -1 and errno.
+int ab_pipe_nonblock(int fds[_Nonnull 2], int size);
 /// Sends one packet with up to 8 descriptors attached (SCM_RIGHTS, MSG_NOSIGNAL); -1 and errno.
 long ab_send_with_fds(int sock, const void *_Nonnull buf, size_t len, const int *_Nullable fds, int nfds);
 /// Receives one packet (flags: MSG_DONTWAIT or 0) and up to `max` descriptors attached to it, made
