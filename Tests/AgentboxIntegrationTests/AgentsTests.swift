@@ -100,6 +100,12 @@ struct AgentRunResult {
     }
     var runID: String? { records("run.started").first?["id"] as? String }
     var confessions: [[String: Any]] { parseJSONLines(agentbox(["confessions", name, "--json"]).out) }
+
+    /// Removes the run's home and workspace (at the end of a test).
+    func remove() {
+        try? FileManager.default.removeItem(atPath: home)
+        try? FileManager.default.removeItem(atPath: workspace)
+    }
 }
 
 /// Real SDK clients (openai, anthropic, llm) as bring-your-own agents behind the model gateway
@@ -182,6 +188,7 @@ struct AgentsTests {
     @Test func openaiSDKStreamedAndNotWithToolsThroughTheGateway() throws {
         let s = tag("ok")
         let r = agentRun(s, [], client("openai_client.py", ["plain", "stream", "stream_usage", "tools", "stream_tools", "models"]))
+        defer { r.remove() }
         #expect(r.result.code == 0, "\(r.result)")
         let hello = "Hello from the fake OpenAI upstream."
         let plain = try #require(r.call("plain"), "\(r.result)")
@@ -221,6 +228,7 @@ struct AgentsTests {
     @Test func anthropicSDKStreamedAndNotWithToolsThroughTheGateway() throws {
         let s = tag("ok")
         let r = agentRun(s, [], client("anthropic_client.py", ["plain", "stream", "tools", "stream_tools"]))
+        defer { r.remove() }
         #expect(r.result.code == 0, "\(r.result)")
         let hello = "Hello from the fake Anthropic upstream."
         for call in ["plain", "stream"] {
@@ -258,6 +266,7 @@ struct AgentsTests {
     @Test func aSlowStreamArrivesAsItComes() throws {
         let s = tag("slow")
         let r = agentRun(s, [], client("openai_client.py", ["stream"]))
+        defer { r.remove() }
         #expect(r.result.code == 0, "\(r.result)")
         let line = try #require(r.call("stream"), "\(r.result)")
         #expect(line["text"] as? String == "Hello from the fake OpenAI upstream.", "\(line)")
@@ -269,6 +278,7 @@ struct AgentsTests {
     @Test func theStepBudgetRefusesCallsWithAnErrorTheSDKRaises() throws {
         let s = tag("ok")
         let r = agentRun(s, ["--max-steps", "2"], client("openai_client.py", ["plain", "plain", "plain", "plain"]))
+        defer { r.remove() }
         #expect(r.result.code == 3, "\(r.result)")
         for n in 0..<2 { #expect(r.call("plain", n)?["ok"] as? Bool == true, "\(r.result)") }
         for n in 2..<4 {
@@ -285,6 +295,7 @@ struct AgentsTests {
         let s = tag("ok")
         // 19 tokens a call: the second passes 30.
         let r = agentRun(s, ["--max-tokens", "30"], client("anthropic_client.py", ["plain", "plain", "plain", "plain"]))
+        defer { r.remove() }
         #expect(r.result.code == 3, "\(r.result)")
         for n in 0..<2 { #expect(r.call("plain", n)?["ok"] as? Bool == true, "\(r.result)") }
         for n in 2..<4 {
@@ -313,6 +324,7 @@ struct AgentsTests {
     @Test func anAnswerWithoutUsageIsEstimatedAndMarked() throws {
         let s = tag("nousage")
         let r = agentRun(s, [], client("openai_client.py", ["plain", "stream"]))
+        defer { r.remove() }
         #expect(r.result.code == 0, "\(r.result)")
         #expect(r.call("plain")?["text"] as? String == "Hello from the fake OpenAI upstream." && r.call("plain")?["usage"] is NSNull, "\(r.result)")
         #expect(r.call("stream")?["ok"] as? Bool == true, "\(r.result)")
@@ -324,6 +336,7 @@ struct AgentsTests {
     @Test func aFlakyProviderIsRetriedAndTheClientSeesSuccess() throws {
         let s = tag("flaky")
         let r = agentRun(s, [], client("openai_client.py", ["plain"]))
+        defer { r.remove() }
         #expect(r.result.code == 0, "\(r.result)")
         #expect(r.call("plain")?["ok"] as? Bool == true && r.call("plain")?["text"] as? String == "Hello from the fake OpenAI upstream.", "\(r.result)")
         let got = Self.upstream.received(s)
@@ -339,6 +352,7 @@ struct AgentsTests {
         let scan = "--key-sha256 \(up.keySHA256) --key-length \(up.key.utf8.count)"
         let script = "\(py) openai_client.py \(scan) plain; \(py) anthropic_client.py \(scan) plain"
         let r = agentRun(s, [], ["/bin/sh", "-c", script])
+        defer { r.remove() }
         #expect(r.result.code == 0, "\(r.result)")
         #expect(Self.upstream.received(s).count == 2, "the provider was reached (and echoed the key)")
         for (n, error) in [(0, "AuthenticationError"), (1, "AuthenticationError")] {
@@ -357,6 +371,7 @@ struct AgentsTests {
     @Test func llmRunsEndToEnd() throws {
         let s = tag("ok")
         let r = agentRun(s, [], ["/bin/sh", "-c", "LLM_USER_PATH=/tmp/llm \(PyClients.llm) -m gpt-4o-mini 'Say hello' </dev/null"])
+        defer { r.remove() }
         #expect(r.result.code == 0, "\(r.result)")
         #expect(r.result.out == "Hello from the fake OpenAI upstream.\n", "\(r.result)")
         let got = Self.upstream.received(s)
@@ -404,12 +419,15 @@ struct AgentsTests {
         let result = run(["/usr/bin/timeout", "-k", "5", "60", TestEnv.agentbox, "exec", "--timeout", "50s", "--name", name, "--",
                           "/bin/sh", "-c", confessScript(m)], cwd: ws, env: ["AGENTBOX_HOME": home])
         #expect(eventually(5) { !hostHasProcess(withMarker: name) })
-        try expectConfessionsFromInside(AgentRunResult(name: name, home: home, workspace: ws, result: result, user: nil), m)
+        let r = AgentRunResult(name: name, home: home, workspace: ws, result: result, user: nil)
+        defer { r.remove() }
+        try expectConfessionsFromInside(r, m)
     }
 
     @Test func confessAndMCPInsideARunOfACommand() throws {
         let m = "m-\(UUID().uuidString.prefix(8))"
         let r = agentRun(tag("ok"), [], ["/bin/sh", "-c", confessScript(m)])
+        defer { r.remove() }
         try expectConfessionsFromInside(r, m)
     }
 
@@ -420,6 +438,7 @@ struct AgentsTests {
         let user = try #require(TestUser.shared)
         let s = tag("ok")
         let r = agentRun(s, [], client("openai_client.py", ["stream"]), user: user)
+        defer { r.remove() }
         #expect(r.result.code == 0, "\(r.result)")
         #expect(r.call("stream")?["text"] as? String == "Hello from the fake OpenAI upstream." && r.call("stream")?["usage_chunk"] as? Bool == false,
                 "\(r.result)")

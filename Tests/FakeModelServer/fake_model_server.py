@@ -14,7 +14,8 @@ tool call when the request has tools and no tool result yet (then a text echoing
 key must come as the provider sends it (Authorization: Bearer KEY, x-api-key: KEY); anything else is a violation
 (401). A scenario is KIND or KIND.TAG (a test's own tag keeps its counters and log lines apart): ok, flaky (the
 first request of the scenario gets 503), nousage (no usage anywhere), echokey (401 whose message has the full key),
-slow (streams with 0.4 s between chunks). Each gateway request is logged to --requests as a JSON line.
+slow (streams with 0.4 s between chunks),
+down (every request gets 503). Each gateway request is logged to --requests as a JSON line.
 Writes its port to --port-file when ready.
 Usage: fake_model_server.py --key KEY --violations FILE --port-file FILE [--requests FILE]
 """
@@ -342,6 +343,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.violation("missing model or messages")
         if not openai and "max_tokens" not in body:
             return self.violation("missing max_tokens")
+        if kind == "down":
+            return error(503, "fake server: down", "overloaded_error" if not openai else "server_error")
         if kind == "flaky" and attempt == 1:
             return error(503, "fake server: temporarily unavailable", "overloaded_error" if not openai else "server_error")
         if kind == "echokey":
