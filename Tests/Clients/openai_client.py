@@ -8,6 +8,7 @@ Calls: plain, stream (no stream_options), stream_usage (include_usage), tools (a
 streamed), stream_tools (the same, streamed), models (GET /v1/models)."""
 import argparse, json, os, sys, time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the repo or the workspace
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keyscan
 import openai
