@@ -17,7 +17,11 @@ RELEASE_BIN = .build/release
 
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build release deps bench-deps test demo install uninstall bench fuzz clean check-swift
+PYCLIENTS          ?= /var/tmp/agentbox-pyclients
+PYCLIENTS_PACKAGES := openai anthropic llm
+PYCLIENTS_STAMP     = $(PYCLIENTS)/.agentbox-installed
+
+.PHONY: all build release deps bench-deps test demo install uninstall bench fuzz clean check-swift pyclients pyclients-clean
 
 all: build
 
@@ -54,8 +58,29 @@ build: check-swift deps
 release: check-swift deps
 	@set -o pipefail; $(SWIFT) build -c release $(STATIC) $(QUIET_STATIC)
 
-test: build
+test: build $(PYCLIENTS_STAMP)
 	@set -o pipefail; $(SWIFT) test $(QUIET_STATIC)
+
+# The real SDK clients the agent tests run inside sandboxes (Tests/AgentboxIntegrationTests/AgentsTests.swift):
+# a venv of the Debian python with openai, anthropic and llm, outside the repo (which may be in a 0700
+# folder) and world-readable (the sandbox's unprivileged user must reach it). Made once; a stamp file
+# records that it is complete (`make pyclients-clean` removes it). The tests find it through
+# AGENTBOX_PYCLIENTS or this default path.
+pyclients: $(PYCLIENTS_STAMP)
+
+$(PYCLIENTS_STAMP): | deps
+	@set -o pipefail; start=$$(date +%s); log=$$(mktemp /tmp/agentbox-pyclients-XXXXXX.log); \
+	printf 'python clients for the tests (%s): venv' "$(PYCLIENTS)"; \
+	rm -rf "$(PYCLIENTS)" && /usr/bin/python3 -m venv "$(PYCLIENTS)" >>"$$log" 2>&1 && \
+	printf ', pip install %s' "$(PYCLIENTS_PACKAGES)" && \
+	"$(PYCLIENTS)/bin/pip" install --disable-pip-version-check --no-cache-dir -q $(PYCLIENTS_PACKAGES) >>"$$log" 2>&1 && \
+	"$(PYCLIENTS)/bin/python" -c 'import openai, anthropic, llm' >>"$$log" 2>&1 && \
+	chmod -R a+rX "$(PYCLIENTS)" && touch "$@" && chmod a+r "$@" \
+	  && { echo ", done in $$(( $$(date +%s) - start )) s"; rm -f "$$log"; } \
+	  || { echo ", failed (log: $$log):"; tail -20 "$$log"; exit 1; }
+
+pyclients-clean:
+	rm -rf "$(PYCLIENTS)"
 
 demo: release
 	@bash examples/demo.sh $(RELEASE_BIN)/agentbox

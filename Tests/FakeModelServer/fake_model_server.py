@@ -8,7 +8,16 @@ Base URLs: http://127.0.0.1:PORT/s/<scenario>/v1 (OpenAI) and http://127.0.0.1:P
 Agent sessions (`agentbox run`): /a/<script>/v1 and /a/<script>: the reply depends on the conversation
 (the number of assistant turns so far and the last tool results), like a model that follows a plan; see
 AGENT_SCRIPTS. The tool results the server receives are checked too (e.g. the API key must never be in one).
-Writes its port to --port-file when ready. Usage: fake_model_server.py --key KEY --violations FILE --port-file FILE
+Gateway mode (real SDK clients behind `agentbox run -- CMD`): /g/<scenario>/v1 (OpenAI: POST chat/completions,
+GET models) and /g/<scenario> (Anthropic: POST v1/messages) answer like the real APIs, streamed or not, with one
+tool call when the request has tools and no tool result yet (then a text echoing the last tool result). The real
+key must come as the provider sends it (Authorization: Bearer KEY, x-api-key: KEY); anything else is a violation
+(401). A scenario is KIND or KIND.TAG (a test's own tag keeps its counters and log lines apart): ok, flaky (the
+first request of the scenario gets 503), nousage (no usage anywhere), echokey (401 whose message has the full key),
+slow (streams with 0.4 s between chunks),
+down (every request gets 503). Each gateway request is logged to --requests as a JSON line.
+Writes its port to --port-file when ready.
+Usage: fake_model_server.py --key KEY --violations FILE --port-file FILE [--requests FILE]
 """
 import argparse, json, os, sys, threading, time
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
@@ -245,6 +254,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         parts = self.path.split("/")
+        if len(parts) >= 4 and parts[1] == "g":
+            return self.gateway(parts[2], "/" + "/".join(parts[3:]))
         if len(parts) < 4 or parts[1] not in ("s", "a"):
             return self.violation("path must be /s/<scenario>/... or /a/<script>/...")
         scenario = parts[2]
@@ -264,6 +275,179 @@ class Handler(BaseHTTPRequestHandler):
         if rest == "/v1/messages":
             return self.anthropic(scenario, attempt, body)
         return self.violation(f"unknown endpoint {rest}")
+
+    def do_GET(self):
+        parts = self.path.split("/")
+        if len(parts) >= 4 and parts[1] == "g":
+            return self.gateway(parts[2], "/" + "/".join(parts[3:]))
+        return self.violation("GET is only served in gateway mode (/g/<scenario>/v1/models)")
+
+    # --- gateway mode: what real SDK clients expect of the real APIs
+    def gateway(self, scenario, rest):
+        kind = scenario.split(".")[0]
+        openai = rest.startswith("/v1/chat/completions") or rest.startswith("/v1/models")
+        body = {}
+        if self.command == "POST":
+            raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            try:
+                body = json.loads(raw)
+            except Exception as e:
+                return self.violation(f"body is not JSON: {e}")
+        with lock:
+            counts["g:" + scenario] = counts.get("g:" + scenario, 0) + 1
+            attempt = counts["g:" + scenario]
+        stream = body.get("stream") is True
+        include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+        msgs = body.get("messages") or []
+        if openai:
+            auth_ok = self.headers.get("Authorization") == f"Bearer {self.server.key}"
+            wrong = [h for h in ("x-api-key",) if self.headers.get(h) is not None]
+        else:
+            auth_ok = self.headers.get("x-api-key") == self.server.key
+            wrong = [h for h in ("Authorization",) if self.headers.get(h) is not None]
+        placeholder = any("agentbox-gateway-placeholder" in v for v in self.headers.values())
+        entry = {"scenario": scenario, "kind": kind, "method": self.command, "path": rest, "attempt": attempt, "model": body.get("model"),
+                 "stream": stream, "include_usage": include_usage, "stream_options": "stream_options" in body, "auth_ok": auth_ok,
+                 "auth_header": "authorization" if openai else "x-api-key", "other_auth_headers": wrong, "placeholder": placeholder,
+                 "tools": bool(body.get("tools")), "messages": len(msgs), "status": 200, "usage": None}
+
+        def log(**more):
+            entry.update(more)
+            if self.server.requests:
+                with lock, open(self.server.requests, "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+
+        def error(status, message, type_):
+            log(status=status)
+            if openai:
+                return self.answer(status, {"error": {"message": message, "type": type_, "param": None, "code": type_}})
+            return self.answer(status, {"type": "error", "error": {"type": type_, "message": message}})
+
+        if not auth_ok or wrong or placeholder:
+            with open(self.server.violations, "a") as f:
+                f.write(f"{self.path}: gateway request without the real key as the provider takes it "
+                        f"(auth_ok={auth_ok}, other auth headers {wrong}, placeholder={placeholder})\n")
+            return error(401, "fake server: missing or wrong API key", "authentication_error")
+        if not openai and not self.headers.get("anthropic-version"):
+            with open(self.server.violations, "a") as f:
+                f.write(f"{self.path}: no anthropic-version header\n")
+            return error(400, "fake server: anthropic-version header is required", "invalid_request_error")
+        if rest.startswith("/v1/models"):
+            if self.command != "GET":
+                return error(405, "fake server: GET only", "invalid_request_error")
+            log()
+            return self.answer(200, {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": "fake"}]})
+        if rest not in ("/v1/chat/completions", "/v1/messages"):
+            return self.violation(f"unknown gateway endpoint {rest}")
+        if "model" not in body or not msgs:
+            return self.violation("missing model or messages")
+        if not openai and "max_tokens" not in body:
+            return self.violation("missing max_tokens")
+        if kind == "down":
+            return error(503, "fake server: down", "overloaded_error" if not openai else "server_error")
+        if kind == "flaky" and attempt == 1:
+            return error(503, "fake server: temporarily unavailable", "overloaded_error" if not openai else "server_error")
+        if kind == "echokey":
+            if openai:
+                return error(401, f"Incorrect API key provided: {self.server.key}. You can find your API key at https://platform.openai.com/account/api-keys.", "invalid_api_key")
+            return error(401, f"invalid x-api-key: {self.server.key}", "authentication_error")
+        delay = 0.4 if kind == "slow" else 0
+
+        # The answer: one tool call when there are tools and no tool result yet, else text.
+        if openai:
+            results = [m.get("content") for m in msgs if m.get("role") == "tool"]
+        else:
+            results = [b.get("content") for m in msgs if isinstance(m.get("content"), list)
+                       for b in m["content"] if isinstance(b, dict) and b.get("type") == "tool_result"]
+        results = ["".join(x.get("text", "") for x in r) if isinstance(r, list) else (r or "") for r in results]
+        call_tool = bool(body.get("tools")) and not results
+        tool_name = (body["tools"][0].get("function") or {}).get("name") if openai and call_tool else (body["tools"][0].get("name") if call_tool else None)
+        tool_args = json.dumps({"city": "Paris"})
+        text = ("The tool said: " + results[-1]) if results else ("Hello from the fake " + ("OpenAI" if openai else "Anthropic") + " upstream.")
+        pieces = [text[:len(text) // 2], text[len(text) // 2:]]
+        # Usage as the provider counts it (deterministic; logged so that tests compare).
+        prompt = 10 + 2 * len(msgs)
+        completion = 9 if call_tool else 7
+        usage = None
+        if kind != "nousage":
+            usage = ({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion} if openai
+                     else {"input_tokens": prompt, "output_tokens": completion})
+        # In a stream, OpenAI sends usage only when asked (stream_options.include_usage).
+        sent_usage = usage if (not stream or not openai or include_usage) else None
+        log(usage=sent_usage, tool_call=call_tool)
+        if openai:
+            return self.gateway_openai(body, stream, include_usage, call_tool, tool_name, tool_args, text, pieces, usage, delay)
+        return self.gateway_anthropic(body, stream, call_tool, tool_name, tool_args, text, pieces, usage, delay)
+
+    def gateway_openai(self, body, stream, include_usage, call_tool, tool_name, tool_args, text, pieces, usage, delay):
+        base = {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": body["model"]}
+        if not stream:
+            if call_tool:
+                msg = {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "call_fake_1", "type": "function", "function": {"name": tool_name, "arguments": tool_args}}]}
+            else:
+                msg = {"role": "assistant", "content": text}
+            out = dict(base, choices=[{"index": 0, "message": msg, "logprobs": None, "finish_reason": "tool_calls" if call_tool else "stop"}])
+            if usage:
+                out["usage"] = usage
+            return self.answer(200, out)
+        base["object"] = "chat.completion.chunk"
+        extra = {"usage": None} if include_usage else {}
+        def chunk(delta, finish=None):
+            self.send_sse("data: " + json.dumps(dict(base, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra)) + "\n\n")
+            if delay:
+                time.sleep(delay)
+        self.start_stream()
+        chunk({"role": "assistant", "content": ""})
+        if call_tool:
+            chunk({"tool_calls": [{"index": 0, "id": "call_fake_1", "type": "function", "function": {"name": tool_name, "arguments": ""}}]})
+            for piece in (tool_args[:5], tool_args[5:]):
+                chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+            chunk({}, "tool_calls")
+        else:
+            for piece in pieces:
+                chunk({"content": piece})
+            chunk({}, "stop")
+        if include_usage and usage:
+            self.send_sse("data: " + json.dumps(dict(base, choices=[], usage=usage)) + "\n\n")
+        self.send_sse("data: [DONE]\n\n")
+
+    def gateway_anthropic(self, body, stream, call_tool, tool_name, tool_args, text, pieces, usage, delay):
+        stop = "tool_use" if call_tool else "end_turn"
+        u = usage or {}
+        if not stream:
+            content = ([{"type": "tool_use", "id": "toolu_fake_1", "name": tool_name, "input": json.loads(tool_args)}] if call_tool
+                       else [{"type": "text", "text": text}])
+            out = {"id": "msg_fake", "type": "message", "role": "assistant", "model": body["model"], "content": content,
+                   "stop_reason": stop, "stop_sequence": None}
+            if usage:
+                out["usage"] = usage
+            return self.answer(200, out)
+        def ev(name, data):
+            self.send_sse(f"event: {name}\ndata: " + json.dumps(dict(type=name, **data)) + "\n\n")
+            if delay:
+                time.sleep(delay)
+        self.start_stream()
+        start = {"id": "msg_fake", "type": "message", "role": "assistant", "model": body["model"], "content": [], "stop_reason": None,
+                 "stop_sequence": None}
+        if usage:
+            start["usage"] = {"input_tokens": u["input_tokens"], "output_tokens": 1}
+        ev("message_start", {"message": start})
+        if call_tool:
+            ev("content_block_start", {"index": 0, "content_block": {"type": "tool_use", "id": "toolu_fake_1", "name": tool_name, "input": {}}})
+            for piece in (tool_args[:5], tool_args[5:]):
+                ev("content_block_delta", {"index": 0, "delta": {"type": "input_json_delta", "partial_json": piece}})
+        else:
+            ev("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+            ev("ping", {})
+            for piece in pieces:
+                ev("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}})
+        ev("content_block_stop", {"index": 0})
+        delta = {"delta": {"stop_reason": stop, "stop_sequence": None}}
+        if usage:
+            delta["usage"] = {"output_tokens": u["output_tokens"]}
+        ev("message_delta", delta)
+        ev("message_stop", {})
 
     # --- agent sessions
     def agent(self, script, rest):
@@ -477,6 +661,7 @@ def main():
     ap.add_argument("--port-file", required=True)
     ap.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (and --tls-key)")
     ap.add_argument("--tls-key")
+    ap.add_argument("--requests", help="gateway mode: log each request to this file as a JSON line")
     args = ap.parse_args()
     # Die with the test process that started us (it may exit without stopping us).
     parent = os.getppid()
@@ -493,6 +678,7 @@ def main():
         server.socket = context.wrap_socket(server.socket, server_side=True)
     server.key = args.key
     server.violations = args.violations
+    server.requests = args.requests
     with open(args.port_file + ".tmp", "w") as f:
         f.write(str(server.server_address[1]))
     os.rename(args.port_file + ".tmp", args.port_file)
