@@ -14,7 +14,7 @@ public struct Profile: Equatable, Sendable {
             case "loopback": self = .loopback
             case _ where text.hasPrefix("allow:"): self = .allow(try NetworkRules.parse(String(text.dropFirst(6))))
             default:
-                throw .usage("\"\(text)\" is not a network mode",
+                throw .usage("unknown network mode \"\(text)\"",
                              hint: "use none (or loopback): only the sandbox's own loopback; or allow:RULES (e.g. allow:pypi.org,*.pythonhosted.org) for an allowlist through agentbox's proxy")
             }
         }

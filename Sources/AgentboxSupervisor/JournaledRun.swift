@@ -140,6 +140,7 @@ public final class JournaledRun {
             ("cpu_s", result.report.cpuSeconds.map { .number($0) } ?? .null),
             ("peak_memory", result.report.peakMemory.map { .number(Double($0)) } ?? .null),
         ]
+        if recorder.netUnrecorded > 0 { usage.append(("net_unrecorded", .number(Double(recorder.netUnrecorded)))) }
         if let gateway {
             let used = gateway.used
             usage += [("steps", .number(Double(used.calls))),

@@ -31,7 +31,8 @@ public final class ModelGateway: HTTPRequestHandler {
     public enum Event: Sendable {
         case request(id: Int, provider: Provider, path: String, model: String, stream: Bool, body: JSON)
         case retry(id: Int, notice: String)
-        case response(id: Int, status: Int, usage: Usage, estimated: Bool, cost: Double?, ms: Int, attempts: Int, text: String, body: JSON?)
+        /// `cut`: why an answer that had started did not finish (the client left, the transfer broke).
+        case response(id: Int, status: Int, usage: Usage, estimated: Bool, cost: Double?, ms: Int, attempts: Int, text: String, body: JSON?, cut: String?)
         case failed(id: Int, status: Int, message: String, attempts: Int)
         case refused(id: Int, reason: String)
         /// A budget ran out (once): further calls are refused.
@@ -59,11 +60,14 @@ public final class ModelGateway: HTTPRequestHandler {
     /// Readable once the run ends: calls in flight are cancelled.
     let stopFD: Int32
     let redactors: [SecretRedactor]
+    /// Provider-side tools that reach the network (`--allow-provider-tools`): refused unless allowed.
+    let allowProviderTools: Bool
     /// Bytes of a request or response body kept in the journal.
     static let journalBody = 256 << 10
 
-    public init(openai: Upstream, anthropic: Upstream, budget: Budget, prices: PriceTable,
+    public init(openai: Upstream, anthropic: Upstream, budget: Budget, prices: PriceTable, allowProviderTools: Bool = false,
                 timeouts: HTTPClient.Timeouts = .fromEnvironment(), retry: RetryPolicy = RetryPolicy()) {
+        self.allowProviderTools = allowProviderTools
         upstreams = [.openai: openai, .anthropic: anthropic]
         self.budget = budget
         self.prices = prices
@@ -124,6 +128,20 @@ public final class ModelGateway: HTTPRequestHandler {
 
     public func accepts(_ head: HTTPHead) -> Bool { ModelGateway.route(head) != nil }
 
+    /// A provider-side tool that makes the provider fetch from the network for the agent (Anthropic's
+    /// MCP connector, web search and fetch; OpenAI's remote MCP, web search), or nil.
+    static func networkTool(in request: JSON) -> String? {
+        if let servers = request["mcp_servers"]?.arrayValue, !servers.isEmpty { return "mcp_servers (the MCP connector)" }
+        for tool in request["tools"]?.arrayValue ?? [] {
+            let type = tool["type"]?.stringValue ?? ""
+            if type == "mcp" || type.hasPrefix("web_search") || type.hasPrefix("web_fetch") || type == "url_context" {
+                return "the provider tool \"\(type)\""
+            }
+        }
+        if request["web_search_options"] != nil { return "web_search_options" }
+        return nil
+    }
+
     /// An error in the provider's own shape, which its SDK shows with the message.
     static func error(_ provider: Provider, _ status: Int, _ message: String, type: String) -> [UInt8] {
         let body: JSON = provider == .anthropic
@@ -157,10 +175,16 @@ public final class ModelGateway: HTTPRequestHandler {
         let model = request["model"]?.stringValue ?? ""
         let stream = request["stream"]?.boolValue ?? false
         let counted = path != "/v1/models" && path != "/v1/messages/count_tokens"
-        if counted {
-            // Admission: a call is a step; a budget already used up refuses it before it costs anything.
+        if !allowProviderTools, let tool = ModelGateway.networkTool(in: request) {
+            return refuse(400, "agentbox gateway: \(tool) makes the provider reach the network for the agent, around the sandbox's network policy; "
+                          + "the operator may allow it with --allow-provider-tools", type: "agentbox_provider_tool_refused")
+        }
+        do {
+            // Admission: a call is a step; a budget already used up refuses every call (listing models
+            // and counting tokens too) before it costs anything.
             let refusal: String? = totals.withLock { t in
                 if let e = t.exhausted { return e }
+                guard counted else { return nil }
                 if let max = budget.maxSteps, t.calls >= max { return "the step budget (\(max) model calls) is used up" }
                 if budget.maxCost != nil && prices.price(provider: provider.rawValue, model: model) == nil {
                     return "--max-cost cannot be enforced: no price for \(provider.rawValue):\(model)"
@@ -186,12 +210,11 @@ public final class ModelGateway: HTTPRequestHandler {
             sent = .object(fields)
             stripUsage = true
         }
-        if counted {
-            post(.request(id: id, provider: provider, path: path, model: model, stream: stream,
-                          body: body.count <= ModelGateway.journalBody ? request : .object([("truncated", true), ("bytes", .number(Double(body.count)))])))
-        }
+        post(.request(id: id, provider: provider, path: path, model: model, stream: stream,
+                      body: body.count <= ModelGateway.journalBody ? request : .object([("truncated", true), ("bytes", .number(Double(body.count)))])))
+        // The client's own organization/project headers are not passed: the key's are the operator's.
         var headers = ["Content-Type: application/json", "Accept: " + (head.field("accept") ?? "application/json")]
-        for name in ["anthropic-version", "anthropic-beta", "openai-beta", "openai-organization", "openai-project"] {
+        for name in ["anthropic-version", "anthropic-beta", "openai-beta"] {
             if let v = head.field(name) { headers.append("\(name): \(v)") }
         }
         if provider == .anthropic {
@@ -239,32 +262,34 @@ public final class ModelGateway: HTTPRequestHandler {
             }
             relay.finish()
             let ms = Int((Clock.monotonic() - started) * 1000)
-            // A call that failed used nothing: its step is given back (the client may try again; the
-            // gateway's own retries are done, and its answer tells the SDKs not to retry it).
-            if failure != nil && counted { totals.withLock { $0.calls -= 1 } }
-            if let failure, response.status < 400 || relay.held.isEmpty {
-                // A transport failure: the client gets a 502 if it got nothing yet.
-                if !relay.forwarding {
-                    client.write(ModelGateway.error(provider, 502, "agentbox gateway: \(failure.summary)", type: "agentbox_upstream_error"),
-                                 until: Clock.monotonic() + 10)
+            // An answer that started (status < 400, bytes came) counts even when cut short (the client
+            // went away, the transfer broke): the provider charges for what it produced.
+            let answered = response.status > 0 && response.status < 400 && relay.bytes > 0
+            if !answered {
+                // A call that failed used nothing: its step is given back (the gateway's own retries are
+                // done, and its answer tells the SDKs not to retry it).
+                if counted { totals.withLock { $0.calls -= 1 } }
+                if let failure, response.status < 400 || relay.held.isEmpty {
+                    // A transport failure: the client gets a 502 if it got nothing yet.
+                    if !relay.forwarding {
+                        client.write(ModelGateway.error(provider, 502, "agentbox gateway: \(failure.summary)", type: "agentbox_upstream_error"),
+                                     until: Clock.monotonic() + 10)
+                    }
+                    post(.failed(id: id, status: response.status, message: failure.summary, attempts: attempt))
+                } else {
+                    post(.failed(id: id, status: response.status, message: relay.errorText, attempts: attempt))
                 }
-                if counted { post(.failed(id: id, status: response.status, message: failure.summary, attempts: attempt)) }
                 return
             }
-            if response.status >= 400 {
-                if counted { post(.failed(id: id, status: response.status, message: relay.errorText, attempts: attempt)) }
-                return
-            }
-            guard counted else { return }
             var usage = relay.usage
             let estimated = usage == nil
             if usage == nil {
                 // No usage from the provider: about 4 bytes a token, marked as an estimate.
-                usage = Usage(inputTokens: (requestBytes + 3) / 4, outputTokens: (relay.bytes + 3) / 4)
+                usage = counted ? Usage(inputTokens: (requestBytes + 3) / 4, outputTokens: (relay.bytes + 3) / 4) : Usage()
             }
             let u = usage!
-            let callCost = prices.cost(u, provider: provider.rawValue, model: model)
-            let exhausted: String? = totals.withLock { t in
+            let callCost = counted ? prices.cost(u, provider: provider.rawValue, model: model) : 0
+            let exhausted: String? = !counted ? nil : totals.withLock { t in
                 t.inputTokens += u.inputTokens
                 t.outputTokens += u.outputTokens
                 if let c = t.cost, let add = callCost { t.cost = c + add } else { t.cost = nil }
@@ -276,8 +301,8 @@ public final class ModelGateway: HTTPRequestHandler {
                 t.exhausted = why
                 return why
             }
-            post(.response(id: id, status: response.status, usage: u, estimated: estimated, cost: callCost, ms: ms, attempts: attempt,
-                           text: relay.text, body: relay.json))
+            post(.response(id: id, status: response.status, usage: u, estimated: estimated && counted, cost: callCost, ms: ms, attempts: attempt,
+                           text: relay.journalText, body: relay.json, cut: failure?.summary))
             if let exhausted { post(.exhausted(exhausted)) }
             return
         }
@@ -398,56 +423,84 @@ final class StreamRelay: @unchecked Sendable {
     /// The transfer ended: what is left of a stream, or the held error (redacted), goes out; a JSON
     /// body is read for usage.
     func finish() {
-        if (sse && !pending.isEmpty) || !headBytes.isEmpty {
-            _ = send(pending)
+        if (sse && !pending.isEmpty) || !headBytes.isEmpty || !carry.isEmpty {
+            _ = send(pending, final: true)
             pending = []
         }
-        if !sse && status < 400, let json = try? JSON.parse(bytes: copy) {
+        if !sse && status < 400, let json = try? JSON.parse(bytes: redacted(copy)) {
             usage = StreamRelay.usage(in: json)
             if let t = json["choices"]?.arrayValue?.first?["message"]?["content"]?.stringValue { text = t }
             if let blocks = json["content"]?.arrayValue { text = blocks.compactMap { $0["text"]?.stringValue }.joined() }
         }
         if status >= 400 && !forwarding {
             forwarding = true
-            var body = String(decoding: held, as: UTF8.self)
-            for r in redactors { body = r.redact(body, replacement: "[REDACTED]").text }
-            let bytes = Array(body.utf8)
+            let bytes = redacted(held)
             // The gateway retried what may be retried: the SDKs must not multiply that (x-should-retry).
             let head = HTTPHead(start: ("HTTP/1.1", "\(status)", AgentboxAPI.reason(status)),
                                 fields: [HTTPHead.Field("Content-Type", headers["content-type"] ?? "application/json"),
                                          HTTPHead.Field("Content-Length", "\(bytes.count)"), HTTPHead.Field("Connection", "close"),
                                          HTTPHead.Field("x-should-retry", "false")])
-            _ = send(head.bytes + bytes)
+            if !client.write(head.bytes + bytes, until: Clock.monotonic() + 30) { clientGone = true }
         }
     }
 
-    var json: JSON? { sse ? nil : (try? JSON.parse(bytes: copy)) }
+    /// The JSON body for the journal, redacted.
+    var json: JSON? { sse ? nil : (try? JSON.parse(bytes: redacted(copy))) }
+
+    /// The answer's text for the journal, redacted.
+    var journalText: String { String(decoding: redacted(Array(text.utf8)), as: UTF8.self) }
 
     var errorText: String {
-        let json = try? JSON.parse(bytes: held)
-        let message = json?["error"]?["message"]?.stringValue ?? String(decoding: held.prefix(300), as: UTF8.self)
-        var out = "HTTP \(status): \(message)"
-        for r in redactors { out = r.redact(out, replacement: "[REDACTED]").text }
-        return out
+        let clean = redacted(held)
+        let json = try? JSON.parse(bytes: clean)
+        let message = json?["error"]?["message"]?.stringValue ?? String(decoding: clean.prefix(300), as: UTF8.self)
+        return "HTTP \(status): \(message)"
     }
 
-    func send(_ bytes: [UInt8]) -> Bool {
+    /// The longest form of the key, less one: the bytes of a plain body held back between chunks, so
+    /// that a key cut by a chunk boundary is still found whole.
+    lazy var overlap: Int = max(0, (redactors.flatMap(\.forms).map(\.count).max() ?? 1) - 1)
+    /// Body bytes held back (not redacted or sent yet).
+    var carry: [UInt8] = []
+
+    /// `bytes` with every form of the key replaced, on the raw bytes (any encoding).
+    func redacted(_ bytes: [UInt8]) -> [UInt8] {
+        guard !redactors.isEmpty else { return bytes }
+        var ranges: [Range<Int>] = []
+        bytes.withUnsafeBufferPointer { p in for r in redactors { ranges += r.find(in: p) } }
+        guard !ranges.isEmpty else { return bytes }
+        ranges.sort { $0.lowerBound < $1.lowerBound }
+        var out: [UInt8] = []
+        var at = 0
+        for r in ranges where r.upperBound > at {
+            out += bytes[at..<max(at, r.lowerBound)]
+            out += Array("[REDACTED]".utf8)
+            at = r.upperBound
+        }
+        return out + bytes[at...]
+    }
+
+    /// Sends `bytes` (after the head, if not sent yet), redacted. A plain body keeps its last `overlap`
+    /// bytes back until the next chunk or the end (`final`); an SSE event is redacted whole.
+    func send(_ bytes: [UInt8], final: Bool = false) -> Bool {
         guard !clientGone else { return false }
-        var out = bytes
+        var out: [UInt8]
+        if sse || redactors.isEmpty {
+            out = redacted(bytes)
+        } else {
+            let combined = carry + bytes
+            var cut = final ? combined.count : max(0, combined.count - overlap)
+            var ranges: [Range<Int>] = []
+            combined.withUnsafeBufferPointer { p in for r in redactors { ranges += r.find(in: p) } }
+            for r in ranges where r.lowerBound < cut && r.upperBound > cut { cut = r.upperBound }
+            carry = Array(combined[cut...])
+            out = redacted(Array(combined[..<cut]))
+        }
         if !headBytes.isEmpty {
             out = headBytes + out
             headBytes = []
         }
-        if !redactors.isEmpty, let text = String(validating: bytes, as: UTF8.self) {
-            var t = text
-            var n = 0
-            for r in redactors {
-                let (redacted, count) = r.redact(t, replacement: "[REDACTED]")
-                t = redacted
-                n += count
-            }
-            if n > 0 { out = Array(t.utf8) }
-        }
+        if out.isEmpty { return true }
         if !client.write(out, until: Clock.monotonic() + 300) { clientGone = true }
         return !clientGone
     }
@@ -484,13 +537,14 @@ final class GatewayRecorder {
                 ]), critical: false)
             case let .retry(id, notice):
                 _ = try writer.append(.modelAttempt, .object([("call", .number(Double(id))), ("retry", .string(notice))]), critical: false)
-            case let .response(id, status, usage, estimated, cost, ms, attempts, text, body):
+            case let .response(id, status, usage, estimated, cost, ms, attempts, text, body, cut):
                 var data: [(String, JSON)] = [
                     ("call", .number(Double(id))), ("status", .number(Double(status))), ("usage", usage.json),
                     ("usage_estimated", .bool(estimated)), ("cost", cost.map { .number($0) } ?? .null), ("ms", .number(Double(ms))),
                     ("attempts", .number(Double(attempts))), ("text", .string(text)),
                 ]
                 if let body { data.append(("body", body)) }
+                if let cut { data.append(("cut", .string(cut))) }
                 _ = try writer.append(.modelResponse, .object(data), critical: false)
             case let .failed(id, status, message, attempts):
                 _ = try writer.append(.modelError, .object([

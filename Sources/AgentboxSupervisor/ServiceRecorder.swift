@@ -17,6 +17,11 @@ final class ServiceRecorder {
     var deniedHosts = Set<String>()
     /// At most this many denied hosts become confessions; later ones are only records.
     static let maxDeniedConfessions = 100
+    /// `net.connect`/`net.closed` records a run writes; past it connections are counted (a warning
+    /// says so once; an exec's `usage` record has the count) instead of growing the journal without bound.
+    static let maxNetRecords = 20_000
+    var netRecords = 0
+    private(set) var netUnrecorded = 0
 
     init(store: RunStore, run: String, name: String?, writer: JournalWriter?, warn: @escaping (String) -> Void) {
         self.store = store
@@ -30,13 +35,15 @@ final class ServiceRecorder {
         for event in events {
             switch event {
             case let .netConnect(c):
+                if !c.allowed { try denied(c) }
+                guard try admitNetRecord() else { continue }
                 var data: [(String, JSON)] = [("id", .number(Double(c.id))), ("host", .string(c.host)), ("port", .number(Double(c.port))),
                                               ("method", .string(c.method)), ("decision", .string(c.allowed ? "allowed" : "denied"))]
                 data.append((c.allowed ? "rule" : "reason", .string(c.reason)))
                 if let a = c.address { data.append(("address", .string(a))) }
                 _ = try writer?.append(.netConnect, .object(data), critical: false)
-                if !c.allowed { try denied(c) }
             case let .netClosed(id, sent, received, seconds):
+                guard try admitNetRecord() else { continue }
                 _ = try writer?.append(.netClosed, .object([
                     ("id", .number(Double(id))), ("sent", .number(Double(sent))), ("received", .number(Double(received))),
                     ("seconds", .number((seconds * 1000).rounded() / 1000)),
@@ -52,6 +59,21 @@ final class ServiceRecorder {
                 }
             }
         }
+    }
+
+    /// Whether one more net record may be written (false, counted, past the cap).
+    func admitNetRecord() throws(AgentboxError) -> Bool {
+        guard netRecords < ServiceRecorder.maxNetRecords else {
+            netUnrecorded += 1
+            return false
+        }
+        netRecords += 1
+        if netRecords == ServiceRecorder.maxNetRecords {
+            let message = "\(ServiceRecorder.maxNetRecords) network records written: later connections are counted, not recorded"
+            warn(message)
+            _ = try writer?.append(.warning, .object([("message", .string(message))]), critical: false)
+        }
+        return true
     }
 
     /// The operator hears of a denied host once per host and port, without reading logs.

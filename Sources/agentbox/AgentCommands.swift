@@ -50,12 +50,15 @@ struct RunCommand: ParsableCommand {
     var noCheckpoints = false
     @Flag(help: "Start the run in the background, print its id and return; follow it with `agentbox logs -f RUN`.") var detach = false
     @Flag(help: "Print the journal records on stdout as JSON lines while the run goes.") var json = false
+    @Flag(name: .customLong("allow-provider-tools"), help: "With -- CMD: let the agent's calls use provider-side tools that reach the network (web search and fetch, remote MCP servers); refused by default: the provider would fetch for the agent around --network.")
+    var allowProviderTools = false
     @Argument(parsing: .postTerminator, help: ArgumentHelp("Bring your own agent: the command to run as the agent, after --.", valueName: "CMD"))
     var command: [String] = []
 
     func run() throws {
         guarded { () throws(AgentboxError) -> Int32 in
             if !command.isEmpty { return try runCommandAgent() }
+            if allowProviderTools { throw .usage("--allow-provider-tools is for `run -- CMD` (the built-in agent uses no provider tools)") }
             if resumeIfExists, let code = try continueExisting() { return code }
             let prepared = try prepare()
             if detach { return try Detach.start(json: json) }
@@ -218,14 +221,16 @@ struct RunCommand: ParsableCommand {
         let nameClaim = (name != nil && !allowDuplicateName) ? try RunStore().claimName(name!) : Descriptor(-1)
         defer { _ = nameClaim.raw }
         let gateway = ModelGateway(openai: .init(base: openaiSpec.baseURL, key: openaiSpec.apiKey),
-                                   anthropic: .init(base: anthropicSpec.baseURL, key: anthropicSpec.apiKey), budget: budget, prices: prices)
+                                   anthropic: .init(base: anthropicSpec.baseURL, key: anthropicSpec.apiKey), budget: budget, prices: prices,
+                                   allowProviderTools: allowProviderTools)
         let journaled = JournaledRun(name: name ?? "", policy: policy, argv: command) { Console.warning($0) }
         journaled.gateway = gateway
         if let g = ModelSpec.env("AGENTBOX_GRACE").flatMap(Double.init), g >= 0 { journaled.budgetGrace = g }
         journaled.gatewayFacts = .object([
             ("openai", .string(openaiSpec.baseURL)), ("anthropic", .string(anthropicSpec.baseURL)),
             ("max_steps", budget.maxSteps.map { .number(Double($0)) } ?? .null), ("max_tokens", budget.maxTokens.map { .number(Double($0)) } ?? .null),
-            ("max_cost", budget.maxCost.map { .number($0) } ?? .null), ("options", sandbox.args.json(policy: policy)),
+            ("max_cost", budget.maxCost.map { .number($0) } ?? .null), ("allow_provider_tools", .bool(allowProviderTools)),
+            ("options", sandbox.args.json(policy: policy)),
         ])
         let result = try Console.relayed(run: journaled.id) { () throws(AgentboxError) in
             let r = try journaled.run()

@@ -214,7 +214,7 @@ struct SandboxArgs {
         o.rw = rw
         o.hide = hide
         if let n = network {
-            do { o.network = try Profile.Network(parsing: n) } catch { throw .usage("--network: " + error.message, hint: error.hint) }
+            do { o.network = try Profile.Network(parsing: n) } catch { throw .usage("--network \(n): " + error.message, hint: error.hint) }
         }
         for item in addHost {
             guard let colon = item.firstIndex(of: ":"), case let name = String(item[..<colon]).lowercased(),

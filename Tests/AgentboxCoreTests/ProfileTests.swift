@@ -45,7 +45,7 @@ import Testing
 
     @Test(arguments: [
         (#"{"netwrok": "none"}"#, "netwrok", "unknown key"),
-        (#"{"network": "host"}"#, "network", "not a network mode"),
+        (#"{"network": "host"}"#, "network", "unknown network mode"),
         (#"{"limits": {"memory": "lots"}}"#, "limits.memory", "must be a size"),
         (#"{"limits": {"pids": -3}}"#, "limits.pids", "positive integer"),
         (#"{"limits": {"pids": 1.5}}"#, "limits.pids", "positive integer"),

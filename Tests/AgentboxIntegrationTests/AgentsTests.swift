@@ -168,7 +168,9 @@ struct AgentsTests {
 
     /// The model.response records' usage equals what the fake provider sent, call by call, not estimated.
     func expectUsageMatches(_ r: AgentRunResult, _ scenario: String, sourceLocation: SourceLocation = #_sourceLocation) {
-        let responses = r.records("model.response")
+        // Every call is journaled; listing models is not a model call (no usage).
+        let listing = Set(r.records("model.request").filter { $0["path"] as? String == "/v1/models" }.compactMap { $0["call"] as? Int })
+        let responses = r.records("model.response").filter { !listing.contains($0["call"] as? Int ?? -1) }
         let sent = Self.upstream.received(scenario).filter { $0["method"] as? String == "POST" && $0["status"] as? Int == 200 }
         #expect(responses.count == sent.count && !sent.isEmpty, "\(responses.count) responses, \(sent.count) upstream calls", sourceLocation: sourceLocation)
         for (response, request) in zip(responses, sent) {
@@ -218,9 +220,11 @@ struct AgentsTests {
         #expect(streamed.count == 4 && streamed.allSatisfy { $0["include_usage"] as? Bool == true }, "\(streamed)")
         #expect(Self.upstream.violations(s).isEmpty, "\(Self.upstream.violations(s))")
 
-        // The journal: 7 counted calls (GET /v1/models is not one), the provider's usage exactly.
+        // The journal: 7 model calls and the listing of models (journaled, not a step), the provider's usage exactly.
         expectUsageMatches(r, s)
-        #expect(r.records("model.request").count == 7)
+        #expect(r.records("model.request").filter { $0["path"] as? String != "/v1/models" }.count == 7)
+        #expect(r.records("model.request").filter { $0["path"] as? String == "/v1/models" }.count == 1)
+        #expect((r.records("usage").first?["steps"] as? Int) == 7, "\(r.journal)")
         #expect(r.records("run.ended").first?["state"] as? String == "finished", "\(r.journal)")
         expectKeyStayedOutside(r)
     }

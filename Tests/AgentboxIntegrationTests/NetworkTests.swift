@@ -124,7 +124,7 @@ final class StaticServer: @unchecked Sendable {
         for (options, expected) in [
             (["--network", "allow:pypi.org,bad_host"], "network rule \"bad_host\""),
             (["--network", "allow:*evil.com"], "wildcard"),
-            (["--network", "internet"], "not a network mode"),
+            (["--network", "internet"], "--network internet: unknown network mode"),
             (["--add-host", "pkgs.test:127.0.0.1"], "--add-host needs --network allow:"),
             (["--network", "allow:x.test", "--add-host", "x.test"], "expected NAME:IP"),
         ] {

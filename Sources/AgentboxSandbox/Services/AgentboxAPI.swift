@@ -22,6 +22,10 @@ public final class AgentboxAPI: SandboxService {
     /// Confessions one sandbox may file through the API (each is a critical journal record and a line
     /// of the node's feed: the sandbox must not be able to grow them without bound).
     public static let maxConfessions = 1000
+    /// Bytes of a confession request's body.
+    public static let maxConfessionBody = 64 << 10
+    /// Bytes of request bodies all connections of one sandbox may be reading at once.
+    public static let bodyBudget = 64 << 20
 
     public let port: UInt16
     let inbox: ServiceInbox
@@ -29,6 +33,7 @@ public final class AgentboxAPI: SandboxService {
     let handler: HTTPRequestHandler?
     let maxBody: Int
     let confessions = Atomic<Int>(0)
+    let bodyBytes = Atomic<Int>(0)
 
     public init(inbox: ServiceInbox, handler: HTTPRequestHandler? = nil, port: UInt16 = AgentboxAPI.defaultPort,
                 connections: Int = 64, maxBody: Int = 32 << 20) {
@@ -93,29 +98,41 @@ public final class AgentboxAPI: SandboxService {
             io.write(AgentboxAPI.json(400, AgentboxAPI.error(error.message)), until: deadline)
             return
         }
-        guard length <= maxBody else {
-            io.write(AgentboxAPI.json(413, AgentboxAPI.error("request body over \(maxBody) bytes")), until: deadline)
+        // The route first, from the head: a body is read only for a path that takes one, within that
+        // path's bound, and all bodies being read at once share one budget (the supervisor's memory is
+        // outside the sandbox's cgroup).
+        let path = String(head.target.split(separator: "?", maxSplits: 1).first ?? "")
+        let confessing = path == AgentboxAPI.confessPath
+        let handled = !confessing && handler?.accepts(head) == true
+        guard confessing || handled else {
+            io.write(AgentboxAPI.json(404, AgentboxAPI.error("no such endpoint: \(head.method) \(path)", type: "not_found_error")), until: deadline)
             return
         }
+        if confessing && head.method != "POST" {
+            io.write(AgentboxAPI.json(405, AgentboxAPI.error("use POST")), until: deadline)
+            return
+        }
+        let bound = confessing ? AgentboxAPI.maxConfessionBody : maxBody
+        guard length <= bound else {
+            io.write(AgentboxAPI.json(413, AgentboxAPI.error("request body over \(bound) bytes")), until: deadline)
+            return
+        }
+        guard bodyBytes.wrappingAdd(length, ordering: .relaxed).newValue <= AgentboxAPI.bodyBudget else {
+            bodyBytes.wrappingSubtract(length, ordering: .relaxed)
+            io.write(AgentboxAPI.json(503, AgentboxAPI.error("too many large requests at once; try again")), until: deadline)
+            return
+        }
+        defer { bodyBytes.wrappingSubtract(length, ordering: .relaxed) }
         var body = Array(bytes[end!...].prefix(length))
         while body.count < length {
             guard let chunk = io.read(max: min(1 << 20, length - body.count), until: deadline), !chunk.isEmpty else { return }
             body += chunk
         }
-        let path = String(head.target.split(separator: "?", maxSplits: 1).first ?? "")
-        if path == AgentboxAPI.confessPath {
-            guard head.method == "POST" else {
-                io.write(AgentboxAPI.json(405, AgentboxAPI.error("use POST")), until: deadline)
-                return
-            }
+        if confessing {
             io.write(confess(body), until: deadline)
-            return
+        } else {
+            handler?.handle(head, body: body, client: io)
         }
-        if let handler, handler.accepts(head) {
-            handler.handle(head, body: body, client: io)
-            return
-        }
-        io.write(AgentboxAPI.json(404, AgentboxAPI.error("no such endpoint: \(head.method) \(path)", type: "not_found_error")), until: deadline)
     }
 
     /// Files a confession through the supervision thread and answers with its journal sequence number.

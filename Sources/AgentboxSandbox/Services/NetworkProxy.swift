@@ -117,6 +117,7 @@ public final class NetworkProxy: SandboxService {
         let started = Clock.monotonic()
         let upstream = SocketIO(fd: upstreamFD, stop: threads.stopFD)
         var first: [UInt8]
+        var upLimit: UInt64? = nil
         if tunnel {
             guard io.write(Array("HTTP/1.1 200 Connection established\r\n\r\n".utf8), until: Clock.monotonic() + bounds.connect) else { return }
             first = Array(rest)
@@ -126,9 +127,18 @@ public final class NetworkProxy: SandboxService {
             var fields = head.fields.filter { !hop.contains($0.name.lowercased()) }
             fields.insert(HTTPHead.Field("Host", target.port == 80 ? target.host : "\(target.host):\(target.port)"), at: 0)
             fields.append(HTTPHead.Field("Connection", "close"))
-            first = HTTPHead(start: (head.method, target.path, head.start.2), fields: fields).bytes + rest
+            // Exactly this request's body goes up, then the connection is half-closed: a second
+            // request pipelined behind it (to another Host) never reaches the server.
+            guard let length = try? head.contentLength() else {
+                io.write(NetworkProxy.response(400, "agentbox proxy: a plain HTTP request needs a Content-Length body (or none)"),
+                         until: Clock.monotonic() + bounds.connect)
+                return
+            }
+            let requestHead = HTTPHead(start: (head.method, target.path, head.start.2), fields: fields).bytes
+            first = requestHead + rest.prefix(length)
+            upLimit = UInt64(requestHead.count + length)
         }
-        let (sent, received) = relay(io, upstream, first: first)
+        let (sent, received) = relay(io, upstream, first: first, upLimit: upLimit)
         inbox.post(.netClosed(id: id, sent: sent, received: received, seconds: Clock.monotonic() - started))
     }
 
@@ -244,13 +254,14 @@ public final class NetworkProxy: SandboxService {
     /// memory; each direction holds at most `buffer` bytes in its pipe (a slow reader slows the writer).
     /// `first` (the rewritten head of a plain HTTP request, or what the client sent after CONNECT's head)
     /// goes upstream before anything else. Returns the bytes sent upstream and received from it.
-    func relay(_ client: SocketIO, _ upstream: SocketIO, first: [UInt8]) -> (UInt64, UInt64) {
+    func relay(_ client: SocketIO, _ upstream: SocketIO, first: [UInt8], upLimit: UInt64? = nil) -> (UInt64, UInt64) {
         final class Flow {
             var fds: [Int32] = [-1, -1]
             var inPipe = 0
             var eof = false
             var shut = false
             var bytes: UInt64 = 0
+            var limit: UInt64? = nil
             deinit { for fd in fds where fd >= 0 { close(fd) } }
         }
         let up = Flow(), down = Flow()
@@ -260,6 +271,9 @@ public final class NetworkProxy: SandboxService {
             guard upstream.write(first, until: Clock.monotonic() + bounds.connect) else { return (0, 0) }
             up.bytes = UInt64(first.count)
         }
+        // `upLimit`: the bytes the client may send upstream in all; past them its side is at its end.
+        up.limit = upLimit
+        if let l = upLimit, up.bytes >= l { up.eof = true }
         var fds = [pollfd](repeating: pollfd(), count: 3)
         fds[2] = pollfd(fd: client.stop, events: Int16(POLLIN), revents: 0)
         while !(up.shut && down.shut) {
@@ -276,10 +290,12 @@ public final class NetworkProxy: SandboxService {
         /// One direction: from `src` into the flow's pipe, from the pipe to `dst`; false on an error.
         func move(from src: Int32, _ events: Int16, through flow: Flow, to dst: Int32) -> Bool {
             if !flow.eof && flow.inPipe < capacity && events & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
-                let n = ab_splice(src, flow.fds[1], capacity - flow.inPipe)
+                let room = flow.limit.map { Int(min(UInt64(capacity - flow.inPipe), $0 - flow.bytes)) } ?? capacity - flow.inPipe
+                let n = ab_splice(src, flow.fds[1], room)
                 if n > 0 {
                     flow.inPipe += n
                     flow.bytes += UInt64(n)
+                    if let l = flow.limit, flow.bytes >= l { flow.eof = true }
                 } else if n == 0 || errno != EAGAIN {
                     flow.eof = true
                 }

@@ -123,20 +123,27 @@ public final class ServiceInbox: Sendable {
     }
 }
 
-/// The threads serving one service's connections: at most `limit` at once (one more is answered by
-/// `refuse` and closed), each ended when `stop` is called (every blocking wait also polls `stopFD`).
+/// The threads serving one service's connections: at most `limit` at once (one more is refused), each
+/// ended when `stop` is called (every blocking wait also polls `stopFD`). Threads are detached: nothing
+/// ever joins one while holding the lock it takes to finish (that deadlocked the supervision loop).
 public final class ConnectionThreads: Sendable {
     public let limit: Int
     /// Readable once the sandbox is gone.
     public let stopFD: Int32
-    let state = Mutex<(live: Int, threads: [pthread_t], stopped: Bool)>((0, [], false))
+    /// Written by each thread as it finishes (`stop` waits on it).
+    let doneFD: Int32
+    let state = Mutex<(live: Int, stopped: Bool)>((0, false))
 
     public init(limit: Int) {
         self.limit = limit
         stopFD = ab_eventfd()
+        doneFD = ab_eventfd()
     }
 
-    deinit { if stopFD >= 0 { close(stopFD) } }
+    deinit {
+        if stopFD >= 0 { close(stopFD) }
+        if doneFD >= 0 { close(doneFD) }
+    }
 
     /// Serves `fd` with `body` on a new thread; false (and `fd` is the caller's) at the limit or when
     /// no thread can be made.
@@ -151,34 +158,35 @@ public final class ConnectionThreads: Sendable {
             body(fd)
             close(fd)
             state.withLock { $0.live -= 1 }
+            var one: UInt64 = 1
+            _ = write(doneFD, &one, 8)
         }
         guard let tid else {
             state.withLock { $0.live -= 1 }
             return false
         }
-        state.withLock { s in
-            s.threads.append(tid)
-            // Threads that ended are joined as new ones start: the list stays as long as the live ones.
-            if s.threads.count > 2 * limit {
-                for t in s.threads.dropLast() { pthread_join(t, nil) }
-                s.threads = [tid]
-            }
-        }
+        pthread_detach(tid)
         return true
     }
 
     public var live: Int { state.withLock { $0.live } }
 
-    /// Ends every connection (their waits see `stopFD`) and joins their threads.
-    public func stop() {
+    /// Ends every connection (their waits see `stopFD`) and waits, at most `timeout` seconds, for their
+    /// threads to finish (a thread still running then holds only its own connection and this object).
+    public func stop(timeout: Double = 15) {
         var one: UInt64 = 1
         _ = write(stopFD, &one, 8)
-        let threads = state.withLock { s -> [pthread_t] in
-            s.stopped = true
-            defer { s.threads = [] }
-            return s.threads
+        state.withLock { $0.stopped = true }
+        let deadline = Clock.monotonic() + timeout
+        while live > 0 {
+            let left = deadline - Clock.monotonic()
+            if left <= 0 { return }
+            var p = pollfd(fd: doneFD, events: Int16(POLLIN), revents: 0)
+            if poll(&p, 1, Int32(min(left, 1) * 1000)) > 0 {
+                var n: UInt64 = 0
+                _ = read(doneFD, &n, 8)
+            }
         }
-        for t in threads { pthread_join(t, nil) }
     }
 }
 
