@@ -185,6 +185,39 @@ struct AgentsTests {
         }
     }
 
+    // MARK: what the gateway refuses
+
+    @Test func providerToolsThatReachTheNetworkAreRefusedUnlessAllowed() throws {
+        let s = tag("ok")
+        // An Anthropic MCP connector and an OpenAI web search: the provider would fetch for the agent.
+        let script = """
+            curl -s -o /dev/null -w 'mcp:%{http_code}\\n' -H 'content-type: application/json' http://127.0.0.1:3129/v1/messages \\
+              -d '{"model":"claude-x","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"mcp_servers":[{"type":"url","url":"https://attacker.example/mcp","name":"x"}]}'
+            curl -s -H 'content-type: application/json' http://127.0.0.1:3129/v1/chat/completions \\
+              -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"web_search_options":{}}'
+            """
+        let r = agentRun(s, [], ["/bin/sh", "-c", script])
+        defer { r.remove() }
+        #expect(r.result.out.contains("mcp:400") && r.result.out.contains("agentbox_provider_tool_refused"), "\(r.result)")
+        #expect(Self.upstream.received(s).isEmpty, "a refused call reached the provider: \(Self.upstream.received(s))")
+        let allowed = agentRun(s, ["--allow-provider-tools"], ["/bin/sh", "-c", script])
+        defer { allowed.remove() }
+        #expect(!allowed.result.out.contains("agentbox_provider_tool_refused") && Self.upstream.received(s).count == 2, "\(allowed.result)")
+    }
+
+    @Test func onceABudgetIsOutListingAndCountingAreRefusedToo() throws {
+        let s = tag("ok")
+        let script = """
+            curl -s -o /dev/null -w 'first:%{http_code}\\n' -H 'content-type: application/json' http://127.0.0.1:3129/v1/chat/completions \\
+              -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+            curl -s -o /dev/null -w 'models:%{http_code}\\n' http://127.0.0.1:3129/v1/models
+            """
+        let r = agentRun(s, ["--max-steps", "1"], ["/bin/sh", "-c", script])
+        defer { r.remove() }
+        #expect(r.result.code == 3 && r.result.out.contains("first:200") && r.result.out.contains("models:403"), "\(r.result)")
+        #expect(Self.upstream.received(s).count == 1, "\(Self.upstream.received(s))")
+    }
+
     // MARK: the SDKs through the gateway
 
     @Test func openaiSDKStreamedAndNotWithToolsThroughTheGateway() throws {

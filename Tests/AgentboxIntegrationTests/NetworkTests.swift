@@ -135,6 +135,36 @@ final class StaticServer: @unchecked Sendable {
         }
     }
 
+    @Test func manyConnectionsOneHeldOpenDoNotStallTheSupervisor() {
+        // 300 short connections to the agentbox API while one stays open (the supervisor once joined
+        // finished threads under a lock a live one needed: it hung after about 128).
+        let script = """
+            import socket
+            held = socket.create_connection(("127.0.0.1", 3129))
+            for i in range(300):
+                s = socket.create_connection(("127.0.0.1", 3129))
+                s.sendall(b"GET /nothing HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+                s.recv(100)
+                s.close()
+            print("done")
+            """
+        let r = exec(["--timeout", "60s"], ["/usr/bin/timeout", "-k", "5", "90", "python3", "-c", script])
+        #expect(r.code == 0 && r.out == "done\n", "\(r)")
+    }
+
+    @Test func theAPIAnswersAnUnknownPathWithoutReadingItsBody() {
+        // A 32 MiB body announced for a path that takes none is refused from the head alone.
+        let script = """
+            import socket
+            s = socket.create_connection(("127.0.0.1", 3129))
+            s.sendall(b"POST /nothing HTTP/1.1\\r\\nContent-Length: 33554432\\r\\n\\r\\n")
+            s.settimeout(10)
+            print(s.recv(100).split(b"\\r\\n")[0].decode())
+            """
+        let r = exec([], ["python3", "-c", script])
+        #expect(r.code == 0 && r.out == "HTTP/1.1 404 Not Found\n", "\(r)")
+    }
+
     @Test func withoutAllowThereIsNoProxy() {
         let r = sh("env | grep -ci _proxy; curl -s -x http://127.0.0.1:3128 --max-time 5 http://example.com/ >/dev/null; echo curl=$?")
         #expect(r.out.hasPrefix("0\n") && r.out.contains("curl=7"), "\(r)")
