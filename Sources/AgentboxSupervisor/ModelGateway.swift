@@ -53,10 +53,10 @@ public final class ModelGateway: HTTPRequestHandler {
     let timeouts: HTTPClient.Timeouts
     let retry: RetryPolicy
     let totals = Mutex(Totals())
-    let queue = Mutex<[Event]>([])
+    let events = EventQueue<Event>()
     let ids = Atomic<Int>(0)
     /// Readable when events are queued (the supervision loop polls it).
-    public let wakeFD: Int32
+    public var wakeFD: Int32 { events.fd }
     /// Readable once the run ends: calls in flight are cancelled.
     let stopFD: Int32
     let redactors: [SecretRedactor]
@@ -73,15 +73,11 @@ public final class ModelGateway: HTTPRequestHandler {
         self.prices = prices
         self.timeouts = timeouts
         self.retry = retry
-        wakeFD = ab_eventfd()
         stopFD = ab_eventfd()
         redactors = [openai.key, anthropic.key].compactMap { $0.flatMap { SecretRedactor(secret: $0) } }
     }
 
-    deinit {
-        close(wakeFD)
-        close(stopFD)
-    }
+    deinit { close(stopFD) }
 
     /// Cancels calls in flight (the sandbox is gone).
     public func stop() {
@@ -89,20 +85,9 @@ public final class ModelGateway: HTTPRequestHandler {
         _ = write(stopFD, &one, 8)
     }
 
-    public func take() -> [Event] {
-        var n: UInt64 = 0
-        _ = read(wakeFD, &n, 8)
-        return queue.withLock { q in
-            defer { q = [] }
-            return q
-        }
-    }
+    public func take() -> [Event] { events.take() }
 
-    func post(_ e: Event) {
-        queue.withLock { $0.append(e) }
-        var one: UInt64 = 1
-        _ = write(wakeFD, &one, 8)
-    }
+    func post(_ e: Event) { events.post(e) }
 
     /// What the run used so far: model calls, tokens, cost (nil when a model had no price).
     public var used: (calls: Int, input: Int, output: Int, cost: Double?) {

@@ -34,22 +34,9 @@ final class GatewayUpstream: @unchecked Sendable {
             for suffix in [".violations", ".requests", ".port"] { try? FileManager.default.removeItem(atPath: "/tmp/agentbox-gwup-\(getpid())" + suffix) }
         }
         let portFile = base + ".port"
-        try? FileManager.default.removeItem(atPath: portFile)
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", TestEnv.repoRoot + "/Tests/FakeModelServer/fake_model_server.py", "--key", key,
-                             "--violations", violations, "--port-file", portFile, "--requests", requests]
-        // No inherited stdio: swift-test waits for EOF on the runner's output pipes. The server exits
-        // with the test process (its watchdog).
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        var found = 0
-        _ = eventually(20) {
-            found = Int((try? String(contentsOfFile: portFile, encoding: .utf8)) ?? "") ?? 0
-            return found > 0
-        }
-        port = found
+        // The server exits with the test process (its watchdog).
+        port = try startTestServer(process, script: "fake_model_server.py", ["--key", key, "--violations", violations, "--requests", requests],
+                                   portFile: portFile)
     }
 
     var keySHA256: String {

@@ -15,20 +15,7 @@ final class ConfessStub: @unchecked Sendable {
             for suffix in ["", ".port"] { try? FileManager.default.removeItem(atPath: "/tmp/agentbox-confess-stub-\(getpid())" + suffix) }
         }
         let portFile = requestsFile + ".port"
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", TestEnv.repoRoot + "/Tests/FakeModelServer/confess_stub.py",
-                             "--requests", requestsFile, "--port-file", portFile]
-        // No inherited stdio: swift-test waits for EOF on the runner's output pipes.
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        var found = 0
-        _ = eventually(20) {
-            found = Int((try? String(contentsOfFile: portFile, encoding: .utf8)) ?? "") ?? 0
-            return found > 0
-        }
-        port = found
+        port = try startTestServer(process, script: "confess_stub.py", ["--requests", requestsFile], portFile: portFile)
     }
 
     deinit { process.terminate() }

@@ -15,21 +15,8 @@ final class FakeModelServer: @unchecked Sendable {
         violations = "/tmp/agentbox-fake-violations-\(UUID().uuidString.prefix(8))"
         _ = FileManager.default.createFile(atPath: violations, contents: Data())
         let portFile = violations + ".port"
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", TestEnv.repoRoot + "/Tests/FakeModelServer/fake_model_server.py", "--key", FakeModelServer.key,
-                             "--violations", violations, "--port-file", portFile]
-            + (tlsCert.map { ["--tls-cert", $0, "--tls-key", tlsKey ?? ""] } ?? [])
-        // No inherited stdio: swift-test waits for EOF on the runner's output pipes.
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        var found = 0
-        _ = eventually(20) {
-            found = Int((try? String(contentsOfFile: portFile, encoding: .utf8)) ?? "") ?? 0
-            return found > 0
-        }
-        port = found
+        port = try startTestServer(process, script: "fake_model_server.py", ["--key", FakeModelServer.key, "--violations", violations]
+                                   + (tlsCert.map { ["--tls-cert", $0, "--tls-key", tlsKey ?? ""] } ?? []), portFile: portFile)
     }
 
     deinit { process.terminate() }

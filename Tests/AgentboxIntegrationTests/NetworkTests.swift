@@ -12,19 +12,7 @@ final class StaticServer: @unchecked Sendable {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try "hello from the allowed host\n".write(toFile: dir + "/index.html", atomically: true, encoding: .utf8)
         let portFile = dir + ".port"
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", TestEnv.repoRoot + "/Tests/FakeModelServer/static_server.py", "--dir", dir, "--port-file", portFile]
-            + (package.map { ["--make-index", $0] } ?? [])
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        var found = 0
-        _ = eventually(20) {
-            found = Int((try? String(contentsOfFile: portFile, encoding: .utf8)) ?? "") ?? 0
-            return found > 0
-        }
-        port = found
+        port = try startTestServer(process, script: "static_server.py", ["--dir", dir] + (package.map { ["--make-index", $0] } ?? []), portFile: portFile)
         TestEnv.chmodTree(dir)
     }
 

@@ -176,3 +176,22 @@ func eventually(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
     }
     return condition()
 }
+
+/// Starts one of the project's Python test servers (Tests/FakeModelServer/SCRIPT with `arguments`),
+/// which writes its port to `--port-file` when it is ready; returns the port (0 if it never said).
+/// No inherited stdio: swift-test waits for EOF on the runner's output pipes.
+func startTestServer(_ process: Process, script: String, _ arguments: [String], portFile: String) throws -> Int {
+    try? FileManager.default.removeItem(atPath: portFile)
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = ["python3", TestEnv.repoRoot + "/Tests/FakeModelServer/" + script] + arguments + ["--port-file", portFile]
+    process.standardOutput = FileHandle.nullDevice
+    process.standardError = FileHandle.nullDevice
+    process.standardInput = FileHandle.nullDevice
+    try process.run()
+    var found = 0
+    _ = eventually(20) {
+        found = Int((try? String(contentsOfFile: portFile, encoding: .utf8)) ?? "") ?? 0
+        return found > 0
+    }
+    return found
+}

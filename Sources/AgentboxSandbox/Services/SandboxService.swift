@@ -98,22 +98,22 @@ public final class ServiceReply: Sendable {
     }
 }
 
-/// Events from service threads to the supervision thread: a queue and an eventfd the loop polls.
-public final class ServiceInbox: Sendable {
+/// Events from other threads to the supervision thread: a queue and an eventfd the loop polls.
+public final class EventQueue<Event: Sendable>: Sendable {
     public let fd: Int32
-    let queue = Mutex<[ServiceEvent]>([])
+    let queue = Mutex<[Event]>([])
 
     public init() { fd = ab_eventfd() }
     deinit { if fd >= 0 { close(fd) } }
 
-    public func post(_ event: ServiceEvent) {
+    public func post(_ event: Event) {
         queue.withLock { $0.append(event) }
         var one: UInt64 = 1
         _ = write(fd, &one, 8)
     }
 
     /// Everything posted since the last call.
-    public func take() -> [ServiceEvent] {
+    public func take() -> [Event] {
         var n: UInt64 = 0
         _ = read(fd, &n, 8)
         return queue.withLock { q in
@@ -122,6 +122,9 @@ public final class ServiceInbox: Sendable {
         }
     }
 }
+
+/// What services tell the supervision thread.
+public typealias ServiceInbox = EventQueue<ServiceEvent>
 
 /// The threads serving one service's connections: at most `limit` at once (one more is refused), each
 /// ended when `stop` is called (every blocking wait also polls `stopFD`). Threads are detached: nothing
