@@ -192,6 +192,21 @@ struct AgentsTests {
         #expect(!allowed.result.out.contains("agentbox_provider_tool_refused") && Self.upstream.received(s).count == 2, "\(allowed.result)")
     }
 
+    @Test func aCommandThatGoesOnPastItsBudgetIsEndedAfterTheGracePeriod() throws {
+        let s = tag("ok")
+        let script = """
+            curl -s -o /dev/null -w 'call:%{http_code}\\n' -H 'content-type: application/json' http://127.0.0.1:3129/v1/chat/completions \\
+              -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+            sleep 100; echo still-here
+            """
+        let started = Date()
+        let r = agentRun(s, ["--max-steps", "1"], ["/bin/sh", "-c", script], env: ["AGENTBOX_GRACE": "2"])
+        defer { r.remove() }
+        #expect(r.result.code == 3 && r.result.out.contains("call:200") && !r.result.out.contains("still-here"), "\(r.result)")
+        #expect(Date().timeIntervalSince(started) < 60, "the sandbox was not ended after the grace period")
+        #expect(r.records("run.ended").first?["state"] as? String == "budget", "\(r.journal)")
+    }
+
     @Test func onceABudgetIsOutListingAndCountingAreRefusedToo() throws {
         let s = tag("ok")
         let script = """

@@ -79,6 +79,9 @@ final class StaticServer: @unchecked Sendable {
         #expect(ready?["network"] as? String == "allow:pkgs.test", "\(String(describing: ready))")
 
         // Each denied host is a confession by the supervisor, once.
+        let logs = run([TestEnv.agentbox, "logs", "net1"], env: ["AGENTBOX_HOME": h])
+        #expect(logs.err.contains("net GET evil.test:\(port) DENIED"), "\(logs)")
+        #expect(logs.err.contains("net GET pkgs.test:\(port) allowed by pkgs.test"), "\(logs)")
         let c = run([TestEnv.agentbox, "confessions", "net1", "--json"], env: ["AGENTBOX_HOME": h])
         #expect(c.code == 0, "\(c)")
         let lines = c.out.split(separator: "\n").filter { $0.contains("\"network\"") }
@@ -151,6 +154,25 @@ final class StaticServer: @unchecked Sendable {
             """
         let r = exec([], ["python3", "-c", script])
         #expect(r.code == 0 && r.out == "HTTP/1.1 404 Not Found\n", "\(r)")
+    }
+
+    @Test func theProxyHoldsAtMost64ConnectionsAtOnce() {
+        // 70 connections that send nothing: 64 are served (waiting for their request), the rest are
+        // answered 503 at once; closing them frees the places.
+        let script = """
+            import socket
+            held = [socket.create_connection(("127.0.0.1", 3128)) for _ in range(70)]
+            refused = 0
+            for s in held:
+                s.settimeout(0.5)
+                try:
+                    if b" 503 " in s.recv(200): refused += 1
+                except socket.timeout: pass
+            print("refused", refused)
+            for s in held: s.close()
+            """
+        let r = exec(["--network", "allow:pkgs.test"], ["python3", "-c", script])
+        #expect(r.code == 0 && r.out == "refused 6\n", "\(r)")
     }
 
     @Test func withoutAllowThereIsNoProxy() {
