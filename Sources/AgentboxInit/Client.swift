@@ -6,9 +6,11 @@ import Glibc
 
 enum Client {
     /// Whether this process was started as the in-sandbox client (argv[0]'s basename is `agentbox`).
-    static func invoked(as argv0: String?) -> Bool {
+    /// Compared on the C string, without building Swift strings.
+    static func invoked(argv0: UnsafeMutablePointer<CChar>?) -> Bool {
         guard let argv0 else { return false }
-        return argv0.split(separator: "/").last == "agentbox"
+        let base = strrchr(argv0, 0x2F).map { $0 + 1 } ?? argv0
+        return strcmp(base, "agentbox") == 0
     }
 
     static let usage = """

@@ -464,4 +464,6 @@ func main() -> Int32 {
     }
 }
 
-exit(Client.invoked(as: CommandLine.arguments.first) ? Client.run(Array(CommandLine.arguments.dropFirst())) : main())
+// The init's start is on every sandbox's path: argv[0]'s last component is compared as C bytes (the
+// Swift array of CommandLine.arguments cost ~0.3 ms of type metadata set-up in this static binary).
+exit(Client.invoked(argv0: CommandLine.unsafeArgv[0]) ? Client.run(Array(CommandLine.arguments.dropFirst())) : main())

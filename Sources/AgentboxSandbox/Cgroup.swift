@@ -37,7 +37,11 @@ public protocol CgroupHandle: AnyObject {
     /// An O_DIRECTORY fd for clone3's CLONE_INTO_CGROUP (v2), or -1.
     var cloneFd: Int32 { get }
     var description: String { get }
-    func attach(pid: pid_t) throws(AgentboxError)
+    /// Files the child itself writes "0" to, joining the cgroup without the parent's attach (cgroup v1:
+    /// each controller's `tasks`); empty when CLONE_INTO_CGROUP or `attach` places it.
+    var selfJoinFiles: [String] { get }
+    /// Places `pid` in the cgroup, unless it joined by itself (`joined`) or by CLONE_INTO_CGROUP.
+    func attach(pid: pid_t, joined: Bool) throws(AgentboxError)
     func report() -> CgroupReport
     /// Kills what is left and removes the directories.
     func destroy()
@@ -162,7 +166,9 @@ final class CgroupV2: CgroupHandle {
         if !wanted.isEmpty { try? FileIO.write(dir + "/cgroup.subtree_control", wanted.joined(separator: " ")) }
     }
 
-    func attach(pid: pid_t) throws(AgentboxError) {
+    var selfJoinFiles: [String] { [] }
+
+    func attach(pid: pid_t, joined: Bool) throws(AgentboxError) {
         if cloneFd >= 0 { return }  // placed by CLONE_INTO_CGROUP
         try FileIO.write(path + "/cgroup.procs", "\(pid)")
     }
@@ -261,7 +267,11 @@ final class CgroupV1: CgroupHandle {
         return out
     }
 
-    func attach(pid: pid_t) throws(AgentboxError) {
+    var selfJoinFiles: [String] { dirs.map { $0.1 + "/tasks" } }
+
+    func attach(pid: pid_t, joined: Bool) throws(AgentboxError) {
+        if joined { return }
+        // The parent's write takes the global threadgroup lock (an RCU grace period: often 8-11 ms).
         for (_, dir) in dirs { try FileIO.write(dir + "/cgroup.procs", "\(pid)") }
     }
 

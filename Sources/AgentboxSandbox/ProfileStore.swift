@@ -34,12 +34,15 @@ public enum ProfileStore {
         return dirs.map { $0.hasPrefix("/") ? PolicyResolver.normalize($0) : $0 }
     }
 
-    static func executablePath() -> String? {
+    static func executablePath() -> String? { ownExecutable }
+
+    /// Read once: the binary does not move while it runs.
+    static let ownExecutable: String? = {
         var buf = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/self/exe", &buf, buf.count - 1)
         guard n > 0 else { return nil }
         return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
+    }()
 
     static func executableDirectory() -> String? {
         guard let exe = executablePath() else { return nil }

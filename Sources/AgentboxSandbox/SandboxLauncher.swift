@@ -232,6 +232,15 @@ struct SandboxLauncher {
         }
         var launched = false
         defer { if !launched { cgroup?.destroy() } }
+        // cgroup v1: the child moves itself (docs/architecture.md, "Spawn protocol"); if a file cannot
+        // be opened, the parent attaches it as before.
+        var joinFds = Descriptors()
+        for file in cgroup?.selfJoinFiles ?? [] {
+            let fd = open(file, O_WRONLY | O_CLOEXEC)
+            guard fd >= 0 else { joinFds.closeAll(); break }
+            joinFds.append(Descriptor(fd))
+        }
+        let selfJoin = !joinFds.raw.isEmpty
         timing.mark("cgroup create")
 
         var mountTrees = try idmappedMounts(ident, identities: spec.mountIdentities)
@@ -312,7 +321,7 @@ struct SandboxLauncher {
         let pid: pid_t = initPath.withCString { path in
             cArgv.withUnsafeBufferPointer { argvBuf in
                 cEnv.withUnsafeBufferPointer { envBuf in
-                    handover.withUnsafeBufferPointer { fdsBuf in parentEnds.withUnsafeBufferPointer { parentBuf in
+                    handover.withUnsafeBufferPointer { fdsBuf in parentEnds.withUnsafeBufferPointer { parentBuf in joinFds.raw.withUnsafeBufferPointer { joinBuf in
                         var args = ab_spawn_args(clone_flags: Int32(flags), path: path, argv: argvBuf.baseAddress!,
                                                  envp: envBuf.baseAddress!, fds: fdsBuf.baseAddress, nfds: Int32(fdsBuf.count),
                                                  sync_fd: syncRead.raw, keep_caps: ident.keepCaps ? 1 : 0,
@@ -320,9 +329,10 @@ struct SandboxLauncher {
                                                  drop_groups: ident.denySetgroups ? 0 : 1, stdout_fd: stdoutFD,
                                                  stderr_fd: stderrFD, owner_uid: geteuid() == 0 ? ident.hostUID : uid_t.max,
                                                  exec_fd: initFD.raw, parent_fds: parentBuf.baseAddress,
-                                                 nparent_fds: Int32(parentBuf.count))
+                                                 nparent_fds: Int32(parentBuf.count), join_fds: joinBuf.baseAddress,
+                                                 njoin_fds: Int32(joinBuf.count))
                         return ab_spawn(&args, &pidfd)
-                    } }
+                    } } }
                 }
             }
         }
@@ -333,6 +343,7 @@ struct SandboxLauncher {
         childEnds.closeAll()
         syncRead = Descriptor(-1)
         mountTrees.closeAll()
+        joinFds.closeAll()
         devNull = Descriptor(-1)
         guard pid > 0 else {
             throw AgentboxError(stage: "clone", "creating the namespaces failed: \(FileIO.errnoString(spawnErrno))",
@@ -349,7 +360,7 @@ struct SandboxLauncher {
             try FileIO.write("/proc/\(pid)/uid_map", ident.uidMap)
             if ident.denySetgroups { try FileIO.write("/proc/\(pid)/setgroups", "deny") }
             try FileIO.write("/proc/\(pid)/gid_map", ident.gidMap)
-            try cgroup?.attach(pid: pid)
+            try cgroup?.attach(pid: pid, joined: selfJoin)
         } catch {
             throw AgentboxError(stage: "spawn", error.description)
         }

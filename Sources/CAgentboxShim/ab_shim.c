@@ -204,6 +204,12 @@ static void child_main(const struct ab_spawn_args *a, const sigset_t *mask) {
     // Only the parent holds its ends now: if it died before the line above (no signal then), the read
     // of "go" below sees EOF, and a later death hangs up the channel.
     for (int i = 0; i < a->nparent_fds; i++) close(a->parent_fds[i]);
+    // Join the v1 cgroups before anything runs here (everything the sandbox starts is born inside).
+    for (int i = 0; i < a->njoin_fds; i++) {
+        ssize_t w;
+        do { w = write(a->join_fds[i], "0", 1); } while (w < 0 && errno == EINTR);
+        if (w != 1) child_fail("joining the sandbox's cgroup (writing 0 to its tasks file)");
+    }
     // SIGPIPE is ignored by the supervisor (a closed stdout must not kill a run); not by the sandbox.
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);

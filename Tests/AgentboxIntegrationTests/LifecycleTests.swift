@@ -347,7 +347,12 @@ import Testing
         let results = rs.filter { $0["type"] as? String == "tool.done" }.compactMap { $0["data"] as? [String: Any] }
         let ran = results.filter { $0["name"] as? String == "shell" && $0["by"] == nil }.count
         let interrupted = results.filter { $0["interrupted"] as? Bool == true }.count
-        #expect(lines.count >= ran && lines.count <= ran + interrupted && ran + interrupted >= 59, "\(lines.count) lines, \(ran) calls ran, \(interrupted) interrupted")
+        // Every one of the 60 calls has one result: it ran, was interrupted by the pause, or was not run
+        // (skipped: the pause fell between a turn's model.response and its first tool.call, so neither
+        // call of that turn had started; found under load in a full `make test`).
+        let skipped = results.filter { $0["name"] as? String == "shell" && $0["skipped"] as? Bool == true }.count
+        #expect(lines.count >= ran && lines.count <= ran + interrupted && ran + interrupted + skipped == 60 && skipped <= 2,
+                "\(lines.count) lines, \(ran) calls ran, \(interrupted) interrupted, \(skipped) skipped")
         let epochs = rs.compactMap { $0["epoch"] as? Int }
         #expect(epochs == epochs.sorted(), "no record of an older epoch after a newer one")
         #expect(ab(["inspect", "fence", "--json"], home: home).out.contains("\"state\": \"finished\""))

@@ -62,6 +62,11 @@ struct ab_spawn_args {
     /// "go" (EOF) nor hang up the channel, and a child cloned just before its parent died waited forever.
     const int *_Nullable parent_fds;
     int nparent_fds;
+    /// cgroup v1 `tasks` files opened for writing by the parent (the permission is the opener's): the
+    /// child writes "0" to each first thing, moving itself. A task that moves itself skips the global
+    /// threadgroup lock whose RCU grace period made the parent's write of its pid take milliseconds.
+    const int *_Nullable join_fds;
+    int njoin_fds;
 };
 
 /// Clones a child into new namespaces (clone3, falling back to clone). Returns the child's pid and
