@@ -290,9 +290,16 @@ public enum PolicyResolver {
             let components = normalize(p.path).split(separator: "/")
             for (i, component) in components.enumerated() {
                 let literal = (parent == "/" ? "" : parent) + "/" + component
-                if let w = innermost(parent), w.writable, host.symlinkText(literal) != nil {
+                let isLink = host.symlinkText(literal) != nil
+                if isLink, let w = innermost(parent), w.writable {
                     throw AgentboxError(stage: "policy", "\(literal) is a symlink inside the writable bind \(w.target), on the way to \(p.what) (\(p.path)): a sandbox could replace it",
                                         hint: "use a workspace that does not contain \(literal), or point agentbox at a real folder (AGENTBOX_HOME, XDG_CONFIG_HOME, XDG_CACHE_HOME)")
+                }
+                // `parent` is canonical: a folder under it that is no symlink is canonical as it is (a
+                // realpath per component walked the path again for every component before it).
+                if !isLink && host.isDirectory(literal) {
+                    parent = literal
+                    continue
                 }
                 guard let c = host.canonical(literal) else {
                     parent = ([literal] + components[(i + 1)...].map(String.init)).joined(separator: "/")

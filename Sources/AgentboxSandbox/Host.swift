@@ -5,21 +5,10 @@ import Glibc
 /// The real filesystem, for the policy resolver.
 public struct RealHostPaths: HostPaths {
     public init() {}
-    /// The path with every symlink resolved (nil when it does not exist): the kernel's name for it,
-    /// through an O_PATH descriptor (3 system calls; realpath(3) makes a readlink per component, 160 of
-    /// them for one `exec`'s policy), else realpath(3) when /proc is not there.
+    /// The path with every symlink resolved (nil when it does not exist). realpath(3) makes a readlink
+    /// per component, but measured faster here than an O_PATH descriptor and a readlink of
+    /// /proc/self/fd/N (1.25 against 1.8 ms for one `exec`'s policy): procfs lookups cost more.
     public func canonical(_ path: String) -> String? {
-        let fd = open(path, AB_O_PATH | O_CLOEXEC)
-        if fd >= 0 {
-            defer { close(fd) }
-            var buf = [CChar](repeating: 0, count: 4097)
-            let n = readlink("/proc/self/fd/\(fd)", &buf, 4096)
-            if n > 0 && buf[0] == 0x2F /* an absolute name, not "anon_inode:..." */ {
-                return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            }
-        } else if errno == ENOENT || errno == ENOTDIR {
-            return nil
-        }
         guard let p = realpath(path, nil) else { return nil }
         defer { free(p) }
         return String(cString: p)
