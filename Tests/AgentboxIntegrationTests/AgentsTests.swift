@@ -405,6 +405,26 @@ struct AgentsTests {
         expectKeyStayedOutside(r)
     }
 
+    @Test func anAnswerHoldingTheKeyIsRedactedAcrossItsChunks() throws {
+        // The provider's answer carries the key, written in two sends split inside it: the gateway sees
+        // two chunks, neither holding the whole key.
+        let s = tag("leakkey")
+        let up = Self.upstream
+        let script = """
+            curl -s -H 'content-type: application/json' http://127.0.0.1:3129/v1/chat/completions \\
+              -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+            """
+        let r = agentRun(s, [], ["/bin/sh", "-c", script])
+        defer { r.remove() }
+        #expect(r.result.out.contains("the key is [REDACTED]!") && !r.result.out.contains(up.key), "\(r.result)")
+        #expect(Self.upstream.received(s).count == 1)
+        let response = try #require(r.records("model.response").first, "\(r.journal)")
+        let body = "\(response)"
+        #expect(!body.contains(up.key) && body.contains("[REDACTED]"), "the journal's copy: \(response)")
+        let home = shell("grep -rlF -- '\(up.key)' '\(r.home)'")
+        #expect(home.code == 1, "the key is in agentbox's home: \(home)")
+    }
+
     // MARK: a real CLI agent
 
     @Test func llmRunsEndToEnd() throws {

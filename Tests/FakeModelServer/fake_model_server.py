@@ -13,7 +13,8 @@ GET models) and /g/<scenario> (Anthropic: POST v1/messages) answer like the real
 tool call when the request has tools and no tool result yet (then a text echoing the last tool result). The real
 key must come as the provider sends it (Authorization: Bearer KEY, x-api-key: KEY); anything else is a violation
 (401). A scenario is KIND or KIND.TAG (a test's own tag keeps its counters and log lines apart): ok, flaky (the
-first request of the scenario gets 503), nousage (no usage anywhere), echokey (401 whose message has the full key),
+first request of the scenario gets 503), nousage (no usage anywhere), echokey (401 whose message has the full key), leakkey (a 200 answer holding the key, sent in two
+writes split inside it),
 slow (streams with 0.4 s between chunks),
 down (every request gets 503). Each gateway request is logged to --requests as a JSON line.
 Writes its port to --port-file when ready.
@@ -351,6 +352,23 @@ class Handler(BaseHTTPRequestHandler):
             if openai:
                 return error(401, f"Incorrect API key provided: {self.server.key}. You can find your API key at https://platform.openai.com/account/api-keys.", "invalid_api_key")
             return error(401, f"invalid x-api-key: {self.server.key}", "authentication_error")
+        if kind == "leakkey" and openai and not stream:
+            # A successful answer that holds the key, written in two sends split inside the key (the
+            # gateway must redact it across its chunk boundary).
+            data = json.dumps({"id": "chatcmpl-fake", "object": "chat.completion", "model": body["model"],
+                               "choices": [{"index": 0, "message": {"role": "assistant", "content": f"the key is {self.server.key}!"},
+                                            "finish_reason": "stop"}],
+                               "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}}).encode()
+            cut = data.index(self.server.key.encode()) + len(self.server.key) // 2
+            log(usage={"prompt_tokens": 3, "completion_tokens": 5}, tool_call=False)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[:cut]); self.wfile.flush()
+            time.sleep(0.2)
+            self.wfile.write(data[cut:]); self.wfile.flush()
+            return
         delay = 0.4 if kind == "slow" else 0
 
         # The answer: one tool call when there are tools and no tool result yet, else text.
