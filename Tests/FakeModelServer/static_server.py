@@ -3,7 +3,7 @@
 tests: the "allowed host" and the local package index that pip installs from through agentbox's proxy.
 With --make-index NAME, first writes a PEP 503 index with one pure-Python wheel of NAME (version 1.0,
 module NAME_mod with VALUE = 42) under DIR/simple/NAME/."""
-import argparse, base64, hashlib, http.server, os, socketserver, sys, zipfile
+import argparse, base64, hashlib, http.server, os, shutil, socketserver, sys, threading, time, zipfile
 
 
 def make_wheel(root, name):
@@ -37,6 +37,20 @@ def main():
     p.add_argument("--port-file", required=True)
     p.add_argument("--make-index")
     a = p.parse_args()
+    # Die with the test process that started us (a static server of a test suite is never stopped), and
+    # take the folder it served (made by that test process for it alone) with it.
+    parent = os.getppid()
+    def watchdog():
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        shutil.rmtree(a.dir, ignore_errors=True)
+        for f in (a.port_file, a.port_file + ".tmp"):
+            try:
+                os.unlink(f)
+            except OSError:
+                pass
+        os._exit(0)
+    threading.Thread(target=watchdog, daemon=True).start()
     if a.make_index:
         make_wheel(a.dir, a.make_index)
     os.chdir(a.dir)
