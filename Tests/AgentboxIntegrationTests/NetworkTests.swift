@@ -8,7 +8,8 @@ final class StaticServer: @unchecked Sendable {
     let dir: String
 
     init(makeIndex package: String? = nil) throws {
-        dir = "/tmp/agentbox-static-\(UUID().uuidString.prefix(8))"
+        // Inside the tests' install folder: removed with it when the test process exits.
+        dir = TestEnv.installDir + "/static-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try "hello from the allowed host\n".write(toFile: dir + "/index.html", atomically: true, encoding: .utf8)
         let portFile = dir + ".port"
