@@ -88,7 +88,8 @@ public final class JournaledRun {
         let delegate = Delegate(writer: writer, gather: gather, policy: policy, recorder: recorder)
         if let gateway {
             box.apiHandler = gateway
-            delegate.gateway = GatewayRecorder(gateway: gateway, writer: writer, recorder: recorder, grace: budgetGrace, box: box, warn: warn)
+            delegate.gateway = GatewayRecorder(gateway: gateway, writer: writer, recorder: recorder, grace: budgetGrace,
+                                               bodyCap: policy.limits.journalOutput, box: box, warn: warn)
         }
 
         let result: SandboxResult

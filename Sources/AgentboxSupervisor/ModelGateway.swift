@@ -362,6 +362,12 @@ final class StreamRelay: @unchecked Sendable {
             }
             if keep && !send(block) { return false }
         }
+        // An answer that is not the event stream asked for (no blank line in 1 MiB) is passed on as it
+        // comes instead of being held whole.
+        if pending.count > 1 << 20 {
+            defer { pending = [] }
+            return send(pending)
+        }
         return true
     }
 
@@ -502,8 +508,18 @@ final class GatewayRecorder {
     weak var box: Sandbox?
     let warn: (String) -> Void
     var exhaustedAt: Double? = nil
+    /// The agent decides how many calls it makes, and how big: bodies and texts journaled in all are
+    /// bounded by the run's `--journal-output` cap (then only their sizes), and refused or failed calls
+    /// (which cost nothing upstream and can come back to back) by `maxErrorRecords` (then only counted).
+    let bodyCap: UInt64
+    var bodyBytes: UInt64 = 0
+    static let maxErrorRecords = 1000
+    var errorRecords = 0
+    var warnedBodies = false
 
-    init(gateway: ModelGateway, writer: JournalWriter, recorder: ServiceRecorder, grace: Double, box: Sandbox, warn: @escaping (String) -> Void) {
+    init(gateway: ModelGateway, writer: JournalWriter, recorder: ServiceRecorder, grace: Double, bodyCap: UInt64, box: Sandbox,
+         warn: @escaping (String) -> Void) {
+        self.bodyCap = bodyCap
         self.gateway = gateway
         self.writer = writer
         self.recorder = recorder
@@ -512,13 +528,40 @@ final class GatewayRecorder {
         self.warn = warn
     }
 
+    /// `value` when the run's body budget still has room for it, else a note of its size.
+    func bounded(_ value: JSON) throws(AgentboxError) -> JSON {
+        let size = UInt64(value.serializedBytes.count)
+        if bodyBytes + size <= bodyCap {
+            bodyBytes += size
+            return value
+        }
+        if !warnedBodies {
+            warnedBodies = true
+            let message = "model call bodies past the journal's cap of \(Units.formatSize(bodyCap)) are not stored (their sizes are)"
+            warn(message)
+            _ = try writer.append(.warning, .object([("message", .string(message))]), critical: false)
+        }
+        return .object([("omitted", "journal cap"), ("bytes", .number(Double(size)))])
+    }
+
+    /// Whether one more refused or failed call is written (false, counted, past the cap).
+    func admitError() throws(AgentboxError) -> Bool {
+        errorRecords += 1
+        if errorRecords == GatewayRecorder.maxErrorRecords + 1 {
+            let message = "\(GatewayRecorder.maxErrorRecords) refused or failed model calls recorded: later ones are not"
+            warn(message)
+            _ = try writer.append(.warning, .object([("message", .string(message))]), critical: false)
+        }
+        return errorRecords <= GatewayRecorder.maxErrorRecords
+    }
+
     func record() throws(AgentboxError) {
         for event in gateway.take() {
             switch event {
             case let .request(id, provider, path, model, stream, body):
                 _ = try writer.append(.modelRequest, .object([
                     ("call", .number(Double(id))), ("provider", .string(provider.rawValue)), ("path", .string(path)),
-                    ("model", .string(model)), ("stream", .bool(stream)), ("body", body),
+                    ("model", .string(model)), ("stream", .bool(stream)), ("body", try bounded(body)),
                 ]), critical: false)
             case let .retry(id, notice):
                 _ = try writer.append(.modelAttempt, .object([("call", .number(Double(id))), ("retry", .string(notice))]), critical: false)
@@ -526,17 +569,19 @@ final class GatewayRecorder {
                 var data: [(String, JSON)] = [
                     ("call", .number(Double(id))), ("status", .number(Double(status))), ("usage", usage.json),
                     ("usage_estimated", .bool(estimated)), ("cost", cost.map { .number($0) } ?? .null), ("ms", .number(Double(ms))),
-                    ("attempts", .number(Double(attempts))), ("text", .string(text)),
+                    ("attempts", .number(Double(attempts))), ("text", try bounded(.string(text))),
                 ]
-                if let body { data.append(("body", body)) }
+                if let body { data.append(("body", try bounded(body))) }
                 if let cut { data.append(("cut", .string(cut))) }
                 _ = try writer.append(.modelResponse, .object(data), critical: false)
             case let .failed(id, status, message, attempts):
+                guard try admitError() else { continue }
                 _ = try writer.append(.modelError, .object([
                     ("call", .number(Double(id))), ("status", .number(Double(status))), ("message", .string(message)),
                     ("attempts", .number(Double(attempts))),
                 ]), critical: false)
             case let .refused(id, reason):
+                guard try admitError() else { continue }
                 _ = try writer.append(.modelError, .object([("call", .number(Double(id))), ("refused", .string(reason))]), critical: false)
             case let .exhausted(why):
                 let used = gateway.used

@@ -41,6 +41,7 @@ final class ServiceRecorder {
                                               ("method", .string(c.method)), ("decision", .string(c.allowed ? "allowed" : "denied"))]
                 data.append((c.allowed ? "rule" : "reason", .string(c.reason)))
                 if let a = c.address { data.append(("address", .string(a))) }
+                if let e = c.error { data.append(("error", .string(e))) }
                 _ = try writer?.append(.netConnect, .object(data), critical: false)
             case let .netClosed(id, sent, received, seconds):
                 guard try admitNetRecord() else { continue }

@@ -427,7 +427,8 @@ struct Logs: ParsableCommand {
         case .modelError? where d["call"] != nil:
             Console.write(Style.dim("[\(r.seq)] model call \(d["call"]?.intValue ?? 0) " + (d["refused"] != nil ? "refused: \(field("refused"))" : "failed: \(field("message"))")))
         case .netConnect?:
-            let how = d["decision"]?.stringValue == "allowed" ? "allowed by \(field("rule"))" : "DENIED: \(field("reason"))"
+            var how = d["decision"]?.stringValue == "allowed" ? "allowed by \(field("rule"))" : "DENIED: \(field("reason"))"
+            if d["error"] != nil { how += ", failed: \(field("error"))" }
             Console.write(Style.dim("[\(r.seq)] net \(field("method")) \(field("host")):\(d["port"]?.intValue ?? 0) \(how)"))
         case .modelResponse?:
             let turn = d["turn"] ?? .null

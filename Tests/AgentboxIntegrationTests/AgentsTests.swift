@@ -207,6 +207,28 @@ struct AgentsTests {
         #expect(r.records("run.ended").first?["state"] as? String == "budget", "\(r.journal)")
     }
 
+    @Test func refusedCallsBackToBackAreRecordedUpToACap() throws {
+        // Past the budget every call is refused at once, so an agent can make thousands a second: the
+        // journal keeps the first 1000 and says it stopped.
+        let s = tag("ok")
+        let script = """
+            import http.client, json
+            body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+            codes = {}
+            for i in range(1101):
+                c = http.client.HTTPConnection("127.0.0.1", 3129)
+                c.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+                r = c.getresponse(); r.read(); c.close()
+                codes[r.status] = codes.get(r.status, 0) + 1
+            print(sorted(codes.items()))
+            """
+        let r = agentRun(s, ["--max-steps", "1"], ["/usr/bin/python3", "-c", script], env: ["AGENTBOX_GRACE": "60"])
+        defer { r.remove() }
+        #expect(r.result.code == 3 && r.result.out.contains("[(200, 1), (403, 1100)]"), "\(r.result)")
+        #expect(r.records("model.error").count == 1000, "\(r.records("model.error").count) refusal records")
+        #expect(r.records("warning").contains { ($0["message"] as? String)?.contains("later ones are not") == true }, "\(r.journal)")
+    }
+
     @Test func onceABudgetIsOutListingAndCountingAreRefusedToo() throws {
         let s = tag("ok")
         let script = """

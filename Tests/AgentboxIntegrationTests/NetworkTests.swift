@@ -48,6 +48,7 @@ final class StaticServer: @unchecked Sendable {
             echo "denied: $(curl -s -o /dev/null -w '%{http_code}' http://evil.test:\(port)/)"
             echo "literal: $(curl -s --noproxy '' -o /dev/null -w '%{http_code}' http://127.0.0.1:\(port)/)"
             echo "localhost: $(curl -s --noproxy '' -o /dev/null -w '%{http_code}' http://localhost:\(port)/)"
+            echo "closed port: $(curl -s -o /dev/null -w '%{http_code}' http://pkgs.test:1/)"
             curl -s --noproxy '*' --max-time 5 http://pkgs.test:\(port)/ >/dev/null 2>&1; echo "direct: $?"
             curl -s --noproxy '*' --max-time 5 http://127.0.0.1:\(port)/ >/dev/null 2>&1; echo "host loopback: $?"
             python3 -c 'import socket
@@ -70,8 +71,14 @@ final class StaticServer: @unchecked Sendable {
         let records = journal(h, "net1")
         let connects = records.filter { $0["type"] as? String == "net.connect" }.compactMap { $0["data"] as? [String: Any] }
         let allowed = connects.filter { $0["decision"] as? String == "allowed" }
-        #expect(allowed.count == 1 && allowed.first?["host"] as? String == "pkgs.test" && allowed.first?["address"] as? String == "127.0.0.1",
+        #expect(r.out.contains("closed port: 502"), "\(r)")
+        let reached = allowed.filter { $0["error"] == nil }
+        #expect(reached.count == 1 && reached.first?["host"] as? String == "pkgs.test" && reached.first?["address"] as? String == "127.0.0.1",
                 "\(connects)")
+        // Allowed but unreachable: recorded as allowed (by its rule) with the error, not as a denial.
+        let failed = allowed.filter { $0["error"] != nil }
+        #expect(failed.count == 1 && failed.first?["port"] as? Int == 1 && failed.first?["rule"] as? String == "pkgs.test"
+                && (failed.first?["error"] as? String)?.contains("cannot connect") == true, "\(connects)")
         #expect(Set(connects.filter { $0["decision"] as? String == "denied" }.compactMap { $0["host"] as? String })
                 == ["evil.test", "127.0.0.1", "localhost"], "\(connects)")
         let closed = records.filter { $0["type"] as? String == "net.closed" }.compactMap { $0["data"] as? [String: Any] }

@@ -59,7 +59,7 @@ public final class NetworkProxy: SandboxService {
         let reason = [400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"][status] ?? "Error"
         let body = message + "\n"
         return Array(("HTTP/1.1 \(status) \(reason)\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\n"
-            + "Connection: close\r\nX-Agentbox-Proxy: denied\r\n\r\n" + body).utf8)
+            + "Connection: close\r\nX-Agentbox-Proxy: \(status == 403 ? "denied" : "error")\r\n\r\n" + body).utf8)
     }
 
     /// One connection from inside: the request head, the decision, the upstream connection, the relay.
@@ -76,8 +76,9 @@ public final class NetworkProxy: SandboxService {
         }
         var event = NetConnection(id: id, host: target.host, port: target.port, method: head.method, allowed: false, reason: "", address: nil)
         func deny(_ status: Int, _ why: String) {
+            // 403: the rules refused it; otherwise it was allowed and failed (the rule stays the reason).
             event.allowed = status != 403
-            event.reason = why
+            if event.allowed { event.error = why } else { event.reason = why }
             inbox.post(.netConnect(event))
             let text = status == 403 ? "agentbox proxy: \(target.host):\(target.port) is not allowed: \(why)" : "agentbox proxy: \(why)"
             io.write(NetworkProxy.response(status, text), until: Clock.monotonic() + bounds.connect)

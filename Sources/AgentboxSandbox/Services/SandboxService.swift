@@ -40,6 +40,8 @@ public struct NetConnection: Sendable, Equatable {
     public var reason: String
     /// The address connected to (allowed connections).
     public var address: String?
+    /// Why an allowed connection could not be made (the name did not resolve, the host did not answer).
+    public var error: String? = nil
 }
 
 public struct ConfessionRequest: Sendable, Equatable {
