@@ -336,36 +336,23 @@ struct AgentsTests {
 
     // MARK: budgets
 
-    @Test func theStepBudgetRefusesCallsWithAnErrorTheSDKRaises() throws {
+    /// A budget that runs out after two calls (steps; tokens: 19 a call, the second passes 30): the
+    /// next calls get an error the SDK raises, and never reach the provider.
+    @Test(arguments: [(["--max-steps", "2"], "openai_client.py", "step budget (2 model calls) is used up", "step budget"),
+                      (["--max-tokens", "30"], "anthropic_client.py", "token budget (30) is used up", "token budget")])
+    func aBudgetRefusesCallsWithAnErrorTheSDKRaises(options: [String], program: String, message: String, words: String) throws {
         let s = tag("ok")
-        let r = agentRun(s, ["--max-steps", "2"], client("openai_client.py", ["plain", "plain", "plain", "plain"]))
+        let r = agentRun(s, options, client(program, ["plain", "plain", "plain", "plain"]))
         defer { r.remove() }
         #expect(r.result.code == 3, "\(r.result)")
         for n in 0..<2 { #expect(r.call("plain", n)?["ok"] as? Bool == true, "\(r.result)") }
         for n in 2..<4 {
             let line = try #require(r.call("plain", n), "\(r.result)")
             #expect(line["error"] as? String == "PermissionDeniedError" && line["status"] as? Int == 403, "\(line)")
-            #expect((line["message"] as? String)?.contains("step budget (2 model calls) is used up") == true, "\(line)")
+            #expect((line["message"] as? String)?.contains(message) == true, "\(line)")
         }
         #expect(Self.upstream.received(s).count == 2, "refused calls never reach the provider")
-        try expectBudgetEnding(r, "step budget")
-        expectKeyStayedOutside(r)
-    }
-
-    @Test func theTokenBudgetRefusesCallsWithAnErrorTheSDKRaises() throws {
-        let s = tag("ok")
-        // 19 tokens a call: the second passes 30.
-        let r = agentRun(s, ["--max-tokens", "30"], client("anthropic_client.py", ["plain", "plain", "plain", "plain"]))
-        defer { r.remove() }
-        #expect(r.result.code == 3, "\(r.result)")
-        for n in 0..<2 { #expect(r.call("plain", n)?["ok"] as? Bool == true, "\(r.result)") }
-        for n in 2..<4 {
-            let line = try #require(r.call("plain", n), "\(r.result)")
-            #expect(line["error"] as? String == "PermissionDeniedError" && line["status"] as? Int == 403, "\(line)")
-            #expect((line["message"] as? String)?.contains("token budget (30) is used up") == true, "\(line)")
-        }
-        #expect(Self.upstream.received(s).count == 2, "refused calls never reach the provider")
-        try expectBudgetEnding(r, "token budget")
+        try expectBudgetEnding(r, words)
         expectKeyStayedOutside(r)
     }
 

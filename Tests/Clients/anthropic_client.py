@@ -5,7 +5,7 @@ raised). First it prints the key variables it sees and whether the real key (kno
 --key-length only) is anywhere in its environment.
 
 Calls: plain, stream (messages.stream), tools (a tool round trip, not streamed), stream_tools (streamed)."""
-import argparse, json, os, sys
+import json, os, sys
 
 sys.dont_write_bytecode = True  # no __pycache__ in the repo or the workspace
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -51,22 +51,7 @@ def do(client, name):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--key-sha256", default="")
-    ap.add_argument("--key-length", type=int, default=0)
-    ap.add_argument("calls", nargs="*")
-    args = ap.parse_args()
-    seen = {k: os.environ.get(k) for k in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL")}
-    print(json.dumps(dict({"env": seen}, **keyscan.scan(args.key_sha256, args.key_length))), flush=True)
-    client = anthropic.Anthropic()
-    for name in args.calls:
-        try:
-            out = dict({"call": name, "ok": True}, **do(client, name))
-        except anthropic.APIStatusError as e:
-            out = {"call": name, "ok": False, "error": type(e).__name__, "status": e.status_code, "message": str(e)}
-        except anthropic.APIError as e:
-            out = {"call": name, "ok": False, "error": type(e).__name__, "message": str(e)}
-        print(json.dumps(out), flush=True)
+    keyscan.run_calls(anthropic, anthropic.Anthropic, do)
 
 
 if __name__ == "__main__":

@@ -23,3 +23,25 @@ def scan(sha256, length):
                 places.append(where)
                 break
     return {"key_scan": "found" if places else "not found", "key_places": places, "scanned": len(sources)}
+
+
+def run_calls(sdk, client, do):
+    """The client programs' main: their arguments, the key scan line, then each named call's JSON line
+    (what `do(client, name)` returned, or the error `sdk` raised)."""
+    import argparse, json
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--key-sha256", default="")
+    ap.add_argument("--key-length", type=int, default=0)
+    ap.add_argument("calls", nargs="*")
+    args = ap.parse_args()
+    seen = {k: os.environ.get(k) for k in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL")}
+    print(json.dumps(dict({"env": seen}, **scan(args.key_sha256, args.key_length))), flush=True)
+    client = client()
+    for name in args.calls:
+        try:
+            out = dict({"call": name, "ok": True}, **do(client, name))
+        except sdk.APIStatusError as e:
+            out = {"call": name, "ok": False, "error": type(e).__name__, "status": e.status_code, "message": str(e)}
+        except sdk.APIError as e:
+            out = {"call": name, "ok": False, "error": type(e).__name__, "message": str(e)}
+        print(json.dumps(out), flush=True)
