@@ -5,7 +5,7 @@ raised). First it prints the key variables it sees and whether the real key (kno
 --key-length only) is anywhere in its environment.
 
 Calls: plain, stream (messages.stream), tools (a tool round trip, not streamed), stream_tools (streamed)."""
-import json, os, sys
+import os, sys
 
 sys.dont_write_bytecode = True  # no __pycache__ in the repo or the workspace
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
