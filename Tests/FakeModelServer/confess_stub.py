@@ -13,10 +13,10 @@ Usage: confess_stub.py --requests FILE --port-file FILE
 import argparse
 import json
 import http.server
-import os
-import signal
-import threading
-import time
+import sys
+
+sys.dont_write_bytecode = True  # no __pycache__ next to the script
+import testserver  # noqa: E402
 
 FAIL_MESSAGE = "the confession feed is full \x1b[31mred\x1b[0m"
 
@@ -67,20 +67,8 @@ def main():
     args = parser.parse_args()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.requests = args.requests
-    # The test runner's children may inherit SIGTERM blocked or ignored: terminate() must still work.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
-    parent = os.getppid()
-
-    def orphaned():
-        while os.getppid() == parent:
-            time.sleep(0.2)
-        os._exit(0)
-
-    threading.Thread(target=orphaned, daemon=True).start()
-    with open(args.port_file + ".tmp", "w") as f:
-        f.write(str(server.server_address[1]))
-    os.rename(args.port_file + ".tmp", args.port_file)
+    testserver.die_with_parent()
+    testserver.announce_port(server.server_address[1], args.port_file)
     server.serve_forever()
 
 

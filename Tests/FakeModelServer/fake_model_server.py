@@ -20,8 +20,11 @@ down (every request gets 503). Each gateway request is logged to --requests as a
 Writes its port to --port-file when ready.
 Usage: fake_model_server.py --key KEY --violations FILE --port-file FILE [--requests FILE]
 """
-import argparse, json, os, sys, threading, time
+import argparse, json, sys, threading, time
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+
+sys.dont_write_bytecode = True
+import testserver
 
 OPENAI_STREAM = [
     {"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
@@ -681,13 +684,7 @@ def main():
     ap.add_argument("--tls-key")
     ap.add_argument("--requests", help="gateway mode: log each request to this file as a JSON line")
     args = ap.parse_args()
-    # Die with the test process that started us (it may exit without stopping us).
-    parent = os.getppid()
-    def watchdog():
-        while os.getppid() == parent:
-            time.sleep(0.2)
-        os._exit(0)
-    threading.Thread(target=watchdog, daemon=True).start()
+    testserver.die_with_parent()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     if args.tls_cert:
         import ssl
@@ -697,9 +694,7 @@ def main():
     server.key = args.key
     server.violations = args.violations
     server.requests = args.requests
-    with open(args.port_file + ".tmp", "w") as f:
-        f.write(str(server.server_address[1]))
-    os.rename(args.port_file + ".tmp", args.port_file)
+    testserver.announce_port(server.server_address[1], args.port_file)
     server.serve_forever()
 
 

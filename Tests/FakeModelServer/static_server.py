@@ -3,7 +3,10 @@
 tests: the "allowed host" and the local package index that pip installs from through agentbox's proxy.
 With --make-index NAME, first writes a PEP 503 index with one pure-Python wheel of NAME (version 1.0,
 module NAME_mod with VALUE = 42) under DIR/simple/NAME/."""
-import argparse, base64, hashlib, http.server, os, shutil, socketserver, sys, threading, time, zipfile
+import argparse, base64, hashlib, http.server, os, socketserver, sys, zipfile
+
+sys.dont_write_bytecode = True
+import testserver
 
 
 def make_wheel(root, name):
@@ -37,20 +40,8 @@ def main():
     p.add_argument("--port-file", required=True)
     p.add_argument("--make-index")
     a = p.parse_args()
-    # Die with the test process that started us (a static server of a test suite is never stopped), and
-    # take the folder it served (made by that test process for it alone) with it.
-    parent = os.getppid()
-    def watchdog():
-        while os.getppid() == parent:
-            time.sleep(0.2)
-        shutil.rmtree(a.dir, ignore_errors=True)
-        for f in (a.port_file, a.port_file + ".tmp"):
-            try:
-                os.unlink(f)
-            except OSError:
-                pass
-        os._exit(0)
-    threading.Thread(target=watchdog, daemon=True).start()
+    # The folder it serves was made by the test process for it alone: it goes with it.
+    testserver.die_with_parent(remove=(a.dir, a.port_file, a.port_file + ".tmp"))
     if a.make_index:
         make_wheel(a.dir, a.make_index)
     os.chdir(a.dir)
@@ -64,10 +55,7 @@ def main():
         allow_reuse_address = True
 
     server = Server(("127.0.0.1", 0), Quiet)
-    tmp = a.port_file + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(str(server.server_address[1]))
-    os.rename(tmp, a.port_file)
+    testserver.announce_port(server.server_address[1], a.port_file)
     server.serve_forever()
 
 
