@@ -12,6 +12,7 @@ public enum WireTag: UInt8, Sendable {
     case execFailed = 13
     case exited = 14
     case listening = 15
+    case timing = 16
     // agent messages, both directions (AgentWire)
     case agentMore = 30
     case agentLast = 31
@@ -86,7 +87,7 @@ public struct FileIdentity: Equatable, Sendable {
 
 /// Everything the init needs to finish building the sandbox and start the command.
 public struct SetupSpec: Equatable, Sendable {
-    public static let version: UInt32 = 4
+    public static let version: UInt32 = 5
 
     public var hostname = "agentbox"
     /// The uid/gid the command runs as, inside the sandbox.
@@ -126,6 +127,8 @@ public struct SetupSpec: Equatable, Sendable {
     /// confines itself; the listening sockets go to the supervisor with `ready` (SCM_RIGHTS), in this
     /// order, and serve the sandbox from outside (docs/network.md).
     public var listenPorts: [UInt16] = []
+    /// AGENTBOX_TIMING: the init reports its own phases (`InitMessage.timing`) before `ready`.
+    public var timing = false
 
     public init() {}
 
@@ -166,6 +169,7 @@ public struct SetupSpec: Equatable, Sendable {
         w.u32(outputLimit)
         w.u32(UInt32(listenPorts.count))
         for p in listenPorts { w.u32(UInt32(p)) }
+        w.u8(timing ? 1 : 0)
         return w.bytes
     }
 
@@ -212,6 +216,7 @@ public struct SetupSpec: Equatable, Sendable {
             guard let p = UInt16(exactly: try r.u32()), p > 0 else { throw WireError(description: "a listening port out of range") }
             s.listenPorts.append(p)
         }
+        s.timing = try r.u8() != 0
         return s
     }
 }
@@ -230,6 +235,8 @@ public enum InitMessage: Equatable, Sendable {
     case exited(status: Int32)
     /// The listening sockets of `SetupSpec.listenPorts` are attached (SCM_RIGHTS), in that order.
     case listening(count: Int32)
+    /// AGENTBOX_TIMING (`SetupSpec.timing`): microseconds the init spent in one phase of its setup.
+    case timing(phase: String, micros: UInt32)
 
     public func encode() -> [UInt8] {
         switch self {
@@ -240,6 +247,7 @@ public enum InitMessage: Equatable, Sendable {
         case let .execFailed(err, path): var w = WireWriter(.execFailed); w.i32(err); w.string(path); return w.bytes
         case let .exited(status): var w = WireWriter(.exited); w.i32(status); return w.bytes
         case let .listening(count): var w = WireWriter(.listening); w.i32(count); return w.bytes
+        case let .timing(phase, micros): var w = WireWriter(.timing); w.string(phase); w.u32(micros); return w.bytes
         }
     }
 
@@ -252,6 +260,7 @@ public enum InitMessage: Equatable, Sendable {
         case .execFailed: return .execFailed(errno: try r.i32(), path: try r.string())
         case .exited: return .exited(status: try r.i32())
         case .listening: return .listening(count: try r.i32())
+        case .timing: return .timing(phase: try r.string(), micros: try r.u32())
         default: throw WireError(description: "unexpected message \(r.tag) from init")
         }
     }

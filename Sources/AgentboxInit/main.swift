@@ -32,6 +32,25 @@ func listen(_ ports: [UInt16]) throws(SetupFailure) -> [Int32] {
     return fds
 }
 
+/// AGENTBOX_TIMING: the init's own phases, each reported to the supervisor as it ends (it prints them
+/// with its own). Off, a mark costs one branch.
+struct PhaseClock {
+    let enabled: Bool
+    var last: Double
+
+    init(enabled: Bool, since start: Double) {
+        self.enabled = enabled
+        last = start
+    }
+
+    mutating func mark(_ phase: String) {
+        guard enabled else { return }
+        let now = Clock.monotonic()
+        send(.timing(phase: phase, micros: UInt32(clamping: Int(((now - last) * 1_000_000).rounded()))))
+        last = now
+    }
+}
+
 /// A setup step that failed: reported to the supervisor (which prints it), then exit 125.
 struct SetupFailure: Error {
     let stage: String
@@ -148,7 +167,7 @@ func identity(_ fd: Int32) -> FileIdentity {
 /// Builds the new root. Like bubblewrap: a staging tmpfs on /tmp becomes the root first, with the host's
 /// root at /oldroot (so any host path, /tmp's included, can be a bind source) and the final root at
 /// /newroot; after the binds the host is detached and /newroot becomes /.
-func buildFilesystem(_ spec: SetupSpec) throws(SetupFailure) {
+func buildFilesystem(_ spec: SetupSpec, _ clock: inout PhaseClock) throws(SetupFailure) {
     try check(mount("", "/", nil, UInt(MS_REC | MS_PRIVATE), nil), "make mounts private")
     try check(mount("agentbox-staging", "/tmp", "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=0755,size=64k"), "mount the staging tmpfs")
     try mkdirs("/tmp/oldroot")
@@ -183,6 +202,7 @@ func buildFilesystem(_ spec: SetupSpec) throws(SetupFailure) {
         try check(symlink(target, root + "/dev/" + name), "create /dev/\(name)")
     }
 
+    clock.mark("mounts: /proc, /dev")
     // /tmp: private and size-capped.
     try mkdirs(root + "/tmp")
     try check(mount("agentbox-tmp", root + "/tmp", "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=1777,size=\(spec.tmpSize),nr_inodes=\(SharedResourceBounds.inodes(spec.tmpSize))"),
@@ -258,6 +278,7 @@ func buildFilesystem(_ spec: SetupSpec) throws(SetupFailure) {
             try check(mount("", path, nil, UInt(MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | (readOnly ? MS_RDONLY : 0)) | locked, nil), what)
         }
     }
+    clock.mark("mounts: binds")
     // The idmapped mount fds (4, 5, ...) are attached now; nothing else is open above the channel but
     // the signalfd, which must stay.
     for fd in spec.mountFds where fd >= 0 { close(channel + 1 + fd) }
@@ -272,6 +293,7 @@ func buildFilesystem(_ spec: SetupSpec) throws(SetupFailure) {
     try setReadOnly("/dev", recursive: false)
     try setReadOnly("/", recursive: false)
     try check(chdir(spec.workdir), "chdir \(spec.workdir)")
+    clock.mark("mounts: pivot")
 }
 
 /// Landlock: read and execute everywhere, writes only where the policy says. Returns the ABI in force
@@ -335,7 +357,7 @@ func boundSharedResources() throws(SetupFailure) {
     }
 }
 
-func confine(_ spec: SetupSpec) throws(SetupFailure) -> Int32 {
+func confine(_ spec: SetupSpec, _ clock: inout PhaseClock) throws(SetupFailure) -> Int32 {
     for (resource, value) in spec.rlimits {
         try check(ab_set_rlimit(resource, value, value), "setrlimit \(resource)")
     }
@@ -351,7 +373,9 @@ func confine(_ spec: SetupSpec) throws(SetupFailure) -> Int32 {
         if differs != 0 { throw SetupFailure(stage: "drop capabilities", code: 0, detail: "capabilities remain after the drop") }
     }
     try check(ab_set_no_new_privs(), "no_new_privs")
+    clock.mark("credentials")
     let abi = try applyLandlock(spec)
+    clock.mark("landlock")
     for (i, program) in spec.seccompPrograms.enumerated() where !program.isEmpty {
         let rc = program.withUnsafeBytes { ab_seccomp_load($0.baseAddress!, $0.count) }
         try check(rc, i == 0 ? "load the file-mode guard (seccomp)" : "load the seccomp filter")
@@ -363,6 +387,7 @@ func confine(_ spec: SetupSpec) throws(SetupFailure) -> Int32 {
     try check(ab_set_pdeathsig(SIGKILL), "arm the parent-death signal")
     var pfd = pollfd(fd: channel, events: 0, revents: 0)
     if poll(&pfd, 1, 0) == 1 && pfd.revents & Int16(POLLHUP | POLLERR) != 0 { exit(125) }
+    clock.mark("seccomp")
     return abi
 }
 
@@ -382,6 +407,7 @@ func startCommand(_ spec: SetupSpec) -> pid_t? {
 }
 
 func main() -> Int32 {
+    let mainStarted = Clock.monotonic()
     // The channel must never reach the command: it could forge reports to the supervisor.
     _ = fcntl(channel, F_SETFD, FD_CLOEXEC)
     // SOCK_SEQPACKET: peek with MSG_TRUNC for the packet's size, then read it whole.
@@ -398,6 +424,8 @@ func main() -> Int32 {
         return 125
     }
     buffer = []
+    var clock = PhaseClock(enabled: spec.timing, since: mainStarted)
+    clock.mark("read the setup")
     // SIGCHLD and the like are read from a signalfd; nothing else reaches PID 1 but SIGKILL.
     var mask = sigset_t()
     sigemptyset(&mask)
@@ -408,7 +436,7 @@ func main() -> Int32 {
     do {
         try check(sigfd, "signalfd")
         try check(ab_unshare(AB_CLONE_NEWCGROUP), "enter a cgroup namespace")
-        try buildFilesystem(spec)
+        try buildFilesystem(spec, &clock)
         try check(sethostname(spec.hostname, spec.hostname.utf8.count), "sethostname")
         try check(ab_loopback_up(), "bring loopback up")
         let listeners = try listen(spec.listenPorts)
@@ -416,8 +444,10 @@ func main() -> Int32 {
             send(.listening(count: Int32(listeners.count)), fds: listeners)
             for fd in listeners { close(fd) }
         }
+        clock.mark("network")
         try boundSharedResources()
-        landlockABI = try confine(spec)
+        clock.mark("kernel bounds")
+        landlockABI = try confine(spec, &clock)
     } catch {
         send(.failed(stage: error.stage, errno: error.code, detail: error.detail))
         return 125

@@ -215,6 +215,7 @@ struct SandboxLauncher {
         if let t = policy.limits.timeout { spec.shellTimeoutMax = UInt32(min(Double(UInt32.max), max(1, t.rounded(.up)))) }
         spec.landlockMode = policy.profile.landlock == .off ? 0 : (policy.profile.landlock == .required ? 2 : 1)
         spec.writablePaths = ["/tmp", "/dev/shm"] + policy.mounts.filter(\.writable).map(\.target)
+        spec.timing = timing.enabled
         spec.seccompPrograms = [try SeccompCache.guardProgram()]
         if let path = policy.profile.seccomp {
             spec.seccompPrograms.append(try SeccompCache.program(for: path))
@@ -413,8 +414,14 @@ final class Timing {
     func mark(_ phase: String) {
         guard enabled else { return }
         let now = Clock.monotonic()
-        let line = Array("agentbox: timing: \(phase) \(Int(((now - last) * 1_000_000).rounded())) us\n".utf8)
-        _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+        report(phase, micros: Int(((now - last) * 1_000_000).rounded()))
         last = now
+    }
+
+    /// A phase measured elsewhere (the init's own, within "init setup").
+    func report(_ phase: String, micros: Int) {
+        guard enabled else { return }
+        let line = Array("agentbox: timing: \(phase) \(micros) us\n".utf8)
+        _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
     }
 }

@@ -349,6 +349,8 @@ struct Supervision {
         case let .exited(status):
             timing.mark("command run")
             ending.commandStatus = status
+        case let .timing(phase, micros):
+            timing.report("init: " + phase, micros: Int(micros))
         }
     }
 }

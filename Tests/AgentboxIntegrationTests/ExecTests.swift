@@ -16,6 +16,23 @@ import Testing
         #expect(r.err.contains("oops"))
     }
 
+
+    @Test func timingNamesTheSupervisorsAndTheInitsPhasesOnlyWhenAsked() {
+        func phases(_ err: String) -> [String] {
+            err.split(separator: "\n").filter { $0.hasPrefix("agentbox: timing: ") && $0.hasSuffix(" us") }
+                .map { String($0.dropFirst("agentbox: timing: ".count).dropLast(3)).split(separator: " ").dropLast().joined(separator: " ") }
+        }
+        let timed = exec([], ["/bin/sh", "-c", "echo out; echo err >&2"], env: ["AGENTBOX_TIMING": "1"])
+        #expect(timed.code == 0 && timed.out == "out\n", "\(timed)")
+        let names = phases(timed.err)
+        for phase in ["policy", "clone", "init: read the setup", "init: mounts: binds", "init: seccomp", "init setup", "command run", "teardown"] {
+            #expect(names.contains(phase), "\(phase) missing from \(names)")
+        }
+        // The init's phases come before the end of its setup, which they are part of.
+        #expect(names.firstIndex(of: "init: seccomp")! < names.firstIndex(of: "init setup")!)
+        let quiet = exec([], ["/bin/sh", "-c", "echo err >&2"])
+        #expect(quiet.err == "err\n", "\(quiet)")
+    }
     @Test func notFoundIs127AndNotExecutableIs126() {
         let nf = exec([], ["no-such-command-xyz"])
         #expect(nf.code == 127, "\(nf)")
