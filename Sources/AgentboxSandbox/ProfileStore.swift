@@ -172,13 +172,17 @@ public enum SeccompCache {
         }
     }
 
+    /// How `SeccompPolicy.compile` lays programs out: part of the key, so that a program cached by a
+    /// build that compiled differently is compiled again.
+    static let layout = "binary tree"
+
     /// The key names everything the program depends on.
     static func key(_ source: [UInt8]) -> [UInt8] {
         var uts = utsname()
         uname(&uts)
         let kernel = withUnsafeBytes(of: &uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         let lib = seccomp_version()!.pointee
-        return Array("agentbox \(AgentboxVersion.string); libseccomp \(lib.major).\(lib.minor).\(lib.micro); kernel \(kernel); source \(source.count) bytes, crc32c \(CRC32C.hex(CRC32C.checksum(source))), fnv1a \(String(fnv1a(source), radix: 16))".utf8)
+        return Array("agentbox \(AgentboxVersion.string); \(SeccompCache.layout); libseccomp \(lib.major).\(lib.minor).\(lib.micro); kernel \(kernel); source \(source.count) bytes, crc32c \(CRC32C.hex(CRC32C.checksum(source))), fnv1a \(String(fnv1a(source), radix: 16))".utf8)
     }
 
     static func program(source: [UInt8], dir: String? = cacheDir(), compile: () throws(AgentboxError) -> [UInt8]) throws(AgentboxError) -> [UInt8] {

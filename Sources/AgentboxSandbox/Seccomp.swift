@@ -250,6 +250,11 @@ public struct SeccompPolicy: Sendable {
         // Foreign-architecture syscalls (int 0x80, x32) kill the process outright.
         _ = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, 0x8000_0000)
         _ = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0)
+        // Syscalls sorted in a binary tree (libseccomp 2.5+; older ones keep the linear list): the same
+        // decisions, in a few comparisons instead of hundreds. It matters at every sandbox's start: the
+        // kernel runs the filter once per syscall number to build its cache of always-allowed calls,
+        // which made loading Docker's allowlist cost ~0.55 ms linear and ~0.19 ms as a tree (bench).
+        _ = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)
         for rule in rules where applies(rule) {
             let value = SeccompPolicy.actionValue(rule.action, errno: rule.errnoRet)
             if value == defaultValue { continue }  // libseccomp rejects rules equal to the default
