@@ -9,6 +9,15 @@ SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Static Swift stdlib for fast start (a Foundation-free init, ~1 ms). The -l flags work around
 # SwiftPM not adding FoundationEssentials' own static dependencies when linking statically.
 STATIC    := --disable-local-rpath --static-swift-stdlib -Xlinker -l_FoundationCShims -Xlinker -l_FoundationCollections -Xlinker -lswiftSynchronization
+# The supervisor also links libstdc++ and libgcc statically; glibc stays shared (NSS, and the dlopen of
+# libcurl, need it). Each shared library costs its loading, symbol binding and CPU probing at every
+# start: 1.1 ms of a Swift program's 2.8 ms on the development host (docs/benchmarks.md). The Swift
+# driver asks for `-lstdc++` itself, so a folder searched before the compiler's answers `-lstdc++` and
+# `-lgcc_s` with linker scripts naming the archives (made by `make link-archives`; when an archive is
+# missing, that library stays shared).
+ARCHIVES  := .build/link-archives
+CLANG     := $(dir $(SWIFT_BIN))clang
+STATIC    += -Xswiftc -L$(CURDIR)/$(ARCHIVES)
 BUILD_DEPS := libseccomp-dev libcap-dev libcurl4-openssl-dev pkg-config
 TEST_DEPS  := util-linux passwd procps bash coreutils python3 python3-pip python3-venv curl
 BENCH_DEPS := hyperfine bubblewrap runc python3
@@ -21,7 +30,7 @@ PYCLIENTS          ?= /var/tmp/agentbox-pyclients
 PYCLIENTS_PACKAGES := openai anthropic llm
 PYCLIENTS_STAMP     = $(PYCLIENTS)/.agentbox-installed
 
-.PHONY: all build release deps bench-deps test demo install uninstall bench fuzz clean check-swift pyclients pyclients-clean
+.PHONY: all build release link-archives deps bench-deps test demo install uninstall bench fuzz clean check-swift pyclients pyclients-clean
 
 all: build
 
@@ -55,8 +64,15 @@ QUIET_STATIC := 2>&1 | { grep --line-buffered -v -e "Using 'dlopen' in staticall
 build: check-swift deps
 	@set -o pipefail; $(SWIFT) build $(QUIET_STATIC)
 
-release: check-swift deps
+release: check-swift deps link-archives
 	@set -o pipefail; $(SWIFT) build -c release $(STATIC) $(QUIET_STATIC)
+
+link-archives:
+	@mkdir -p $(ARCHIVES); \
+	archive() { p=$$($(CLANG) -print-file-name=$$1 2>/dev/null); [ "$${p#/}" != "$$p" ] && [ -f "$$p" ] && echo "$$p"; }; \
+	script() { name=$$1; shift; files=""; for a in "$$@"; do f=$$(archive $$a) || { rm -f $(ARCHIVES)/$$name; return; }; files="$$files $$f"; done; \
+	  text="INPUT($$files )"; [ "$$(cat $(ARCHIVES)/$$name 2>/dev/null)" = "$$text" ] || echo "$$text" > $(ARCHIVES)/$$name; }; \
+	script libstdc++.so libstdc++.a; script libgcc_s.so libgcc_eh.a libgcc.a
 
 test: build $(PYCLIENTS_STAMP)
 	@set -o pipefail; $(SWIFT) test $(QUIET_STATIC)
