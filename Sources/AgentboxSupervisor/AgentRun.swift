@@ -334,6 +334,8 @@ extension AgentRun: AgentSessionHost {
 
     public func send(encoded: [UInt8]) { box.send(encoded: encoded) }
 
+    public func confirmOwnership() throws(AgentboxError) { try writer.checkFence() }
+
     public var modelBusy: Bool { worker.busy }
 
     public func startModelCall(_ conversation: Conversation, tools: [ToolDefinition]) throws(AgentboxError) {

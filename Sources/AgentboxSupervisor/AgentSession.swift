@@ -30,11 +30,15 @@ public protocol AgentSessionHost: AnyObject {
     /// Every call of step `step` has its result (0: before the first model call): the workspace's
     /// checkpoint is taken here, before the next model call.
     func stepEnded(_ step: Int) throws(AgentboxError)
+    /// Throws when this supervisor may no longer act for the run (taken over, or its lease ran out
+    /// while it was paused): checked right before a tool runs, after its `tool.call` is on disk.
+    func confirmOwnership() throws(AgentboxError)
 }
 
 extension AgentSessionHost {
     func send(_ message: AgentMessage) { send(encoded: message.encoded) }
     public func stepEnded(_ step: Int) throws(AgentboxError) {}
+    public func confirmOwnership() throws(AgentboxError) {}
 }
 
 /// The finished model call the gateway hands back.
@@ -287,7 +291,11 @@ public final class AgentSession {
                 ("seconds", .number((seconds * 1000).rounded() / 1000)),
                 ("total_tokens", .number(Double(accounting.usage.total))),
                 ("cost", accounting.cost.map { .number($0) } ?? .null),
-            ]), critical: true)
+            ]), critical: turn.toolCalls.isEmpty)
+            // A turn with tool calls: the response guards no action by itself and is made durable with
+            // the first `tool.call`, which is (one fdatasync for both, a step costs two instead of
+            // three). A crash between them loses the response, as one during the call would: the
+            // resumed run asks the model again (docs/journal.md, "Durability").
             host.progress(.modelResponse(step: accounting.steps, turn: turn, seconds: seconds, attempts: attempts.count,
                                     totalTokens: accounting.usage.total, cost: accounting.cost, elapsed: Clock.monotonic() - started))
             if attempts.count >= 3 {
@@ -378,6 +386,9 @@ public final class AgentSession {
         let argsJSON: JSON
         if case let .success(v) = parsed { argsJSON = v } else { argsJSON = .string(call.arguments) }
         try host.journal(.toolCall, .object([("id", .string(id)), ("name", .string(call.name)), ("arguments", argsJSON)]), critical: true)
+        // The record's fdatasync takes a while: a supervisor paused meanwhile (and taken over) must not
+        // run the tool when it continues.
+        try host.confirmOwnership()
         host.progress(.tool(name: call.name, arguments: argsJSON))
         let args: JSON
         switch parsed {
