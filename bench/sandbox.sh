@@ -47,7 +47,7 @@ done
 python3 - "$ROUNDS" "${#cmds[@]}" "${names[@]}" <<'PY'
 import json, statistics, sys
 rounds, n = int(sys.argv[1]), int(sys.argv[2]); names = sys.argv[3:]
-med = []
+med, p90 = [], []
 for i in range(n):
     times = []
     for r in range(1, rounds + 1):
@@ -55,10 +55,46 @@ for i in range(n):
     m = statistics.median(times) * 1000
     med.append(m)
     q = statistics.quantiles(times, n=10)
+    p90.append(q[-1] * 1000)
     print(f"{names[i]:15s} median {m:6.2f} ms   p10 {q[0]*1000:6.2f}   p90 {q[-1]*1000:6.2f}   ({len(times)} runs)")
 for i in range(1, n):
-    print(f"agentbox / {names[i]}: {med[0]/med[i]:.2f}x")
+    print(f"agentbox / {names[i]}: {med[0]/med[i]:.2f}x (p90 {p90[0]/p90[i]:.2f}x)")
 PY
+
+# Rootless: the same pair as an unprivileged user (nobody, through setpriv: both pay that exec), in a
+# folder of its own. No cgroup here without delegation: agentbox falls back to rlimits (and says so).
+if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1 && command -v setpriv >/dev/null; then
+  rl="$work/rootless"
+  mkdir -p "$rl/ws" "$rl/home"
+  chown -R "$(id -u nobody):$(id -g nobody)" "$rl"
+  chmod 755 "$work"
+  AS="setpriv --reuid=$(id -u nobody) --regid=$(id -g nobody) --clear-groups env HOME=$rl/home"
+  RL_BWRAP="${BWRAP[*]}"
+  RL_BWRAP="${RL_BWRAP//$work\/ws/$rl/ws}"
+  rlcmds=("$AS $AGENTBOX exec --workspace $rl/ws -- /usr/bin/true" "$AS $RL_BWRAP")
+  if $AS "$AGENTBOX" exec --workspace "$rl/ws" -- /usr/bin/true 2>/dev/null && $AS $RL_BWRAP; then
+    for r in $(seq "$ROUNDS"); do
+      for i in 0 1; do
+        hyperfine -N -w 2 -r "$RUNS" --export-json "rl$r-$i.json" "${rlcmds[$i]}" >/dev/null 2>&1
+      done
+    done
+    echo
+    echo "rootless (as nobody, both started through setpriv):"
+    python3 - "$ROUNDS" <<'PY'
+import json, statistics, sys
+rounds = int(sys.argv[1]); med = []
+for i, name in enumerate(["agentbox exec", "bwrap"]):
+    times = []
+    for r in range(1, rounds + 1):
+        times += json.load(open(f"rl{r}-{i}.json"))["results"][0]["times"]
+    q = statistics.quantiles(times, n=10); m = statistics.median(times) * 1000; med.append((m, q[-1] * 1000))
+    print(f"{name:15s} median {m:6.2f} ms   p10 {q[0]*1000:6.2f}   p90 {q[-1]*1000:6.2f}   ({len(times)} runs)")
+print(f"agentbox / bwrap: {med[0][0]/med[1][0]:.2f}x (p90 {med[0][1]/med[1][1]:.2f}x)")
+PY
+  else
+    echo; echo "rootless: skipped (agentbox or bwrap cannot run as nobody here)"
+  fi
+fi
 
 echo
 echo "50 concurrent execs (wall time for all 50, median of 5):"
@@ -80,5 +116,5 @@ for line in sys.stdin:
     acc[phase].append(int(us))
 for phase, v in acc.items():
     v.sort()
-    print(f"  {phase:22s} {v[len(v) // 2]:7d} {v[int(len(v) * 0.9)]:7d} {v[-1]:7d}")
+    print(f"  {phase:32s} {v[len(v) // 2]:7d} {v[int(len(v) * 0.9)]:7d} {v[-1]:7d}")
 '
