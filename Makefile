@@ -16,7 +16,7 @@ STATIC    := --disable-local-rpath --static-swift-stdlib -Xlinker -l_FoundationC
 # `-lgcc_s` with linker scripts naming the archives (made by `make link-archives`; when an archive is
 # missing, that library stays shared).
 ARCHIVES  := .build/link-archives
-CLANG     := $(dir $(SWIFT_BIN))clang
+CLANG     := $(dir $(realpath $(SWIFT_BIN)))clang
 STATIC    += -Xswiftc -L$(CURDIR)/$(ARCHIVES)
 BUILD_DEPS := libseccomp-dev libcap-dev libcurl4-openssl-dev pkg-config
 TEST_DEPS  := util-linux passwd procps bash coreutils python3 python3-pip python3-venv curl
@@ -70,7 +70,8 @@ release: check-swift deps link-archives
 link-archives:
 	@mkdir -p $(ARCHIVES); \
 	archive() { p=$$($(CLANG) -print-file-name=$$1 2>/dev/null); [ "$${p#/}" != "$$p" ] && [ -f "$$p" ] && echo "$$p"; }; \
-	script() { name=$$1; shift; files=""; for a in "$$@"; do f=$$(archive $$a) || { rm -f $(ARCHIVES)/$$name; return; }; files="$$files $$f"; done; \
+	script() { name=$$1; shift; files=""; for a in "$$@"; do f=$$(archive $$a) || { rm -f $(ARCHIVES)/$$name; \
+	  echo "note: $$a not found: the release binary links $${name%.so} as a shared library (slower start)"; return; }; files="$$files $$f"; done; \
 	  text="INPUT($$files )"; [ "$$(cat $(ARCHIVES)/$$name 2>/dev/null)" = "$$text" ] || echo "$$text" > $(ARCHIVES)/$$name; }; \
 	script libstdc++.so libstdc++.a; script libgcc_s.so libgcc_eh.a libgcc.a
 

@@ -223,24 +223,14 @@ public final class JournalWriter {
         if let d = flushDeadline, now >= d { try flush(sync: true) }
     }
 
-    /// Stops this writer for good once a newer epoch has claimed the run, or once its own lease ran
-    /// out (it was paused or starved past it: another node may be taking the run over right now): it
-    /// must not add to the run. Its claim is not released and nothing is cut from the file (a new owner
-    /// writes there).
+    /// Stops this writer for good once a newer epoch has claimed the run: it must not add to it. Its
+    /// claim is not released and nothing is cut from the file (the new owner writes there).
     public func checkFence(now: Double = Clock.monotonic()) throws(AgentboxError) {
         fenceCheckedAt = now
-        guard let lease else { return }
-        let error: AgentboxError
-        if lease.superseded {
-            let owner = Lease.current(lease.runDir)
-            error = AgentboxError(stage: "lease", "the run was taken over by another supervisor (epoch \(lease.epoch + 1)\(owner.map { ": \($0.description)" } ?? "")): this one stops without writing or running anything more",
+        guard let lease, lease.superseded else { return }
+        let owner = Lease.current(lease.runDir)
+        let error = AgentboxError(stage: "lease", "the run was taken over by another supervisor (epoch \(lease.epoch + 1)\(owner.map { ": \($0.description)" } ?? "")): this one stops without writing or running anything more",
                                   hint: "nothing is lost: the new owner continues the run from its journal")
-        } else if lease.lapsed {
-            error = AgentboxError(stage: "lease", "this supervisor's lease on the run ran out (it was paused or starved for over \(Int(lease.seconds)) s): another node may be taking the run over, so this one stops without writing or running anything more",
-                                  hint: "nothing is lost: `agentbox resume` continues the run from its journal")
-        } else {
-            return
-        }
         failure = error
         pending.removeAll()
         pendingSince = nil

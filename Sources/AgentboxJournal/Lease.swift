@@ -119,16 +119,6 @@ public final class Lease: @unchecked Sendable {
     var thread: pthread_t? = nil
     let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     var stopped = false
-    /// The expiry this process last wrote for its claim (wall clock; under `mutex`).
-    var writtenExpiry: Double = 0
-
-    /// Past the expiry this process last wrote: another node may take the run over at any moment, so
-    /// this one must not act for it any more (its renewals stopped: it was paused or starved).
-    public var lapsed: Bool {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return writtenExpiry > 0 && Clock.wall() >= writtenExpiry
-    }
 
     init(runDir: String, epoch: Int, node: String, seconds: Double) {
         self.runDir = runDir
@@ -186,7 +176,6 @@ public final class Lease: @unchecked Sendable {
         close(fd)
         guard n == bytes.count else { unlink(tmp); return nil }
         if replace && rename(tmp, path) < 0 { unlink(tmp); return nil }
-        if expires > 0 { writtenExpiry = expires }
         return tmp
     }
 

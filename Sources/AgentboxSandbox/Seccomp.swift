@@ -250,11 +250,7 @@ public struct SeccompPolicy: Sendable {
         // Foreign-architecture syscalls (int 0x80, x32) kill the process outright.
         _ = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, 0x8000_0000)
         _ = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0)
-        // Syscalls sorted in a binary tree (libseccomp 2.5+; older ones keep the linear list): the same
-        // decisions, in a few comparisons instead of hundreds. It matters at every sandbox's start: the
-        // kernel runs the filter once per syscall number to build its cache of always-allowed calls,
-        // which made loading Docker's allowlist cost ~0.55 ms linear and ~0.19 ms as a tree (bench).
-        _ = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)
+        var added = 0
         for rule in rules where applies(rule) {
             let value = SeccompPolicy.actionValue(rule.action, errno: rule.errnoRet)
             if value == defaultValue { continue }  // libseccomp rejects rules equal to the default
@@ -277,9 +273,18 @@ public struct SeccompPolicy: Sendable {
                         throw AgentboxError(stage: "seccomp", "\(path): rule for \(name) rejected by libseccomp: \(FileIO.errnoString(-rc))",
                                             hint: "check the rule's arguments and action")
                     }
+                    if rc == 0 { added += 1 }
                 }
             }
         }
+        // Syscalls sorted in a binary tree: the same decisions in a few comparisons instead of hundreds.
+        // It matters at every sandbox's start: the kernel runs the filter once per syscall number to
+        // build its cache of always-allowed calls, which made loading Docker's allowlist cost ~0.55 ms
+        // linear and ~0.19 ms as a tree (docs/benchmarks.md). Only from libseccomp 2.5.4 (before, a
+        // tree without rules ignored the default action), and for more than a few rules (below that the
+        // linear list is as short). The export builds the program.
+        let v = seccomp_version()!.pointee
+        if added > 8 && (v.major, v.minor, v.micro) >= (2, 5, 4) { _ = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2) }
         let memfd = ab_memfd("agentbox-seccomp")
         guard memfd >= 0 else { throw AgentboxError(stage: "seccomp", "memfd_create: \(FileIO.errnoString())") }
         defer { close(memfd) }

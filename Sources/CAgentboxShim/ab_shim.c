@@ -357,13 +357,14 @@ static int write_file(const char *path, const char *data) {
 
 /// The helper of ab_make_userns_fd: it only holds its user namespace until the parent has opened it
 /// (the pipe's end of file), then returns (glibc's clone ends the process). It shares the parent's
-/// memory, so it touches nothing but its own stack: the read of a pipe cannot fail here (every signal
-/// is blocked, the buffer is on the stack), so not even errno, which would be the parent thread's.
+/// memory and its thread's TLS, so it makes raw system calls only: glibc's close and read are
+/// cancellation points that update the calling thread's control block, which is the parent's here.
+/// Neither call can fail (valid descriptors, every signal blocked), so errno is not written either.
 static int userns_holder(void *arg) {
     const int *pipefd = arg;
     char c;
-    close(pipefd[1]);  // the parent's end: its close is the end of file read here
-    (void)!read(pipefd[0], &c, 1);
+    syscall(SYS_close, pipefd[1]);  // the parent's end: its close is the end of file read here
+    syscall(SYS_read, pipefd[0], &c, 1);
     return 0;
 }
 
@@ -372,7 +373,8 @@ int ab_make_userns_fd(const char *uid_map, const char *gid_map) {
     if (pipe2(pipefd, O_CLOEXEC) < 0) return -1;
     // CLONE_VM: a fork of the supervisor would copy its page tables and tear them down again (~0.5 ms
     // each time); the helper needs nothing of them. Its stack is its own; every signal stays blocked in
-    // it, so no handler of the supervisor ever runs on it.
+    // it, so no handler of the supervisor ever runs on it (glibc keeps its two internal signals open,
+    // whose handlers ignore any sender but the process itself).
     size_t stack_size = 64 << 10;
     void *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
     if (stack == MAP_FAILED) { int e = errno; close(pipefd[0]); close(pipefd[1]); errno = e; return -1; }
