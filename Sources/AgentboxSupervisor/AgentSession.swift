@@ -30,8 +30,8 @@ public protocol AgentSessionHost: AnyObject {
     /// Every call of step `step` has its result (0: before the first model call): the workspace's
     /// checkpoint is taken here, before the next model call.
     func stepEnded(_ step: Int) throws(AgentboxError)
-    /// Throws when this supervisor may no longer act for the run (taken over, or its lease ran out
-    /// while it was paused): checked right before a tool runs, after its `tool.call` is on disk.
+    /// Throws when this supervisor may no longer act for the run (another one took it over): checked
+    /// right before a tool runs, after its `tool.call` is on disk.
     func confirmOwnership() throws(AgentboxError)
 }
 
@@ -293,7 +293,7 @@ public final class AgentSession {
                 ("cost", accounting.cost.map { .number($0) } ?? .null),
             ]), critical: turn.toolCalls.isEmpty)
             // A turn with tool calls: the response guards no action by itself and is made durable with
-            // the first `tool.call`, which is (one fdatasync for both, a step costs two instead of
+            // its first `tool.call`, which is critical (one fdatasync for both: a step costs two, not
             // three). A crash between them loses the response, as one during the call would: the
             // resumed run asks the model again (docs/journal.md, "Durability").
             host.progress(.modelResponse(step: accounting.steps, turn: turn, seconds: seconds, attempts: attempts.count,
