@@ -350,7 +350,8 @@ struct Supervision {
             timing.mark("command run")
             ending.commandStatus = status
         case let .timing(phase, micros):
-            timing.report("init: " + phase, micros: Int(micros))
+            // The init's own words, shown on a terminal: escaped and cut short like anything from inside.
+            timing.report("init: " + TerminalText.line(String(phase.prefix(64))), micros: Int(micros))
         }
     }
 }

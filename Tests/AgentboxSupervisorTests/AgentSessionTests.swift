@@ -18,10 +18,19 @@ final class RecordingHost: AgentSessionHost {
     var events: [AgentEvent] = []
     var warnings: [String] = []
 
+    var critical: [Bool] = []
+    var takenOver = false
+
     func journal(_ type: RecordType, _ data: JSON, critical: Bool) throws(AgentboxError) -> UInt64 {
         records.append((type, data))
+        self.critical.append(critical)
         return UInt64(records.count)
     }
+    func confirmOwnership() throws(AgentboxError) {
+        if takenOver { throw AgentboxError(stage: "lease", "the run was taken over by another supervisor") }
+    }
+    /// Whether the last record of `type` was written as critical.
+    func wasCritical(_ type: RecordType) -> Bool? { records.indices.last { records[$0].type == type }.map { critical[$0] } }
     func send(encoded: [UInt8]) {
         guard let json = try? JSON.parse(bytes: encoded), let m = try? AgentMessage(json: json) else {
             Issue.record("the session sent something that is not an agent message")
@@ -99,6 +108,34 @@ final class RecordingHost: AgentSessionHost {
         let outcome = try s.conclude(SandboxResult(termination: .exited(0), report: CgroupReport(), oomKilled: false, landlockABI: 7, elapsed: 1))
         #expect(outcome.state == "finished" && outcome.exitCode == 0 && outcome.summary == "done")
         #expect(host.types(.runEnded).first?["state"]?.stringValue == "finished")
+    }
+
+    /// docs/journal.md, "Durability": a response that calls tools is made durable with its first
+    /// `tool.call` (one fdatasync for both); one without calls is durable by itself.
+    @Test func aResponseWithToolCallsIsSyncedWithItsFirstCall() throws {
+        let (s, host) = make()
+        try s.received(.next)
+        try answer(s, host, [call("shell", #"{"command":"true"}"#, id: "c1")])
+        #expect(host.wasCritical(.modelResponse) == false)
+        try s.received(.toolStart(id: "c1"))
+        #expect(host.records.last?.type == .toolCall && host.wasCritical(.toolCall) == true)
+        try s.received(.toolDone(.init(id: "c1", content: "ok", isError: false, facts: [("exit_code", 0)])))
+        #expect(host.wasCritical(.toolDone) == true)
+        try s.received(.next)
+        try answer(s, host, [], text: "thinking aloud")
+        #expect(host.wasCritical(.modelResponse) == true)
+    }
+
+    /// A supervisor taken over while its `tool.call` was being synced does not start the tool.
+    @Test func aTakenOverOwnerDoesNotStartTheTool() throws {
+        let (s, host) = make()
+        try s.received(.next)
+        try answer(s, host, [call("shell", #"{"command":"rm -rf build"}"#, id: "c1")])
+        let sentBefore = host.sent.count
+        host.takenOver = true
+        #expect(throws: AgentboxError.self) { try s.received(.toolStart(id: "c1")) }
+        #expect(host.types(.toolCall).count == 1, "the call is journaled (the new owner answers it as interrupted)")
+        #expect(host.sent.count == sentBefore, "nothing was sent to the sandbox: \(host.sent.suffix(2))")
     }
 
     @Test func theSameCallAndResultWarnsAtThreeAndStopsAtFive() throws {
